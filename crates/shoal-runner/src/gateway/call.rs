@@ -1,0 +1,230 @@
+//! `POST /v1/entities/{type}/{id}/{tag}`: one entity call.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, StatusCode, header};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use shoal_protocol::{ErrorCode, Headers};
+use shoal_sharding::CallOptions;
+use subtle::ConstantTimeEq;
+use tokio::time::Instant;
+
+use super::error::ApiError;
+use super::{GatewayState, MAX_TIMEOUT_MS, REQUEST_ID_HEADER, TIMEOUT_HEADER};
+
+/// The metrics label for requests that name no routed type.
+const UNROUTED: &str = "_unrouted";
+
+/// Counts a request in flight for as long as it lives.
+struct InFlight;
+
+impl InFlight {
+    fn start() -> Self {
+        metrics::gauge!("shoal_gateway_requests_in_flight").increment(1.0);
+        InFlight
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        metrics::gauge!("shoal_gateway_requests_in_flight").decrement(1.0);
+    }
+}
+
+pub(super) async fn call(
+    State(state): State<GatewayState>,
+    path: Result<Path<(String, String, String)>, PathRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let _in_flight = InFlight::start();
+    let started = Instant::now();
+    let request_id = headers
+        .get(REQUEST_ID_HEADER)
+        .filter(|v| !v.is_empty() && v.len() <= 256)
+        .cloned();
+    let (label, result) = state.call(path, &headers, request_id.as_ref(), body).await;
+    let outcome = match &result {
+        Ok(_) => "ok",
+        Err(e) => e.code,
+    };
+    metrics::counter!("shoal_gateway_requests_total", "type" => label.clone(), "outcome" => outcome)
+        .increment(1);
+    metrics::histogram!("shoal_gateway_request_duration_seconds", "type" => label, "outcome" => outcome)
+        .record(started.elapsed().as_secs_f64());
+    let mut response = match result {
+        Ok(reply) => {
+            let mut response = (StatusCode::OK, reply).into_response();
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            response
+        }
+        Err(error) => {
+            if error.status.is_server_error()
+                && error.status != StatusCode::SERVICE_UNAVAILABLE
+                && error.status != StatusCode::GATEWAY_TIMEOUT
+            {
+                tracing::warn!(code = error.code, message = %error.message, "entity call failed");
+            } else {
+                tracing::debug!(code = error.code, message = %error.message, "entity call refused");
+            }
+            let unauthenticated = error.status == StatusCode::UNAUTHORIZED;
+            let mut response = error.into_response();
+            if unauthenticated {
+                response
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            response
+        }
+    };
+    if let Some(id) = request_id {
+        response.headers_mut().insert(REQUEST_ID_HEADER, id);
+    }
+    response
+}
+
+impl GatewayState {
+    /// Runs the call; returns the metrics label of the type and the reply or error.
+    async fn call(
+        &self,
+        path: Result<Path<(String, String, String)>, PathRejection>,
+        headers: &HeaderMap,
+        request_id: Option<&HeaderValue>,
+        body: Body,
+    ) -> (String, Result<Bytes, ApiError>) {
+        let shared = &self.0;
+        if let Err(e) = self.authorize(headers) {
+            return (UNROUTED.to_owned(), Err(e));
+        }
+        let Path((entity_type, entity_id, tag)) = match path {
+            Ok(path) => path,
+            Err(rejection) => {
+                return (
+                    UNROUTED.to_owned(),
+                    Err(ApiError::bad_request(rejection.body_text())),
+                );
+            }
+        };
+        let Some(route) = shared.routes.get(&entity_type) else {
+            let mut known: Vec<&str> = shared.routes.keys().map(String::as_str).collect();
+            known.sort_unstable();
+            return (
+                UNROUTED.to_owned(),
+                Err(ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    ErrorCode::UnknownEntityType.as_str(),
+                    format!(
+                        "entity type {entity_type:?} is not served by this cluster (types: {})",
+                        known.join(", ")
+                    ),
+                )),
+            );
+        };
+        let label = route.label.clone();
+        if shared.sharding.is_shutting_down() {
+            return (label, Err(ApiError::shutting_down()));
+        }
+        let result = async {
+            let timeout = call_timeout(headers)?;
+            let payload = read_body(body, headers, shared.max_body).await?;
+            let mut entity_headers = Headers::new();
+            if let Some(id) = request_id.and_then(|v| v.to_str().ok()) {
+                entity_headers.push(REQUEST_ID_HEADER, id);
+            }
+            let options = CallOptions {
+                timeout,
+                headers: entity_headers,
+            };
+            route
+                .client
+                .call(&entity_id, &tag, payload, options)
+                .await
+                .map_err(|e| ApiError::from_call(&e))
+        }
+        .await;
+        (label, result)
+    }
+
+    fn authorize(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        let Some(expected) = &self.0.expected_authorization else {
+            return Ok(());
+        };
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .map(HeaderValue::as_bytes)
+            .unwrap_or_default();
+        if given.len() == expected.len() && bool::from(given.ct_eq(expected)) {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                ErrorCode::Unauthenticated.as_str(),
+                "missing or wrong gateway token (Authorization: Bearer <token>)",
+            ))
+        }
+    }
+}
+
+fn call_timeout(headers: &HeaderMap) -> Result<Option<Duration>, ApiError> {
+    let Some(value) = headers.get(TIMEOUT_HEADER) else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|ms| (1..=MAX_TIMEOUT_MS).contains(ms))
+        .map(|ms| Some(Duration::from_millis(ms)))
+        .ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "{TIMEOUT_HEADER} must be a whole number of milliseconds from 1 to {MAX_TIMEOUT_MS}"
+            ))
+        })
+}
+
+fn too_large(max: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorCode::MessageTooLarge.as_str(),
+        format!("the request body is larger than {max} bytes (gateway_max_body)"),
+    )
+}
+
+/// Reads the body within `max` bytes and checks that it is JSON (an empty body becomes `{}`).
+async fn read_body(body: Body, headers: &HeaderMap, max: usize) -> Result<Bytes, ApiError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(too_large(max));
+    }
+    let bytes = match Limited::new(body, max).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => return Err(too_large(max)),
+        Err(e) => {
+            return Err(ApiError::bad_request(format!(
+                "could not read the body: {e}"
+            )));
+        }
+    };
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Bytes::from_static(b"{}"));
+    }
+    serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::MalformedMessage.as_str(),
+            format!("the body is not JSON: {e}"),
+        )
+    })?;
+    Ok(bytes)
+}

@@ -1,0 +1,7 @@
+//! `shoal`: Shoal's command line. Each subcommand lives in its own module under [`cli`].
+
+mod cli;
+
+fn main() -> std::process::ExitCode {
+    cli::run()
+}

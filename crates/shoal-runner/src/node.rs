@@ -1,0 +1,282 @@
+//! One `shoal run` process: storage, the runner (or a client-only router), the HTTP gateway and
+//! the metrics listener, started in order and stopped gracefully.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::Serialize;
+use shoal_sharding::{RegisterError, Sharding};
+use shoal_socket::{ServeOptions, SocketError, SocketRunner};
+use shoal_storage::{StorageError, connect_runner_storage};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{MetricsListen, Role, RunnerConfig};
+use crate::entities::{Builtin, EntityRoutes};
+use crate::gateway::{self, GatewayOptions};
+use crate::health::Readiness;
+
+/// How long HTTP servers may take to finish open requests once they stop accepting.
+const HTTP_GRACE: Duration = Duration::from_secs(5);
+
+/// Why the process could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// Storage could not be opened or migrated.
+    #[error("cannot open storage {url}: {source}")]
+    Storage {
+        /// The storage URL, password hidden.
+        url: String,
+        /// The storage error.
+        #[source]
+        source: StorageError,
+    },
+    /// An HTTP listener could not be bound.
+    #[error("cannot listen for HTTP ({what}) on {address}: {source}")]
+    Bind {
+        /// `gateway` or `metrics`.
+        what: &'static str,
+        /// The address.
+        address: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The runner could not start (listen, TLS, register in storage).
+    #[error(transparent)]
+    Runner(#[from] SocketError),
+    /// An entity type could not be routed.
+    #[error(transparent)]
+    Register(#[from] RegisterError),
+}
+
+/// Where the process ended up listening.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Addresses {
+    /// The runner's advertised address (`None` when client-only).
+    pub runner: Option<String>,
+    /// The gateway (`None` when off).
+    pub gateway: Option<SocketAddr>,
+    /// Where `/metrics` is served (`None` when off).
+    pub metrics: Option<SocketAddr>,
+}
+
+/// An HTTP server task that stops gracefully.
+#[derive(Debug)]
+struct HttpServer {
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl HttpServer {
+    async fn bind(what: &'static str, address: &str) -> Result<TcpListener, NodeError> {
+        TcpListener::bind(address)
+            .await
+            .map_err(|source| NodeError::Bind {
+                what,
+                address: address.to_owned(),
+                source,
+            })
+    }
+
+    fn serve(what: &'static str, listener: TcpListener, router: Router) -> Self {
+        let stop = CancellationToken::new();
+        let signal = stop.clone().cancelled_owned();
+        let task = tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, router)
+                .with_graceful_shutdown(signal)
+                .await
+            {
+                tracing::error!(server = what, error = %e, "HTTP server failed");
+            }
+        });
+        Self { stop, task }
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        let mut task = self.task;
+        if tokio::time::timeout(HTTP_GRACE, &mut task).await.is_err() {
+            tracing::warn!("HTTP requests still open after {HTTP_GRACE:?}; closing them");
+            task.abort();
+        }
+    }
+}
+
+/// A running `shoal run` process.
+#[derive(Debug)]
+pub struct Node {
+    runner: SocketRunner,
+    readiness: Arc<Readiness>,
+    gateway: Option<HttpServer>,
+    metrics: Option<HttpServer>,
+    upkeep: Option<JoinHandle<()>>,
+    shutdown_delay: Duration,
+    addresses: Addresses,
+}
+
+impl Node {
+    /// Starts everything `config` describes. `metrics` is the installed recorder's handle (`None`
+    /// when metrics are off). HTTP listeners are bound before the runner registers, so a port
+    /// conflict fails before the runner joins the cluster.
+    pub async fn start(
+        config: &RunnerConfig,
+        metrics: Option<PrometheusHandle>,
+    ) -> Result<Self, NodeError> {
+        let gateway_listener = match &config.gateway {
+            Some(gw) => Some(HttpServer::bind("gateway", &gw.listen).await?),
+            None => None,
+        };
+        let metrics_listener = match (&config.metrics, &metrics) {
+            (MetricsListen::Separate(address), Some(_)) => {
+                Some(HttpServer::bind("metrics", address).await?)
+            }
+            _ => None,
+        };
+
+        let url = config.storage.redacted_url();
+        tracing::info!(storage = %url, migrate = config.storage.migrate, "opening storage");
+        let storage = connect_runner_storage(&config.storage.url, config.storage.options())
+            .await
+            .map_err(|source| NodeError::Storage {
+                url: url.clone(),
+                source,
+            })?;
+
+        let runner = match &config.role {
+            Role::Runner {
+                listen,
+                advertise_host,
+            } => {
+                let builtin = config.builtin_entities;
+                SocketRunner::serve(
+                    ServeOptions {
+                        listen: listen.clone(),
+                        advertise_host: advertise_host.clone(),
+                        sharding: config.sharding.clone(),
+                        socket: config.socket.clone(),
+                    },
+                    storage.clone(),
+                    move |builder| {
+                        if builtin {
+                            Builtin::register(builder)
+                        } else {
+                            builder
+                        }
+                    },
+                )
+                .await?
+            }
+            Role::ClientOnly => {
+                SocketRunner::client_only(
+                    config.sharding.clone(),
+                    config.socket.clone(),
+                    storage.clone(),
+                )
+                .await?
+            }
+        };
+        let sharding = runner.sharding().clone();
+        let routes = if config.builtin_entities {
+            Builtin::routes(EntityRoutes::new())?
+        } else {
+            EntityRoutes::new()
+        };
+        let readiness = Readiness::new(sharding.clone(), storage);
+
+        let upkeep = metrics.clone().map(crate::telemetry::spawn_upkeep);
+        let mut addresses = Addresses {
+            runner: sharding.runner_address().map(ToString::to_string),
+            gateway: None,
+            metrics: None,
+        };
+        let gateway = match (gateway_listener, &config.gateway) {
+            (Some(listener), Some(gw)) => {
+                let local = listener.local_addr().ok();
+                addresses.gateway = local;
+                let serve_metrics = config.metrics == MetricsListen::Gateway;
+                if serve_metrics && metrics.is_some() {
+                    addresses.metrics = local;
+                }
+                let router = gateway::router(
+                    &sharding,
+                    &routes,
+                    readiness.clone(),
+                    GatewayOptions {
+                        max_body: gw.max_body,
+                        token: gw.token.clone(),
+                        metrics: metrics.clone().filter(|_| serve_metrics),
+                    },
+                );
+                tracing::info!(address = ?local, "gateway listening");
+                Some(HttpServer::serve("gateway", listener, router))
+            }
+            _ => None,
+        };
+        let metrics_server = match (metrics_listener, metrics) {
+            (Some(listener), Some(handle)) => {
+                addresses.metrics = listener.local_addr().ok();
+                tracing::info!(address = ?addresses.metrics, "metrics listening");
+                Some(HttpServer::serve(
+                    "metrics",
+                    listener,
+                    gateway::metrics_router(handle),
+                ))
+            }
+            _ => None,
+        };
+        tracing::info!(
+            runner = ?addresses.runner,
+            machine_id = ?sharding.machine_id().map(|m| m.0),
+            shards = sharding.active_shards().len(),
+            "started"
+        );
+        Ok(Self {
+            runner,
+            readiness,
+            gateway,
+            metrics: metrics_server,
+            upkeep,
+            shutdown_delay: config.shutdown_delay,
+            addresses,
+        })
+    }
+
+    /// Where the process listens.
+    pub fn addresses(&self) -> &Addresses {
+        &self.addresses
+    }
+
+    /// The sharding runtime.
+    pub fn sharding(&self) -> &Sharding {
+        self.runner.sharding()
+    }
+
+    /// Graceful stop: readiness fails at once; after the shutdown delay the runner leaves the
+    /// cluster and hands its shards off (running requests finish, up to the entity termination
+    /// timeout); then the HTTP servers finish their open requests and stop.
+    pub async fn shutdown(self) {
+        self.readiness.begin_drain();
+        if !self.shutdown_delay.is_zero() {
+            tracing::info!(delay = ?self.shutdown_delay, "not ready; serving until the shutdown delay ends");
+            tokio::time::sleep(self.shutdown_delay).await;
+        }
+        tracing::info!("handing shards off");
+        self.runner.shutdown().await;
+        if let Some(gateway) = self.gateway {
+            gateway.stop().await;
+        }
+        if let Some(metrics) = self.metrics {
+            metrics.stop().await;
+        }
+        if let Some(upkeep) = self.upkeep {
+            upkeep.abort();
+        }
+        tracing::info!("stopped");
+    }
+}

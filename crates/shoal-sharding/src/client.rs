@@ -1,0 +1,302 @@
+//! Clients: typed ([`EntityClient`]) and untyped ([`DynamicClient`]).
+
+use std::any::TypeId;
+use std::fmt;
+use std::marker::PhantomData;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use shoal_protocol::{EntityAddress, EntityId, EntityType, Headers, Tag};
+
+use crate::entity::{Entity, GroupSelector, Handler, Message, ReplyValue, StreamHandler};
+use crate::error::CallError;
+use crate::outgoing::{Outgoing, Typed, encode_json};
+use crate::sharding::Sharding;
+
+/// Per-call options.
+#[derive(Debug, Clone, Default)]
+pub struct CallOptions {
+    /// How long to wait for the reply, retries included (default:
+    /// [`crate::ShardingConfig::default_call_timeout`]).
+    pub timeout: Option<Duration>,
+    /// Headers passed to the handler.
+    pub headers: Headers,
+}
+
+impl CallOptions {
+    /// Options with a deadline.
+    pub fn timeout(timeout: Duration) -> Self {
+        Self {
+            timeout: Some(timeout),
+            headers: Headers::new(),
+        }
+    }
+}
+
+/// Calls entities of type `E`. Get one with [`Sharding::client`].
+pub struct EntityClient<E> {
+    sharding: Sharding,
+    entity_type: Result<EntityType, shoal_protocol::InvalidName>,
+    _entity: PhantomData<fn() -> E>,
+}
+
+impl<E> Clone for EntityClient<E> {
+    fn clone(&self) -> Self {
+        Self {
+            sharding: self.sharding.clone(),
+            entity_type: self.entity_type.clone(),
+            _entity: PhantomData,
+        }
+    }
+}
+
+impl<E> fmt::Debug for EntityClient<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EntityClient")
+            .field("entity_type", &self.entity_type)
+            .finish()
+    }
+}
+
+impl Sharding {
+    /// A client for entities of type `E`.
+    pub fn client<E: Entity>(&self) -> EntityClient<E> {
+        EntityClient {
+            sharding: self.clone(),
+            entity_type: EntityType::from_static(E::TYPE),
+            _entity: PhantomData,
+        }
+    }
+
+    /// A client that sends encoded messages to entities of `entity_type` (for gateways and
+    /// bridges). `group` maps ids to shard groups; it must match the hosts' mapping.
+    pub fn dynamic_client(&self, entity_type: EntityType, group: GroupSelector) -> DynamicClient {
+        DynamicClient {
+            sharding: self.clone(),
+            entity_type,
+            group,
+        }
+    }
+
+    /// A dynamic client for a type registered on this runner, with the registration's shard
+    /// group mapping.
+    pub fn dynamic_client_for(&self, entity_type: &EntityType) -> Option<DynamicClient> {
+        self.manager(entity_type).map(|manager| DynamicClient {
+            sharding: self.clone(),
+            entity_type: entity_type.clone(),
+            group: manager.group_selector(),
+        })
+    }
+}
+
+impl<E: Entity> EntityClient<E> {
+    fn outgoing<M: Message>(
+        &self,
+        id: &str,
+        msg: M,
+        options: CallOptions,
+    ) -> Result<Outgoing, CallError> {
+        let entity_id = EntityId::new(id).map_err(|reason| CallError::InvalidEntityId {
+            id: id.to_owned(),
+            reason,
+        })?;
+        let entity_type =
+            self.entity_type
+                .clone()
+                .map_err(|reason| CallError::InvalidEntityId {
+                    id: E::TYPE.to_owned(),
+                    reason,
+                })?;
+        let tag = Tag::from_static(M::TAG).map_err(|reason| CallError::InvalidEntityId {
+            id: M::TAG.to_owned(),
+            reason,
+        })?;
+        let shard = self.sharding.shard_of::<E>(&entity_id);
+        Ok(Outgoing {
+            address: EntityAddress::new(shard, entity_type, entity_id),
+            tag,
+            headers: options.headers,
+            timeout: options
+                .timeout
+                .unwrap_or(self.sharding.config().default_call_timeout()),
+            typed: Some(Typed {
+                entity: TypeId::of::<E>(),
+                encode: encode_json::<M>,
+                value: Some(Box::new(msg)),
+            }),
+            encoded: None,
+        })
+    }
+
+    /// Sends `msg` to the entity `id` and waits for the reply.
+    pub async fn call<M: Message>(&self, id: &str, msg: M) -> Result<M::Reply, CallError>
+    where
+        E: Handler<M>,
+    {
+        self.call_with(id, msg, CallOptions::default()).await
+    }
+
+    /// [`EntityClient::call`] with options.
+    pub async fn call_with<M: Message>(
+        &self,
+        id: &str,
+        msg: M,
+        options: CallOptions,
+    ) -> Result<M::Reply, CallError>
+    where
+        E: Handler<M>,
+    {
+        let out = self.outgoing(id, msg, options)?;
+        let address = out.address.clone();
+        let reply = self.sharding.call_unary(out).await?;
+        decode_reply::<M::Reply>(&address, reply)
+    }
+
+    /// Sends `msg` without waiting for the handler: returns once the entity's runner accepted it
+    /// into the mailbox.
+    pub async fn notify<M: Message>(&self, id: &str, msg: M) -> Result<(), CallError>
+    where
+        E: Handler<M>,
+    {
+        let out = self.outgoing(id, msg, CallOptions::default())?;
+        self.sharding.call_notify(out).await
+    }
+
+    /// Sends `msg` and returns the stream of replies.
+    pub async fn stream<M: Message>(
+        &self,
+        id: &str,
+        msg: M,
+    ) -> Result<BoxStream<'static, Result<M::Reply, CallError>>, CallError>
+    where
+        E: StreamHandler<M>,
+    {
+        let out = self.outgoing(id, msg, CallOptions::default())?;
+        let address = out.address.clone();
+        let items = self.sharding.call_stream(out).await?;
+        Ok(items
+            .map(move |item| item.and_then(|value| decode_reply::<M::Reply>(&address, value)))
+            .boxed())
+    }
+}
+
+fn decode_reply<T: serde::de::DeserializeOwned + 'static>(
+    address: &EntityAddress,
+    reply: ReplyValue,
+) -> Result<T, CallError> {
+    match reply {
+        ReplyValue::Local(value) => {
+            value
+                .downcast::<T>()
+                .map(|v| *v)
+                .map_err(|_| CallError::MalformedMessage {
+                    address: address.clone(),
+                    message: "reply of an unexpected type".to_owned(),
+                })
+        }
+        ReplyValue::Encoded(bytes) => {
+            serde_json::from_slice(&bytes).map_err(|e| CallError::MalformedMessage {
+                address: address.clone(),
+                message: format!("reply does not decode: {e}"),
+            })
+        }
+    }
+}
+
+/// Sends already-encoded messages to entities of one type.
+#[derive(Debug, Clone)]
+pub struct DynamicClient {
+    sharding: Sharding,
+    entity_type: EntityType,
+    group: GroupSelector,
+}
+
+impl DynamicClient {
+    fn outgoing(
+        &self,
+        id: &str,
+        tag: &str,
+        payload: Bytes,
+        options: CallOptions,
+    ) -> Result<Outgoing, CallError> {
+        let entity_id = EntityId::new(id).map_err(|reason| CallError::InvalidEntityId {
+            id: id.to_owned(),
+            reason,
+        })?;
+        let shard = self
+            .sharding
+            .shard_in(&self.group.group_of(&entity_id), &entity_id);
+        let address = EntityAddress::new(shard, self.entity_type.clone(), entity_id);
+        let tag = Tag::new(tag).map_err(|_| CallError::UnknownTag {
+            address: address.clone(),
+            tag: tag.to_owned(),
+        })?;
+        Ok(Outgoing {
+            address,
+            tag,
+            headers: options.headers,
+            timeout: options
+                .timeout
+                .unwrap_or(self.sharding.config().default_call_timeout()),
+            typed: None,
+            encoded: Some(payload),
+        })
+    }
+
+    /// Sends an encoded message and waits for the encoded reply.
+    pub async fn call(
+        &self,
+        id: &str,
+        tag: &str,
+        payload: Bytes,
+        options: CallOptions,
+    ) -> Result<Bytes, CallError> {
+        let out = self.outgoing(id, tag, payload, options)?;
+        let address = out.address.clone();
+        match self.sharding.call_unary(out).await? {
+            ReplyValue::Encoded(bytes) => Ok(bytes),
+            ReplyValue::Local(_) => Err(CallError::MalformedMessage {
+                address,
+                message: "reply was not encoded".to_owned(),
+            }),
+        }
+    }
+
+    /// Delivers an encoded message without waiting for the handler.
+    pub async fn notify(
+        &self,
+        id: &str,
+        tag: &str,
+        payload: Bytes,
+        options: CallOptions,
+    ) -> Result<(), CallError> {
+        let out = self.outgoing(id, tag, payload, options)?;
+        self.sharding.call_notify(out).await
+    }
+
+    /// Sends an encoded message and returns the stream of encoded replies.
+    pub async fn stream(
+        &self,
+        id: &str,
+        tag: &str,
+        payload: Bytes,
+        options: CallOptions,
+    ) -> Result<BoxStream<'static, Result<Bytes, CallError>>, CallError> {
+        let out = self.outgoing(id, tag, payload, options)?;
+        let address = out.address.clone();
+        let items = self.sharding.call_stream(out).await?;
+        Ok(items
+            .map(move |item| {
+                item.and_then(|value| match value {
+                    ReplyValue::Encoded(bytes) => Ok(bytes),
+                    ReplyValue::Local(_) => Err(CallError::MalformedMessage {
+                        address: address.clone(),
+                        message: "reply was not encoded".to_owned(),
+                    }),
+                })
+            })
+            .boxed())
+    }
+}

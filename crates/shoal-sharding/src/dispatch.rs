@@ -1,0 +1,471 @@
+//! Sending requests to entities: locally when this runner holds the shard, otherwise to the
+//! owner through the transport, retrying routing failures until the call's deadline.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use shoal_protocol::{
+    ErrorCode, Failure, Notification, ReplyFrame, Request, RunnerAddress, Snowflake,
+};
+use tokio::sync::oneshot;
+use tokio::time::{Instant, timeout_at};
+
+use crate::entity::{Call, ReplyValue, chunk_channel};
+use crate::error::CallError;
+use crate::instance::{Delivery, Outcome, ReplyTo};
+use crate::outgoing::Outgoing;
+use crate::runners::TransportError;
+use crate::sharding::Sharding;
+
+/// A stream of replies as the client sees it.
+pub(crate) type ReplyItems = BoxStream<'static, Result<ReplyValue, CallError>>;
+
+/// Why an attempt did not produce a result.
+enum Attempt<T> {
+    Done(Result<T, CallError>),
+    /// Nobody can take the request right now (no owner, wrong owner, unreachable): retry.
+    Retry(Option<RunnerAddress>, String),
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Unary,
+    Notify,
+}
+
+impl Sharding {
+    fn check_open(&self, out: &Outgoing) -> Result<(), CallError> {
+        if self.is_shutting_down() {
+            return Err(CallError::ShuttingDown {
+                address: out.address.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Waits before the next attempt, or gives up when the deadline would pass first.
+    async fn back_off(
+        &self,
+        out: &Outgoing,
+        started: Instant,
+        deadline: Instant,
+        last: (Option<RunnerAddress>, String),
+    ) -> Result<(), CallError> {
+        let retry = self.inner.config.send_retry_interval();
+        if Instant::now() + retry >= deadline {
+            let waited = started.elapsed();
+            return Err(match last.0 {
+                Some(runner) => CallError::RunnerUnavailable {
+                    address: out.address.clone(),
+                    runner: Some(runner),
+                    reason: last.1,
+                },
+                None => CallError::EntityNotAssignedToRunner {
+                    address: out.address.clone(),
+                    waited,
+                },
+            });
+        }
+        tokio::time::sleep(retry).await;
+        Ok(())
+    }
+
+    /// Sends a request and waits for its single reply.
+    pub(crate) async fn call_unary(&self, out: Outgoing) -> Result<ReplyValue, CallError> {
+        self.send_with_retries(out, Mode::Unary).await
+    }
+
+    /// Delivers a request nobody waits for; returns once the owner accepted it.
+    pub(crate) async fn call_notify(&self, out: Outgoing) -> Result<(), CallError> {
+        self.send_with_retries(out, Mode::Notify).await.map(|_| ())
+    }
+
+    async fn send_with_retries(
+        &self,
+        mut out: Outgoing,
+        mode: Mode,
+    ) -> Result<ReplyValue, CallError> {
+        let started = Instant::now();
+        let deadline = started + out.timeout;
+        let id = self.inner.ids.next_id();
+        loop {
+            self.check_open(&out)?;
+            let attempt = if self.inner.shards.is_active(&out.address.shard) {
+                self.attempt_local(&mut out, id, mode, deadline).await
+            } else {
+                match self.inner.routes.owner(&out.address.shard) {
+                    Some(owner) if Some(&owner) != self.runner_address() => {
+                        self.attempt_remote(&mut out, id, &owner, mode, deadline)
+                            .await
+                    }
+                    // No owner known, or this runner is about to acquire the shard.
+                    _ => Attempt::Retry(None, "no runner holds the shard yet".to_owned()),
+                }
+            };
+            match attempt {
+                Attempt::Done(result) => return result,
+                Attempt::Retry(runner, reason) => {
+                    self.back_off(&out, started, deadline, (runner, reason))
+                        .await?;
+                }
+            }
+        }
+    }
+
+    async fn attempt_local(
+        &self,
+        out: &mut Outgoing,
+        id: Snowflake,
+        mode: Mode,
+        deadline: Instant,
+    ) -> Attempt<ReplyValue> {
+        let (reply, rx) = match mode {
+            Mode::Unary => {
+                let (tx, rx) = oneshot::channel();
+                (ReplyTo::Caller(tx), Some(rx))
+            }
+            Mode::Notify => (ReplyTo::Discard, None),
+        };
+        if let Err(failure) = self.deliver_local(out, id, None, reply) {
+            return self.failure_attempt(out, failure, None);
+        }
+        let Some(rx) = rx else {
+            return Attempt::Done(Ok(ReplyValue::Encoded(Bytes::new())));
+        };
+        match timeout_at(deadline, rx).await {
+            Err(_) => Attempt::Done(Err(CallError::Timeout {
+                address: out.address.clone(),
+                timeout: out.timeout,
+            })),
+            Ok(Err(_)) => Attempt::Done(Err(lost_in_entity(out))),
+            Ok(Ok(outcome)) => self.outcome_attempt(out, outcome),
+        }
+    }
+
+    fn outcome_attempt(&self, out: &Outgoing, outcome: Outcome) -> Attempt<ReplyValue> {
+        match outcome {
+            Ok(value) => Attempt::Done(Ok(value)),
+            Err(failure) => self.failure_attempt(out, failure, None),
+        }
+    }
+
+    fn failure_attempt(
+        &self,
+        out: &Outgoing,
+        failure: Failure,
+        runner: Option<&RunnerAddress>,
+    ) -> Attempt<ReplyValue> {
+        if failure.code.is_retryable_routing() {
+            let runner = (failure.code == ErrorCode::RunnerUnavailable)
+                .then(|| runner.cloned())
+                .flatten();
+            return Attempt::Retry(runner, failure.message);
+        }
+        let mut error =
+            CallError::from_failure(out.address.clone(), failure, Snowflake::from_raw(0));
+        if let CallError::Timeout { timeout, .. } = &mut error {
+            *timeout = out.timeout;
+        }
+        Attempt::Done(Err(error))
+    }
+
+    /// Puts the request in the local entity's mailbox.
+    pub(crate) fn deliver_local(
+        &self,
+        out: &mut Outgoing,
+        id: Snowflake,
+        chunks: Option<crate::entity::ChunkSender>,
+        reply: ReplyTo,
+    ) -> Result<(), Failure> {
+        let Some(manager) = self.manager(&out.address.entity_type) else {
+            return Err(Failure::new(
+                ErrorCode::UnknownEntityType,
+                format!(
+                    "entity type {:?} is not registered on this runner",
+                    out.address.entity_type.as_str()
+                ),
+            )
+            .with_address(out.address.clone()));
+        };
+        let (tag, payload) = out
+            .payload_for(&manager, self.inner.config.simulate_remote_serialization())
+            .map_err(|e| Failure::new(ErrorCode::MalformedMessage, e))?;
+        if let Some(tag) = &tag {
+            match manager.tag_info(tag) {
+                None => {
+                    return Err(Failure::new(ErrorCode::UnknownTag, tag.to_string())
+                        .with_address(out.address.clone()));
+                }
+                Some(info) if info.streaming != chunks.is_some() => {
+                    return Err(Failure::new(
+                        ErrorCode::MalformedMessage,
+                        if info.streaming {
+                            format!("message {tag:?} streams its replies; call it as a stream")
+                        } else {
+                            format!("message {tag:?} has a single reply; it cannot be streamed")
+                        },
+                    )
+                    .with_address(out.address.clone()));
+                }
+                Some(_) => {}
+            }
+        }
+        let encode_reply = !matches!(payload, crate::entity::Payload::Local(_));
+        let call = Call {
+            id,
+            tag,
+            payload,
+            headers: out.headers.clone(),
+            chunks,
+            encode_reply,
+        };
+        match manager.deliver(
+            &out.address,
+            Delivery { call, reply },
+            &self.inner.shards,
+            self,
+        ) {
+            Ok(()) => Ok(()),
+            Err(refused) => {
+                let (failure, delivery) = *refused;
+                out.restore(delivery.call.payload);
+                Err(failure)
+            }
+        }
+    }
+
+    fn request(
+        &self,
+        out: &mut Outgoing,
+        id: Snowflake,
+        deadline: Instant,
+        streaming: bool,
+    ) -> Result<Request, CallError> {
+        let payload = out
+            .encoded()
+            .map_err(|message| CallError::MalformedMessage {
+                address: out.address.clone(),
+                message,
+            })?;
+        Ok(Request {
+            id,
+            address: out.address.clone(),
+            tag: out.tag.clone(),
+            payload,
+            headers: out.headers.clone(),
+            persisted: false,
+            timeout: Some(
+                deadline
+                    .saturating_duration_since(Instant::now())
+                    .max(Duration::from_millis(1)),
+            ),
+            streaming,
+        })
+    }
+
+    async fn attempt_remote(
+        &self,
+        out: &mut Outgoing,
+        id: Snowflake,
+        owner: &RunnerAddress,
+        mode: Mode,
+        deadline: Instant,
+    ) -> Attempt<ReplyValue> {
+        let request = match self.request(out, id, deadline, false) {
+            Ok(r) => r,
+            Err(e) => return Attempt::Done(Err(e)),
+        };
+        let transport = &self.inner.transport;
+        match mode {
+            Mode::Unary => match timeout_at(deadline, transport.send(owner, request)).await {
+                Err(_) => Attempt::Done(Err(CallError::Timeout {
+                    address: out.address.clone(),
+                    timeout: out.timeout,
+                })),
+                Ok(Ok(ReplyFrame::Value(bytes))) => Attempt::Done(Ok(ReplyValue::Encoded(bytes))),
+                Ok(Ok(ReplyFrame::Failure(failure))) => {
+                    self.failure_attempt(out, failure, Some(owner))
+                }
+                Ok(Ok(other)) => Attempt::Done(Err(CallError::MalformedMessage {
+                    address: out.address.clone(),
+                    message: format!("runner {owner} answered a single request with {other:?}"),
+                })),
+                Ok(Err(e)) => self.transport_attempt(out, e),
+            },
+            Mode::Notify => {
+                let notification = Notification::Request(request);
+                match timeout_at(deadline, transport.notify(owner, notification)).await {
+                    Err(_) => Attempt::Done(Err(CallError::Timeout {
+                        address: out.address.clone(),
+                        timeout: out.timeout,
+                    })),
+                    Ok(Ok(None)) => Attempt::Done(Ok(ReplyValue::Encoded(Bytes::new()))),
+                    Ok(Ok(Some(failure))) => self.failure_attempt(out, failure, Some(owner)),
+                    Ok(Err(e)) => self.transport_attempt(out, e),
+                }
+            }
+        }
+    }
+
+    fn transport_attempt<T>(&self, out: &Outgoing, error: TransportError) -> Attempt<T> {
+        match error {
+            TransportError::Unreachable { runner, reason } => Attempt::Retry(Some(runner), reason),
+            TransportError::Lost { runner, reason } => {
+                Attempt::Done(Err(CallError::RunnerUnavailable {
+                    address: out.address.clone(),
+                    runner: Some(runner),
+                    reason,
+                }))
+            }
+            TransportError::Refused { failure, .. } => Attempt::Done(Err(CallError::from_failure(
+                out.address.clone(),
+                *failure,
+                Snowflake::from_raw(0),
+            ))),
+        }
+    }
+
+    /// Sends a streaming request; the returned stream yields each item, then ends (or yields one
+    /// error).
+    pub(crate) async fn call_stream(&self, mut out: Outgoing) -> Result<ReplyItems, CallError> {
+        let started = Instant::now();
+        let deadline = started + out.timeout;
+        let id = self.inner.ids.next_id();
+        loop {
+            self.check_open(&out)?;
+            let attempt = if self.inner.shards.is_active(&out.address.shard) {
+                self.stream_local(&mut out, id)
+            } else {
+                match self.inner.routes.owner(&out.address.shard) {
+                    Some(owner) if Some(&owner) != self.runner_address() => {
+                        self.stream_remote(&mut out, id, &owner, deadline).await
+                    }
+                    _ => Attempt::Retry(None, "no runner holds the shard yet".to_owned()),
+                }
+            };
+            match attempt {
+                Attempt::Done(result) => return result,
+                Attempt::Retry(runner, reason) => {
+                    self.back_off(&out, started, deadline, (runner, reason))
+                        .await?;
+                }
+            }
+        }
+    }
+
+    fn stream_local(&self, out: &mut Outgoing, id: Snowflake) -> Attempt<ReplyItems> {
+        let (chunk_tx, chunk_rx) = chunk_channel();
+        let (tx, rx) = oneshot::channel();
+        if let Err(failure) = self.deliver_local(out, id, Some(chunk_tx), ReplyTo::Caller(tx)) {
+            return match self.failure_attempt(out, failure, None) {
+                Attempt::Done(Err(e)) => Attempt::Done(Err(e)),
+                Attempt::Retry(r, m) => Attempt::Retry(r, m),
+                Attempt::Done(Ok(_)) => Attempt::Retry(None, "unexpected".to_owned()),
+            };
+        }
+        let address = out.address.clone();
+        let items = tokio_stream_from(chunk_rx).map(Ok);
+        let end = futures::stream::once(async move {
+            match rx.await {
+                Ok(Ok(_)) => None,
+                Ok(Err(failure)) => Some(Err(CallError::from_failure(address, failure, id))),
+                Err(_) => Some(Err(CallError::Interrupted {
+                    address,
+                    message: "the entity was stopped while streaming".to_owned(),
+                })),
+            }
+        })
+        .filter_map(futures::future::ready);
+        Attempt::Done(Ok(items.chain(end).boxed()))
+    }
+
+    async fn stream_remote(
+        &self,
+        out: &mut Outgoing,
+        id: Snowflake,
+        owner: &RunnerAddress,
+        deadline: Instant,
+    ) -> Attempt<ReplyItems> {
+        let request = match self.request(out, id, deadline, true) {
+            Ok(r) => r,
+            Err(e) => return Attempt::Done(Err(e)),
+        };
+        let mut frames =
+            match timeout_at(deadline, self.inner.transport.send_stream(owner, request)).await {
+                Err(_) => {
+                    return Attempt::Done(Err(CallError::Timeout {
+                        address: out.address.clone(),
+                        timeout: out.timeout,
+                    }));
+                }
+                Ok(Err(e)) => return self.transport_attempt(out, e),
+                Ok(Ok(frames)) => frames,
+            };
+        // A routing failure as the first frame means the request never started: retry it.
+        let first = match timeout_at(deadline, frames.next()).await {
+            Err(_) => {
+                return Attempt::Done(Err(CallError::Timeout {
+                    address: out.address.clone(),
+                    timeout: out.timeout,
+                }));
+            }
+            Ok(first) => first,
+        };
+        if let Some(Ok(ReplyFrame::Failure(failure))) = &first
+            && failure.code.is_retryable_routing()
+        {
+            return Attempt::Retry(None, failure.message.clone());
+        }
+        let address = out.address.clone();
+        let runner = owner.clone();
+        let frames = futures::stream::iter(first).chain(frames);
+        let items = frames
+            .scan(false, move |finished, frame| {
+                if *finished {
+                    return futures::future::ready(None);
+                }
+                let out: Vec<Result<ReplyValue, CallError>> = match frame {
+                    Ok(ReplyFrame::Chunk(chunk)) => chunk
+                        .values
+                        .into_iter()
+                        .map(|v| Ok(ReplyValue::Encoded(v)))
+                        .collect(),
+                    Ok(ReplyFrame::End) | Ok(ReplyFrame::Value(_)) => {
+                        *finished = true;
+                        Vec::new()
+                    }
+                    Ok(ReplyFrame::Failure(failure)) => {
+                        *finished = true;
+                        vec![Err(CallError::from_failure(address.clone(), failure, id))]
+                    }
+                    Err(e) => {
+                        *finished = true;
+                        vec![Err(CallError::RunnerUnavailable {
+                            address: address.clone(),
+                            runner: Some(runner.clone()),
+                            reason: e.to_string(),
+                        })]
+                    }
+                };
+                futures::future::ready(Some(futures::stream::iter(out)))
+            })
+            .flatten();
+        Attempt::Done(Ok(items.boxed()))
+    }
+}
+
+fn lost_in_entity(out: &Outgoing) -> CallError {
+    CallError::Interrupted {
+        address: out.address.clone(),
+        message: "the entity was stopped while processing the request; its outcome is unknown"
+            .to_owned(),
+    }
+}
+
+fn tokio_stream_from(
+    mut rx: tokio::sync::mpsc::Receiver<ReplyValue>,
+) -> impl futures::Stream<Item = ReplyValue> + Send + 'static {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}

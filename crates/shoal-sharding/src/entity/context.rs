@@ -1,0 +1,124 @@
+//! What a handler knows about where it runs.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+
+use shoal_protocol::{EntityAddress, RunnerAddress};
+
+use crate::sharding::Sharding;
+
+/// State an instance shares with its manager (read without locking on the hot path).
+#[derive(Debug, Default)]
+pub(crate) struct InstanceFlags {
+    /// Set by the entity to stay resident while idle.
+    keep_alive: AtomicBool,
+    /// Requests queued or running.
+    pending: AtomicU32,
+    /// Milliseconds since the runtime's start at the last activity.
+    last_active: AtomicU64,
+}
+
+impl InstanceFlags {
+    pub(crate) fn keep_alive(&self) -> bool {
+        self.keep_alive.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn pending(&self) -> u32 {
+        self.pending.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn add_pending(&self) {
+        self.pending.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Takes back an [`InstanceFlags::add_pending`] whose request was not queued.
+    pub(crate) fn undo_pending(&self) {
+        self.pending.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    pub(crate) fn done_pending(&self, at_millis: u64) {
+        self.pending.fetch_sub(1, Ordering::AcqRel);
+        self.last_active.store(at_millis, Ordering::Relaxed);
+    }
+
+    pub(crate) fn touch(&self, at_millis: u64) {
+        self.last_active.store(at_millis, Ordering::Relaxed);
+    }
+
+    pub(crate) fn last_active(&self) -> u64 {
+        self.last_active.load(Ordering::Relaxed)
+    }
+
+    /// Idle: nothing queued or running and no keep-alive.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.pending() == 0 && !self.keep_alive()
+    }
+}
+
+/// Where an entity instance runs: its address, the runner, and the sharding runtime (to call other
+/// entities). Cheap to clone.
+#[derive(Clone)]
+pub struct EntityContext {
+    inner: Arc<ContextInner>,
+}
+
+struct ContextInner {
+    address: EntityAddress,
+    sharding: Sharding,
+    flags: Arc<InstanceFlags>,
+}
+
+impl EntityContext {
+    pub(crate) fn new(
+        address: EntityAddress,
+        sharding: Sharding,
+        flags: Arc<InstanceFlags>,
+    ) -> Self {
+        Self {
+            inner: Arc::new(ContextInner {
+                address,
+                sharding,
+                flags,
+            }),
+        }
+    }
+
+    /// The entity's address.
+    pub fn address(&self) -> &EntityAddress {
+        &self.inner.address
+    }
+
+    /// The address of the runner hosting the entity (`None` only for client-only processes,
+    /// which host no entities).
+    pub fn runner_address(&self) -> Option<&RunnerAddress> {
+        self.inner.sharding.runner_address()
+    }
+
+    /// The sharding runtime, to call other entities.
+    pub fn sharding(&self) -> &Sharding {
+        &self.inner.sharding
+    }
+
+    /// The epoch of the lease under which this runner holds the entity's shard (`None` once the
+    /// shard is no longer held here): the fencing token of the entity's storage writes.
+    pub fn shard_epoch(&self) -> Option<shoal_storage::Epoch> {
+        self.inner.sharding.shard_epoch(&self.inner.address.shard)
+    }
+
+    /// Keeps the instance resident while idle (`true`) or lets it be passivated again (`false`).
+    pub fn keep_alive(&self, enabled: bool) {
+        self.inner
+            .flags
+            .keep_alive
+            .store(enabled, Ordering::Relaxed);
+    }
+}
+
+impl fmt::Debug for EntityContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EntityContext")
+            .field("address", &self.inner.address)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,152 @@
+//! The typed entity traits.
+
+use std::fmt;
+use std::future::Future;
+
+use super::context::EntityContext;
+use super::message::Message;
+use super::stream::ChunkSink;
+
+/// A stateful entity type. One instance exists per entity id while it is active; it handles one
+/// message at a time, in arrival order.
+///
+/// ```
+/// use serde::{Deserialize, Serialize};
+/// use shoal_sharding::{Entity, EntityContext, Handler, HandlerError, Message};
+///
+/// #[derive(Default)]
+/// struct Counter {
+///     value: i64,
+/// }
+///
+/// impl Entity for Counter {
+///     const TYPE: &'static str = "counter";
+///
+///     async fn activate(_ctx: &EntityContext) -> Result<Self, HandlerError> {
+///         Ok(Counter::default())
+///     }
+/// }
+///
+/// #[derive(Clone, Serialize, Deserialize)]
+/// struct Increment {
+///     by: i64,
+/// }
+///
+/// impl Message for Increment {
+///     const TAG: &'static str = "increment";
+///     type Reply = i64;
+/// }
+///
+/// impl Handler<Increment> for Counter {
+///     async fn handle(&mut self, msg: Increment, _ctx: &EntityContext) -> Result<i64, HandlerError> {
+///         self.value += msg.by;
+///         Ok(self.value)
+///     }
+/// }
+/// ```
+pub trait Entity: Send + Sized + 'static {
+    /// The entity type's name. Stable: it is on the wire and in storage.
+    const TYPE: &'static str;
+
+    /// The shard group of entity `id` (default: `"default"`). Callers and hosts must agree, so it
+    /// is part of the type.
+    fn shard_group(id: &shoal_protocol::EntityId) -> shoal_protocol::ShardGroup {
+        let _ = id;
+        shoal_protocol::ShardGroup::default_group()
+    }
+
+    /// Creates the instance for `ctx.address()` when its first message arrives (or it is
+    /// re-activated after passivation, a shard move or a defect). Load state here.
+    fn activate(ctx: &EntityContext) -> impl Future<Output = Result<Self, HandlerError>> + Send;
+
+    /// Runs before the instance stops gracefully (passivation, shard release, shutdown). Not run
+    /// when the instance is aborted (lease lost, termination timeout).
+    fn deactivate(&mut self, ctx: &EntityContext) -> impl Future<Output = ()> + Send {
+        let _ = ctx;
+        async {}
+    }
+}
+
+/// Handles message `M`.
+pub trait Handler<M: Message>: Entity {
+    /// Handles one message and returns its reply.
+    fn handle(
+        &mut self,
+        msg: M,
+        ctx: &EntityContext,
+    ) -> impl Future<Output = Result<M::Reply, HandlerError>> + Send;
+}
+
+/// Handles message `M` with a stream of replies.
+pub trait StreamHandler<M: Message>: Entity {
+    /// Handles one message, sending each reply item to `out`; returning ends the stream.
+    fn handle_stream(
+        &mut self,
+        msg: M,
+        ctx: &EntityContext,
+        out: &mut ChunkSink<M::Reply>,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send;
+}
+
+/// A handler failure. Any `std::error::Error` converts into a plain failure with `?`: the caller
+/// gets it as [`crate::CallError::Handler`] and the entity carries on. A **fatal** failure (and a
+/// panic) is a defect: the instance is dropped and re-activated, and the request replayed (up to
+/// [`crate::ShardingConfig::defect_max_retries`] times, then it fails with
+/// [`crate::CallError::Defect`]).
+pub struct HandlerError {
+    fatal: bool,
+    message: String,
+}
+
+impl HandlerError {
+    /// A failure of this request only.
+    pub fn failed(message: impl fmt::Display) -> Self {
+        Self {
+            fatal: false,
+            message: message.to_string(),
+        }
+    }
+
+    /// A defect: the instance's state can no longer be trusted.
+    pub fn fatal(message: impl fmt::Display) -> Self {
+        Self {
+            fatal: true,
+            message: message.to_string(),
+        }
+    }
+
+    /// Whether this is a defect.
+    pub fn is_fatal(&self) -> bool {
+        self.fatal
+    }
+
+    /// The failure's description.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl fmt::Debug for HandlerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HandlerError")
+            .field("fatal", &self.fatal)
+            .field("message", &self.message)
+            .finish()
+    }
+}
+
+impl fmt::Display for HandlerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.fatal {
+            write!(f, "fatal: {}", self.message)
+        } else {
+            f.write_str(&self.message)
+        }
+    }
+}
+
+impl<E: std::error::Error> From<E> for HandlerError {
+    fn from(error: E) -> Self {
+        Self::failed(error)
+    }
+}

@@ -1,0 +1,31 @@
+//! Messages.
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// A message an entity type handles: its tag and its reply type. Messages travel encoded as JSON
+/// between runners; within one process they are passed as values (unless
+/// [`crate::ShardingConfig::simulate_remote_serialization`] is on). Messages are `Clone` so that a
+/// request can be replayed after its entity failed with a defect.
+///
+/// ```
+/// use serde::{Deserialize, Serialize};
+/// use shoal_sharding::Message;
+///
+/// #[derive(Clone, Serialize, Deserialize)]
+/// struct Increment {
+///     by: i64,
+/// }
+///
+/// impl Message for Increment {
+///     const TAG: &'static str = "increment";
+///     type Reply = i64;
+/// }
+/// ```
+pub trait Message: Clone + Serialize + DeserializeOwned + Send + Sync + 'static {
+    /// The message's name within its entity type. Stable: it is on the wire.
+    const TAG: &'static str;
+    /// What a handler answers (for a streaming message: the type of each streamed item). An
+    /// application-level error belongs in the reply (for example `Result<T, MyError>`).
+    type Reply: Serialize + DeserializeOwned + Send + 'static;
+}

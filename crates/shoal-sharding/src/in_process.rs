@@ -1,0 +1,159 @@
+//! An in-process transport: several runtimes in one process reach each other directly.
+//!
+//! Requests still cross a real serialization boundary — every request and reply is encoded to
+//! the `shoal.runner.v1` protobuf wire form and decoded again — so what works here works over
+//! sockets. Runners can be disconnected to simulate a server that stops answering.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Weak};
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use parking_lot::RwLock;
+use prost::Message as _;
+use shoal_protocol::proto::runner::v1 as pb;
+use shoal_protocol::{Failure, Notification, Reply, ReplyFrame, Request, RunnerAddress, Snowflake};
+
+use crate::runners::{ReplyFrames, Runners, TransportError};
+use crate::sharding::{Inner, Sharding};
+
+/// Connects the runtimes of one process. Share it (`Arc`) between their builders
+/// ([`crate::ShardingBuilder::in_process`]).
+#[derive(Debug, Default)]
+pub struct InProcessNetwork {
+    runners: RwLock<HashMap<RunnerAddress, Weak<Inner>>>,
+    disconnected: RwLock<HashSet<RunnerAddress>>,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inner").finish_non_exhaustive()
+    }
+}
+
+impl InProcessNetwork {
+    /// An empty network.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    pub(crate) fn attach(&self, address: RunnerAddress, sharding: &Sharding) {
+        self.runners
+            .write()
+            .insert(address, Arc::downgrade(&sharding.inner));
+    }
+
+    pub(crate) fn detach(&self, address: &RunnerAddress) {
+        self.runners.write().remove(address);
+    }
+
+    /// Makes `runner` unreachable (its server stops answering) without stopping it.
+    pub fn disconnect(&self, runner: &RunnerAddress) {
+        self.disconnected.write().insert(runner.clone());
+    }
+
+    /// Undoes [`InProcessNetwork::disconnect`].
+    pub fn reconnect(&self, runner: &RunnerAddress) {
+        self.disconnected.write().remove(runner);
+    }
+
+    fn target(&self, runner: &RunnerAddress) -> Result<Sharding, TransportError> {
+        let unreachable = |reason: &str| TransportError::Unreachable {
+            runner: runner.clone(),
+            reason: reason.to_owned(),
+        };
+        if self.disconnected.read().contains(runner) {
+            return Err(unreachable("connection refused (disconnected)"));
+        }
+        let inner = self
+            .runners
+            .read()
+            .get(runner)
+            .and_then(Weak::upgrade)
+            .ok_or_else(|| unreachable("connection refused (no such runner)"))?;
+        Ok(Sharding { inner })
+    }
+}
+
+fn wire_error(runner: &RunnerAddress, e: impl std::fmt::Display) -> TransportError {
+    TransportError::Lost {
+        runner: runner.clone(),
+        reason: format!("bad wire data: {e}"),
+    }
+}
+
+/// Encodes and decodes a request as the socket transport would.
+fn through_wire(runner: &RunnerAddress, request: &Request) -> Result<Request, TransportError> {
+    let bytes = pb::Request::from(request).encode_to_vec();
+    let wire = pb::Request::decode(&bytes[..]).map_err(|e| wire_error(runner, e))?;
+    Request::try_from(wire).map_err(|e| wire_error(runner, e))
+}
+
+fn frame_through_wire(
+    runner: &RunnerAddress,
+    id: Snowflake,
+    frame: ReplyFrame,
+) -> Result<ReplyFrame, TransportError> {
+    let bytes = pb::Reply::from(Reply {
+        request_id: id,
+        frame,
+    })
+    .encode_to_vec();
+    let wire = pb::Reply::decode(&bytes[..]).map_err(|e| wire_error(runner, e))?;
+    Reply::try_from(wire)
+        .map(|r| r.frame)
+        .map_err(|e| wire_error(runner, e))
+}
+
+#[async_trait]
+impl Runners for InProcessNetwork {
+    async fn ping(&self, runner: &RunnerAddress) -> Result<(), TransportError> {
+        self.target(runner).map(|_| ())
+    }
+
+    async fn send(
+        &self,
+        runner: &RunnerAddress,
+        request: Request,
+    ) -> Result<ReplyFrame, TransportError> {
+        let target = self.target(runner)?;
+        let id = request.id;
+        let request = through_wire(runner, &request)?;
+        let frame = target.handle_request(request).await;
+        // A runner disconnected meanwhile never delivers its reply.
+        if self.disconnected.read().contains(runner) {
+            return Err(TransportError::Lost {
+                runner: runner.clone(),
+                reason: "connection lost while waiting for the reply".to_owned(),
+            });
+        }
+        frame_through_wire(runner, id, frame)
+    }
+
+    async fn send_stream(
+        &self,
+        runner: &RunnerAddress,
+        request: Request,
+    ) -> Result<ReplyFrames, TransportError> {
+        let target = self.target(runner)?;
+        let id = request.id;
+        let request = through_wire(runner, &request)?;
+        let runner = runner.clone();
+        Ok(target
+            .handle_stream(request)
+            .map(move |frame| frame_through_wire(&runner, id, frame))
+            .boxed())
+    }
+
+    async fn notify(
+        &self,
+        runner: &RunnerAddress,
+        notification: Notification,
+    ) -> Result<Option<Failure>, TransportError> {
+        let target = self.target(runner)?;
+        let bytes = pb::Notification::from(&notification).encode_to_vec();
+        let wire = pb::Notification::decode(&bytes[..]).map_err(|e| wire_error(runner, e))?;
+        let notification = Notification::try_from(wire).map_err(|e| wire_error(runner, e))?;
+        Ok(target.handle_notification(notification).await.err())
+    }
+}

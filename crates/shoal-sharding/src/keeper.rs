@@ -1,0 +1,505 @@
+//! The lease keeper: one task per runner that reads the cluster from storage, computes the
+//! assignment, acquires, refreshes and releases shard leases, and stops entities before a lease
+//! could expire under them.
+//!
+//! Safety rests on one rule: a runner only runs a shard's entities while it is sure its lease is
+//! live. It tracks a conservative expiry — the *local* time at which it **sent** its last
+//! successful refresh, plus the TTL (storage computes the real expiry from its own clock when it
+//! executes the statement, which is later) — and a watchdog aborts every entity a safety margin
+//! before that instant unless a refresh has succeeded meanwhile. Every storage call the keeper
+//! awaits is bounded by that instant too, so a hung call cannot keep it from firing (Effect
+//! #6508).
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::future::Future;
+use std::time::Duration;
+
+use shoal_protocol::{RunnerAddress, ShardId};
+use shoal_storage::{Epoch, StorageError};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, MissedTickBehavior, interval, sleep_until, timeout_at};
+use tracing::Instrument;
+
+use crate::assignment::ShardAssignment;
+use crate::routing::RouteTable;
+use crate::sharding::{ClusterView, Sharding};
+
+/// Starts the keeper: one synchronous pass (so routes exist when `start` returns), then the loop.
+pub(crate) async fn start(sharding: &Sharding) {
+    let (released_tx, released_rx) = mpsc::unbounded_channel();
+    let mut keeper = Keeper {
+        sharding: sharding.clone(),
+        outage: Outage::default(),
+        held: BTreeMap::new(),
+        releasing: BTreeMap::new(),
+        unreleased: BTreeSet::new(),
+        valid_until: None,
+        known: HashSet::new(),
+        released_tx,
+        released_rx,
+        draining: None,
+    };
+    keeper.sync().await;
+    let span = tracing::info_span!("lease_keeper", runner = ?sharding.runner_address());
+    let task = tokio::spawn(keeper.run().instrument(span));
+    sharding.spawn_task(task);
+}
+
+/// Logs a storage outage once when it starts and once when it ends, not on every retry.
+#[derive(Debug, Default)]
+struct Outage {
+    since: Option<Instant>,
+    failures: u64,
+}
+
+impl Outage {
+    fn failed(&mut self, operation: &str, error: &StorageError) {
+        self.failures += 1;
+        if self.since.is_none() {
+            self.since = Some(Instant::now());
+            tracing::warn!(operation, error = %error, "storage call failed; retrying (further failures are logged at debug level until it recovers)");
+        } else {
+            tracing::debug!(operation, error = %error, "storage call failed again");
+        }
+    }
+
+    fn succeeded(&mut self) {
+        if let Some(since) = self.since.take() {
+            tracing::info!(
+                failures = self.failures,
+                outage = ?since.elapsed(),
+                "storage reachable again"
+            );
+            self.failures = 0;
+        }
+    }
+}
+
+struct Keeper {
+    sharding: Sharding,
+    outage: Outage,
+    /// Shards held and active, with their lease epochs.
+    held: BTreeMap<ShardId, Epoch>,
+    /// Shards whose entities are being stopped before release (still refreshed).
+    releasing: BTreeMap<ShardId, Epoch>,
+    /// Shards whose entities stopped but whose release in storage has not succeeded yet.
+    unreleased: BTreeSet<ShardId>,
+    /// Conservative local expiry of the held leases.
+    valid_until: Option<Instant>,
+    /// Runners seen in the last view.
+    known: HashSet<RunnerAddress>,
+    released_tx: mpsc::UnboundedSender<Vec<ShardId>>,
+    released_rx: mpsc::UnboundedReceiver<Vec<ShardId>>,
+    /// Set while shutting down: the deadline of the handoff.
+    draining: Option<Instant>,
+}
+
+impl Keeper {
+    fn me(&self) -> Option<&RunnerAddress> {
+        self.sharding.runner_address()
+    }
+
+    fn config(&self) -> &crate::ShardingConfig {
+        &self.sharding.inner.config
+    }
+
+    /// When entities must be stopped unless a refresh succeeds first.
+    fn watchdog(&self) -> Option<Instant> {
+        if self.held.is_empty() && self.releasing.is_empty() {
+            return None;
+        }
+        self.valid_until.map(|t| {
+            t.checked_sub(self.config().lease_safety_margin())
+                .unwrap_or(t)
+        })
+    }
+
+    /// Runs a storage call bounded by the storage timeout and by the watchdog.
+    async fn call<T>(
+        &self,
+        operation: &'static str,
+        fut: impl Future<Output = Result<T, StorageError>>,
+    ) -> Result<T, StorageError> {
+        let timeout = self.config().storage_timeout();
+        let mut deadline = Instant::now() + timeout;
+        if let Some(w) = self.watchdog() {
+            deadline = deadline.min(w);
+        }
+        let started = Instant::now();
+        let result = match timeout_at(deadline, fut).await {
+            Ok(result) => result,
+            Err(_) => Err(StorageError::Timeout { operation, timeout }),
+        };
+        metrics::histogram!("shoal_storage_call_seconds", "operation" => operation)
+            .record(started.elapsed().as_secs_f64());
+        if result.is_err() {
+            metrics::counter!("shoal_storage_call_failures_total", "operation" => operation)
+                .increment(1);
+        }
+        result
+    }
+
+    async fn run(mut self) {
+        let inner = self.sharding.inner.clone();
+        let is_runner = self.me().is_some();
+        let mut poll = interval(self.config().assignment_refresh_interval());
+        poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut refresh = interval(self.config().effective_refresh_interval());
+        refresh.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            if let Some(deadline) = self.draining {
+                if self.held.is_empty() && self.releasing.is_empty() && self.unreleased.is_empty() {
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    tracing::warn!(
+                        "handoff did not finish in time; aborting the remaining entities"
+                    );
+                    self.force_stop(self.all_shards(), "shutdown deadline");
+                    break;
+                }
+            }
+            let watchdog = self.watchdog();
+            let far = Instant::now() + Duration::from_secs(3600);
+            let drain_deadline = self.draining.unwrap_or(far);
+            tokio::select! {
+                biased;
+                _ = inner.cancel.cancelled(), if self.draining.is_none() => {
+                    if !is_runner {
+                        break;
+                    }
+                    self.begin_drain().await;
+                }
+                _ = sleep_until(watchdog.unwrap_or(far)), if watchdog.is_some() => self.lease_expiring(),
+                Some(shards) = self.released_rx.recv() => self.entities_stopped(shards).await,
+                _ = refresh.tick(), if is_runner => self.refresh().await,
+                _ = poll.tick(), if self.draining.is_none() => self.sync().await,
+                _ = sleep_until(drain_deadline), if self.draining.is_some() => {}
+            }
+        }
+        if let Some(me) = self.me().cloned() {
+            let _ = self
+                .call("release_all", inner.storage.release_all(&me))
+                .await;
+            tracing::info!("handoff complete; leases released");
+        }
+        inner.stopped.cancel();
+    }
+
+    fn all_shards(&self) -> Vec<ShardId> {
+        self.held
+            .keys()
+            .chain(self.releasing.keys())
+            .cloned()
+            .collect()
+    }
+
+    /// Reads runners and leases, recomputes the assignment and routes, and moves shards.
+    async fn sync(&mut self) {
+        let inner = self.sharding.inner.clone();
+        let runners = match self.call("runners", inner.storage.runners()).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.outage.failed("runners", &e);
+                return;
+            }
+        };
+        let leases = match self.call("leases", inner.storage.leases()).await {
+            Ok(l) => l,
+            Err(e) => {
+                self.outage.failed("leases", &e);
+                return;
+            }
+        };
+        self.outage.succeeded();
+
+        // Runners that left: drop their connections.
+        let now_known: HashSet<RunnerAddress> =
+            runners.iter().map(|r| r.runner.address.clone()).collect();
+        for gone in self.known.difference(&now_known) {
+            tracing::info!(runner = %gone, "runner left the cluster");
+            inner.transport.runner_left(gone);
+        }
+        for joined in now_known.difference(&self.known) {
+            tracing::info!(runner = %joined, "runner joined the cluster");
+        }
+        self.known = now_known;
+        metrics::gauge!("shoal_runners").set(runners.len() as f64);
+        metrics::gauge!("shoal_runners_healthy")
+            .set(runners.iter().filter(|r| r.healthy).count() as f64);
+
+        let assignment = ShardAssignment::compute(
+            self.config().shards_per_group(),
+            self.config().available_groups(),
+            &runners,
+            &leases,
+        );
+        inner
+            .routes
+            .replace(RouteTable::build(&assignment, &leases));
+
+        let Some(me) = self.me().cloned() else {
+            *inner.view.lock() = ClusterView { runners, leases };
+            return;
+        };
+
+        // Missing from storage (heartbeat lapsed while storage was unreachable): join again.
+        if !runners.iter().any(|r| r.runner.address == me) && !self.sharding.is_shutting_down() {
+            tracing::warn!(
+                "this runner is not registered in storage (its heartbeat lapsed?); registering again"
+            );
+            if let Some(runner) = inner.me.clone()
+                && let Err(e) = self
+                    .call(
+                        "register",
+                        inner
+                            .storage
+                            .register(&runner, true, self.config().lease_ttl()),
+                    )
+                    .await
+            {
+                tracing::warn!(error = %e, "registering again failed");
+            }
+        }
+
+        // A held shard whose live lease shows another owner was lost: stop at once.
+        let stolen: Vec<ShardId> = leases
+            .iter()
+            .filter(|l| {
+                l.owner != me
+                    && (self.held.contains_key(&l.shard) || self.releasing.contains_key(&l.shard))
+            })
+            .map(|l| l.shard.clone())
+            .collect();
+        if !stolen.is_empty() {
+            tracing::error!(
+                shards = stolen.len(),
+                "storage shows other owners for shards held here; stopping their entities"
+            );
+            self.force_stop(stolen, "lease taken by another runner");
+        }
+
+        let mine: BTreeSet<ShardId> = assignment.shards_of(&me).collect();
+        let to_release: Vec<ShardId> = self
+            .held
+            .keys()
+            .filter(|s| !mine.contains(*s))
+            .cloned()
+            .collect();
+        if !to_release.is_empty() {
+            self.begin_release(to_release);
+        }
+
+        let taken: HashSet<&ShardId> = leases
+            .iter()
+            .filter(|l| l.owner != me)
+            .map(|l| &l.shard)
+            .collect();
+        let to_acquire: Vec<ShardId> = mine
+            .into_iter()
+            .filter(|s| {
+                !self.held.contains_key(s)
+                    && !self.releasing.contains_key(s)
+                    && !self.unreleased.contains(s)
+                    && !taken.contains(s)
+            })
+            .collect();
+        *inner.view.lock() = ClusterView { runners, leases };
+        if !to_acquire.is_empty() {
+            self.acquire(&me, to_acquire).await;
+        }
+        if !self.unreleased.is_empty() {
+            self.release_in_storage().await;
+        }
+    }
+
+    async fn acquire(&mut self, me: &RunnerAddress, shards: Vec<ShardId>) {
+        let inner = self.sharding.inner.clone();
+        let ttl = self.config().lease_ttl();
+        let sent = Instant::now();
+        match self
+            .call("acquire", inner.storage.acquire(me, &shards, ttl))
+            .await
+        {
+            Ok(acquired) => {
+                if acquired.is_empty() {
+                    return;
+                }
+                if self.held.is_empty() && self.releasing.is_empty() {
+                    self.valid_until = Some(sent + ttl);
+                }
+                let mut new = Vec::with_capacity(acquired.len());
+                for held in acquired {
+                    inner.shards.set_active(&held.shard, held.epoch);
+                    self.held.insert(held.shard.clone(), held.epoch);
+                    new.push(held.shard);
+                }
+                tracing::info!(
+                    acquired = new.len(),
+                    requested = shards.len(),
+                    held = self.held.len(),
+                    "acquired shards"
+                );
+                metrics::gauge!("shoal_shards_held").set(self.held.len() as f64);
+                inner.singletons.sync(&self.sharding);
+            }
+            Err(e) => tracing::warn!(error = %e, shards = shards.len(), "acquiring shards failed"),
+        }
+    }
+
+    async fn refresh(&mut self) {
+        let Some(me) = self.me().cloned() else { return };
+        let inner = self.sharding.inner.clone();
+        let shards = self.all_shards();
+        let ttl = self.config().lease_ttl();
+        let sent = Instant::now();
+        match self
+            .call("refresh", inner.storage.refresh(&me, &shards, ttl))
+            .await
+        {
+            Ok(still) => {
+                self.valid_until = (!shards.is_empty()).then_some(sent + ttl);
+                if still.len() < shards.len() {
+                    let kept: HashSet<ShardId> = still.into_iter().map(|h| h.shard).collect();
+                    let lost: Vec<ShardId> =
+                        shards.into_iter().filter(|s| !kept.contains(s)).collect();
+                    tracing::error!(
+                        lost = lost.len(),
+                        "shard leases were lost; stopping their entities"
+                    );
+                    self.force_stop(lost, "lease lost");
+                }
+                if !self.unreleased.is_empty() && self.draining.is_some() {
+                    self.release_in_storage().await;
+                }
+            }
+            Err(e) => {
+                metrics::counter!("shoal_lease_refresh_failures_total").increment(1);
+                self.outage.failed("refresh", &e);
+            }
+        }
+    }
+
+    /// The watchdog fired: no refresh succeeded in time. Stop everything before the leases can
+    /// expire and be taken elsewhere.
+    fn lease_expiring(&mut self) {
+        metrics::counter!("shoal_lease_watchdog_stops_total").increment(1);
+        tracing::error!(
+            shards = self.held.len() + self.releasing.len(),
+            "lease refresh did not succeed in time; stopping all entities before the leases expire"
+        );
+        let all = self.all_shards();
+        self.force_stop(all, "lease storage unreachable");
+        self.valid_until = None;
+    }
+
+    /// Aborts the entities of `shards` at once and forgets the shards.
+    fn force_stop(&mut self, shards: Vec<ShardId>, reason: &str) {
+        if shards.is_empty() {
+            return;
+        }
+        let inner = self.sharding.inner.clone();
+        let set: HashSet<ShardId> = shards.iter().cloned().collect();
+        for shard in &shards {
+            inner.shards.clear(shard);
+            self.held.remove(shard);
+            self.releasing.remove(shard);
+            self.unreleased.remove(shard);
+        }
+        for manager in inner.entities.read().values() {
+            manager.abort_shards(&set);
+        }
+        inner.singletons.sync_with(&self.sharding, true);
+        tracing::warn!(shards = shards.len(), reason, "stopped entities of shards");
+        metrics::gauge!("shoal_shards_held").set(self.held.len() as f64);
+    }
+
+    /// Starts handing `shards` off: new messages are refused, entities finish their running
+    /// request (up to the termination timeout), then the leases are released.
+    fn begin_release(&mut self, shards: Vec<ShardId>) {
+        let inner = self.sharding.inner.clone();
+        for shard in &shards {
+            if let Some(epoch) = self.held.remove(shard) {
+                inner.shards.set_releasing(shard);
+                self.releasing.insert(shard.clone(), epoch);
+            }
+        }
+        let set: HashSet<ShardId> = shards.iter().cloned().collect();
+        let mut stopping = inner.singletons.sync_with(&self.sharding, false);
+        for manager in inner.entities.read().values() {
+            stopping.extend(manager.stop_shards(&set));
+        }
+        tracing::info!(
+            shards = shards.len(),
+            entities = stopping.len(),
+            "releasing shards"
+        );
+        let termination = self.config().entity_termination_timeout();
+        let done = self.released_tx.clone();
+        tokio::spawn(async move {
+            let deadline = Instant::now() + termination;
+            for mut s in stopping {
+                if timeout_at(deadline, &mut s.task).await.is_err() {
+                    s.task.abort();
+                }
+            }
+            let _ = done.send(shards);
+        });
+        metrics::gauge!("shoal_shards_held").set(self.held.len() as f64);
+    }
+
+    /// The entities of `shards` have stopped: release the leases.
+    async fn entities_stopped(&mut self, shards: Vec<ShardId>) {
+        for shard in shards {
+            // A shard force-stopped meanwhile is already gone.
+            if self.releasing.remove(&shard).is_some() {
+                self.unreleased.insert(shard);
+            }
+        }
+        self.release_in_storage().await;
+    }
+
+    async fn release_in_storage(&mut self) {
+        let Some(me) = self.me().cloned() else { return };
+        if self.unreleased.is_empty() {
+            return;
+        }
+        let inner = self.sharding.inner.clone();
+        let shards: Vec<ShardId> = self.unreleased.iter().cloned().collect();
+        match self
+            .call("release", inner.storage.release(&me, &shards))
+            .await
+        {
+            Ok(()) => {
+                for shard in &shards {
+                    inner.shards.clear(shard);
+                    self.unreleased.remove(shard);
+                }
+                tracing::info!(shards = shards.len(), "released shards");
+            }
+            Err(e) => {
+                // Still fenced: the entities are stopped and the leases lapse if this keeps failing.
+                tracing::warn!(error = %e, shards = shards.len(), "releasing shards failed; will retry");
+            }
+        }
+    }
+
+    /// Shutdown: leave the cluster and hand every shard off.
+    async fn begin_drain(&mut self) {
+        let inner = self.sharding.inner.clone();
+        let deadline = Instant::now()
+            + self.config().entity_termination_timeout()
+            + self.config().storage_timeout() * 2;
+        self.draining = Some(deadline);
+        if let Some(me) = self.me().cloned()
+            && let Err(e) = self.call("unregister", inner.storage.unregister(&me)).await
+        {
+            tracing::warn!(error = %e, "unregistering failed; other runners will drop this runner when its heartbeat lapses");
+        }
+        inner.singletons.close();
+        let held: Vec<ShardId> = self.held.keys().cloned().collect();
+        if !held.is_empty() {
+            self.begin_release(held);
+        }
+    }
+}

@@ -1,0 +1,148 @@
+//! Requests arriving from other runners (through a transport).
+
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use shoal_protocol::{Chunk, ErrorCode, Failure, Notification, ReplyFrame, Request};
+use tokio::sync::oneshot;
+
+use crate::entity::{ReplyValue, chunk_channel};
+use crate::instance::ReplyTo;
+use crate::outgoing::Outgoing;
+use crate::sharding::Sharding;
+
+fn refused(request: &Request, code: ErrorCode, message: impl Into<String>) -> Failure {
+    Failure::new(code, message).with_address(request.address.clone())
+}
+
+impl Sharding {
+    /// Checks that a remote request can be served here; on refusal, the failure to answer with.
+    fn admit(&self, request: &Request) -> Result<(), Failure> {
+        if self.is_shutting_down() {
+            return Err(refused(
+                request,
+                ErrorCode::ShuttingDown,
+                "the runner is shutting down",
+            ));
+        }
+        if !self.inner.shards.is_active(&request.address.shard) {
+            return Err(crate::manager::not_assigned(&request.address));
+        }
+        Ok(())
+    }
+
+    fn incoming(request: &Request) -> Outgoing {
+        Outgoing {
+            address: request.address.clone(),
+            tag: request.tag.clone(),
+            headers: request.headers.clone(),
+            timeout: request.timeout.unwrap_or(std::time::Duration::MAX),
+            typed: None,
+            encoded: Some(request.payload.clone()),
+        }
+    }
+
+    /// Serves a request from another runner and returns its final reply (a value or a
+    /// failure). Transports call this.
+    pub async fn handle_request(&self, request: Request) -> ReplyFrame {
+        if let Err(failure) = self.admit(&request) {
+            return ReplyFrame::Failure(failure);
+        }
+        let mut out = Self::incoming(&request);
+        let (tx, rx) = oneshot::channel();
+        if let Err(failure) = self.deliver_local(&mut out, request.id, None, ReplyTo::Caller(tx)) {
+            return ReplyFrame::Failure(failure);
+        }
+        let outcome = match request.timeout {
+            Some(timeout) => match tokio::time::timeout(timeout, rx).await {
+                Ok(outcome) => outcome,
+                Err(_) => {
+                    return ReplyFrame::Failure(refused(
+                        &request,
+                        ErrorCode::DeadlineExceeded,
+                        "the caller's deadline passed",
+                    ));
+                }
+            },
+            None => rx.await,
+        };
+        match outcome {
+            Ok(Ok(ReplyValue::Encoded(bytes))) => ReplyFrame::Value(bytes),
+            Ok(Ok(ReplyValue::Local(_))) => ReplyFrame::Failure(refused(
+                &request,
+                ErrorCode::Defect,
+                "the entity answered with an unencoded value",
+            )),
+            Ok(Err(failure)) => ReplyFrame::Failure(failure),
+            Err(_) => ReplyFrame::Failure(refused(
+                &request,
+                ErrorCode::Interrupted,
+                "the entity was stopped while processing the request; its outcome is unknown",
+            )),
+        }
+    }
+
+    /// Serves a streaming request from another runner: chunks, then `End` or a failure.
+    pub fn handle_stream(&self, request: Request) -> BoxStream<'static, ReplyFrame> {
+        if let Err(failure) = self.admit(&request) {
+            return futures::stream::once(async move { ReplyFrame::Failure(failure) }).boxed();
+        }
+        let mut out = Self::incoming(&request);
+        let (chunk_tx, mut chunk_rx) = chunk_channel();
+        let (tx, rx) = oneshot::channel();
+        if let Err(failure) =
+            self.deliver_local(&mut out, request.id, Some(chunk_tx), ReplyTo::Caller(tx))
+        {
+            return futures::stream::once(async move { ReplyFrame::Failure(failure) }).boxed();
+        }
+        let ids = self.clone();
+        let mut sequence = 0u32;
+        let chunks = futures::stream::poll_fn(move |cx| chunk_rx.poll_recv(cx)).map(move |value| {
+            let bytes = match value {
+                ReplyValue::Encoded(bytes) => bytes,
+                ReplyValue::Local(_) => bytes::Bytes::new(),
+            };
+            let chunk = Chunk {
+                reply_id: ids.inner.ids.next_id(),
+                sequence,
+                values: vec![bytes],
+            };
+            sequence += 1;
+            ReplyFrame::Chunk(chunk)
+        });
+        let address = request.address.clone();
+        let end = futures::stream::once(async move {
+            match rx.await {
+                Ok(Ok(_)) => ReplyFrame::End,
+                Ok(Err(failure)) => ReplyFrame::Failure(failure),
+                Err(_) => ReplyFrame::Failure(
+                    Failure::new(
+                        ErrorCode::Interrupted,
+                        "the entity was stopped while streaming",
+                    )
+                    .with_address(address),
+                ),
+            }
+        });
+        chunks.chain(end).boxed()
+    }
+
+    /// Serves a notification from another runner. `Err` when it was refused.
+    pub async fn handle_notification(&self, notification: Notification) -> Result<(), Failure> {
+        match notification {
+            Notification::Request(request) => {
+                self.admit(&request)?;
+                let mut out = Self::incoming(&request);
+                self.deliver_local(&mut out, request.id, None, ReplyTo::Discard)
+            }
+            Notification::Interrupt(interrupt) => {
+                if let Some(manager) = self.manager(&interrupt.address.entity_type) {
+                    manager.interrupt(&interrupt.address.entity_id, interrupt.request_id);
+                }
+                Ok(())
+            }
+            // Acknowledgements matter for persisted streams only; volatile streams are not
+            // resumed.
+            Notification::AckChunk(_) => Ok(()),
+        }
+    }
+}

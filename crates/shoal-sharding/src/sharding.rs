@@ -1,0 +1,447 @@
+//! The sharding runtime: its handle, its builder, and the state its parts share.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use parking_lot::{Mutex, RwLock};
+use shoal_protocol::{
+    EntityId, EntityType, MachineId, Runner, RunnerAddress, ShardGroup, ShardId, SnowflakeGenerator,
+};
+use shoal_storage::{RunnerStatus, RunnerStorage, ShardLease, StorageError};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::Clock;
+use crate::config::ShardingConfig;
+use crate::entity::{Entity, Registration, RegistrationParts};
+use crate::error::RegisterError;
+use crate::hash::shard_index;
+use crate::health::{NoopHealth, RunnerHealth};
+use crate::in_process::InProcessNetwork;
+use crate::instance::InstanceSettings;
+use crate::manager::{EntityManager, ManagerParts};
+use crate::residency::Residency;
+use crate::routing::Routes;
+use crate::runners::Runners;
+use crate::shards::ShardStates;
+use crate::singleton::Singletons;
+
+/// Why the runtime could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The builder was not given runner storage.
+    #[error("no runner storage configured (call ShardingBuilder::storage)")]
+    MissingStorage,
+    /// The builder was not given a transport.
+    #[error("no transport configured (call ShardingBuilder::transport or in_process)")]
+    MissingTransport,
+    /// Neither `runner` nor `client_only` was chosen.
+    #[error("choose a mode: ShardingBuilder::runner(address) or ShardingBuilder::client_only()")]
+    MissingMode,
+    /// An entity registration was refused.
+    #[error(transparent)]
+    Register(#[from] RegisterError),
+    /// Registering the runner in storage failed.
+    #[error("could not register the runner in storage: {0}")]
+    Storage(#[source] StorageError),
+}
+
+/// What the runtime's parts share.
+pub(crate) struct Inner {
+    pub(crate) config: ShardingConfig,
+    /// This runner; `None` in client-only mode.
+    pub(crate) me: Option<Runner>,
+    pub(crate) machine_id: Option<MachineId>,
+    pub(crate) storage: Arc<dyn RunnerStorage>,
+    pub(crate) transport: Arc<dyn Runners>,
+    pub(crate) health: Arc<dyn RunnerHealth>,
+    pub(crate) ids: SnowflakeGenerator,
+    pub(crate) shards: ShardStates,
+    pub(crate) routes: Routes,
+    pub(crate) entities: RwLock<HashMap<EntityType, Arc<EntityManager>>>,
+    pub(crate) singletons: Singletons,
+    pub(crate) residency: Arc<Residency>,
+    pub(crate) clock: Clock,
+    pub(crate) shutting_down: AtomicBool,
+    pub(crate) cancel: CancellationToken,
+    pub(crate) tasks: Mutex<Vec<JoinHandle<()>>>,
+    pub(crate) network: Option<Arc<InProcessNetwork>>,
+    pub(crate) view: Mutex<ClusterView>,
+    /// Cancelled when the lease keeper has finished handing shards off.
+    pub(crate) stopped: CancellationToken,
+}
+
+/// The last view of the cluster read from storage.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterView {
+    /// Runners with a live heartbeat.
+    pub runners: Vec<RunnerStatus>,
+    /// Live shard leases.
+    pub leases: Vec<ShardLease>,
+}
+
+/// A handle to the sharding runtime of this process. Cheap to clone.
+///
+/// Build one with [`Sharding::builder`]; register entity types; call entities through
+/// [`Sharding::client`]; stop with [`Sharding::shutdown`].
+#[derive(Clone)]
+pub struct Sharding {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Sharding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sharding")
+            .field("runner", &self.inner.me.as_ref().map(|r| &r.address))
+            .finish_non_exhaustive()
+    }
+}
+
+enum Mode {
+    Runner(RunnerAddress),
+    ClientOnly,
+}
+
+/// Configures and starts a [`Sharding`] runtime.
+pub struct ShardingBuilder {
+    config: ShardingConfig,
+    storage: Option<Arc<dyn RunnerStorage>>,
+    transport: Option<Arc<dyn Runners>>,
+    health: Option<Arc<dyn RunnerHealth>>,
+    network: Option<Arc<InProcessNetwork>>,
+    mode: Option<Mode>,
+    registrations: Vec<Result<RegistrationParts, RegisterError>>,
+}
+
+impl std::fmt::Debug for ShardingBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShardingBuilder")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Sharding {
+    /// A builder with `config`.
+    pub fn builder(config: ShardingConfig) -> ShardingBuilder {
+        ShardingBuilder {
+            config,
+            storage: None,
+            transport: None,
+            health: None,
+            network: None,
+            mode: None,
+            registrations: Vec::new(),
+        }
+    }
+}
+
+impl ShardingBuilder {
+    /// Where runners register and lease shards.
+    pub fn storage(mut self, storage: Arc<dyn RunnerStorage>) -> Self {
+        self.storage = Some(storage);
+        self
+    }
+
+    /// How this process reaches other runners.
+    pub fn transport(mut self, transport: Arc<dyn Runners>) -> Self {
+        self.transport = Some(transport);
+        self
+    }
+
+    /// Joins an in-process network (several runtimes in one process, for tests and embedded
+    /// use): it is the transport, and this runner becomes reachable on it.
+    pub fn in_process(mut self, network: &Arc<InProcessNetwork>) -> Self {
+        self.transport = Some(network.clone());
+        self.network = Some(network.clone());
+        self
+    }
+
+    /// How other runners' health is judged (default: [`NoopHealth`]).
+    pub fn health(mut self, health: Arc<dyn RunnerHealth>) -> Self {
+        self.health = Some(health);
+        self
+    }
+
+    /// Runs as a full runner reachable at `address`: holds shards and hosts entities.
+    pub fn runner(mut self, address: RunnerAddress) -> Self {
+        self.mode = Some(Mode::Runner(address));
+        self
+    }
+
+    /// Runs as a client only: routes and sends, holds no shards, hosts no entities.
+    pub fn client_only(mut self) -> Self {
+        self.mode = Some(Mode::ClientOnly);
+        self
+    }
+
+    /// Registers an entity type before the runner takes shards (so no message finds its type
+    /// missing).
+    pub fn entity(mut self, definition: impl Registration) -> Self {
+        self.registrations.push(definition.into_parts());
+        self
+    }
+
+    /// Registers the runner in storage, reads the cluster and starts the background tasks.
+    pub async fn start(self) -> Result<Sharding, StartError> {
+        let storage = self.storage.ok_or(StartError::MissingStorage)?;
+        let transport = self.transport.ok_or(StartError::MissingTransport)?;
+        let mode = self.mode.ok_or(StartError::MissingMode)?;
+        let config = self.config;
+        let me = match mode {
+            Mode::Runner(address) => Some(Runner::new(
+                address,
+                config.assigned_groups().iter().cloned(),
+                config.runner_weight(),
+            )),
+            Mode::ClientOnly => None,
+        };
+        let machine_id = match &me {
+            Some(runner) => Some(register_with_retries(&*storage, runner, &config).await?),
+            None => None,
+        };
+        // Client-only processes make ids too (for their requests); they have no machine id, so
+        // they take random machine bits, as Effect does.
+        let ids = SnowflakeGenerator::new(machine_id.unwrap_or_else(random_machine));
+        let inner = Arc::new(Inner {
+            shards: ShardStates::new(config.available_groups(), config.shards_per_group()),
+            residency: Arc::new(Residency::new(config.max_resident_entities())),
+            routes: Routes::default(),
+            entities: RwLock::new(HashMap::new()),
+            singletons: Singletons::default(),
+            clock: Clock::new(),
+            shutting_down: AtomicBool::new(false),
+            cancel: CancellationToken::new(),
+            tasks: Mutex::new(Vec::new()),
+            view: Mutex::new(ClusterView::default()),
+            stopped: CancellationToken::new(),
+            health: self.health.unwrap_or_else(|| Arc::new(NoopHealth)),
+            network: self.network,
+            config,
+            me,
+            machine_id,
+            storage,
+            transport,
+            ids,
+        });
+        let sharding = Sharding { inner };
+        for registration in self.registrations {
+            sharding.register_parts(registration?)?;
+        }
+        if let (Some(network), Some(me)) = (&sharding.inner.network, &sharding.inner.me) {
+            network.attach(me.address.clone(), &sharding);
+        }
+        if let Some(me) = &sharding.inner.me {
+            tracing::info!(runner = %me.address, machine_id = ?sharding.inner.machine_id, "runner registered");
+        }
+        crate::keeper::start(&sharding).await;
+        crate::singleton::start_health_check(&sharding);
+        Ok(sharding)
+    }
+}
+
+fn random_machine() -> MachineId {
+    use std::hash::{BuildHasher, RandomState};
+    MachineId((RandomState::new().hash_one(std::process::id()) % 1024) as i64)
+}
+
+async fn register_with_retries(
+    storage: &dyn RunnerStorage,
+    runner: &Runner,
+    config: &ShardingConfig,
+) -> Result<MachineId, StartError> {
+    let mut last = None;
+    for attempt in 0..5u32 {
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_millis(200) * attempt).await;
+        }
+        match tokio::time::timeout(
+            config.storage_timeout(),
+            storage.register(runner, true, config.lease_ttl()),
+        )
+        .await
+        {
+            Ok(Ok(id)) => return Ok(id),
+            Ok(Err(e)) => last = Some(e),
+            Err(_) => {
+                last = Some(StorageError::Timeout {
+                    operation: "register",
+                    timeout: config.storage_timeout(),
+                })
+            }
+        }
+    }
+    Err(StartError::Storage(last.unwrap_or(StorageError::Timeout {
+        operation: "register",
+        timeout: config.storage_timeout(),
+    })))
+}
+
+impl Sharding {
+    /// Registers an entity type (typed [`crate::EntityDefinition`] or
+    /// [`crate::DynamicDefinition`]).
+    pub fn register(&self, definition: impl Registration) -> Result<(), RegisterError> {
+        self.register_parts(definition.into_parts()?)
+    }
+
+    fn register_parts(&self, parts: RegistrationParts) -> Result<(), RegisterError> {
+        if self.is_shutting_down() {
+            return Err(RegisterError::ShuttingDown);
+        }
+        let config = &self.inner.config;
+        let options = parts.options;
+        let manager = EntityManager::new(ManagerParts {
+            settings: InstanceSettings {
+                max_idle: options
+                    .max_idle_time
+                    .unwrap_or(config.entity_max_idle_time()),
+                concurrency: options.concurrency.unwrap_or(1),
+                defect_max_retries: config.defect_max_retries(),
+                defect_backoff: config.defect_backoff(),
+            },
+            mailbox_capacity: options
+                .mailbox_capacity
+                .unwrap_or(config.entity_mailbox_capacity())
+                .max(1),
+            group: options.shard_group,
+            entity_type: parts.entity_type.clone(),
+            factory: parts.factory,
+            tags: parts.tags,
+            rust_type: parts.rust_type,
+            residency: self.inner.residency.clone(),
+            clock: self.inner.clock,
+        });
+        let mut entities = self.inner.entities.write();
+        if entities.contains_key(&parts.entity_type) {
+            return Err(RegisterError::DuplicateEntityType(
+                parts.entity_type.to_string(),
+            ));
+        }
+        tracing::info!(entity_type = %parts.entity_type, "entity type registered");
+        entities.insert(parts.entity_type, manager);
+        Ok(())
+    }
+
+    /// The address of this runner (`None` for a client-only process).
+    pub fn runner_address(&self) -> Option<&RunnerAddress> {
+        self.inner.me.as_ref().map(|r| &r.address)
+    }
+
+    /// The machine id storage gave this runner.
+    pub fn machine_id(&self) -> Option<MachineId> {
+        self.inner.machine_id
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ShardingConfig {
+        &self.inner.config
+    }
+
+    /// The shard of an entity of type `E`.
+    pub fn shard_of<E: Entity>(&self, id: &EntityId) -> ShardId {
+        self.shard_in(&E::shard_group(id), id)
+    }
+
+    /// The shard of `id` in `group`.
+    pub fn shard_in(&self, group: &ShardGroup, id: &EntityId) -> ShardId {
+        ShardId::new(
+            group.clone(),
+            shard_index(id.as_str(), self.inner.config.shards_per_group()),
+        )
+    }
+
+    /// The shards this runner holds and serves now.
+    pub fn active_shards(&self) -> Vec<ShardId> {
+        self.inner.shards.active()
+    }
+
+    /// Whether this runner holds and serves `shard` now.
+    pub fn holds(&self, shard: &ShardId) -> bool {
+        self.inner.shards.is_active(shard)
+    }
+
+    /// The epoch of the lease under which this runner holds `shard` (while it serves the shard
+    /// or is handing it off; `None` otherwise). Storage writes made for the shard's entities
+    /// carry it as their [`Fence`](shoal_storage::Fence).
+    pub fn shard_epoch(&self, shard: &ShardId) -> Option<shoal_storage::Epoch> {
+        self.inner.shards.epoch(shard)
+    }
+
+    /// Live entity instances on this runner, over all types.
+    pub fn active_entity_count(&self) -> usize {
+        self.inner
+            .entities
+            .read()
+            .values()
+            .map(|m| m.active_count())
+            .sum()
+    }
+
+    /// The last view of the cluster read from storage.
+    pub fn cluster_view(&self) -> ClusterView {
+        self.inner.view.lock().clone()
+    }
+
+    /// Whether [`Sharding::shutdown`] has begun.
+    pub fn is_shutting_down(&self) -> bool {
+        self.inner.shutting_down.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn manager(&self, entity_type: &EntityType) -> Option<Arc<EntityManager>> {
+        self.inner.entities.read().get(entity_type).cloned()
+    }
+
+    /// Stops gracefully: new calls from this process fail fast, the runner leaves the cluster,
+    /// its entities finish their running requests (up to the termination timeout), and its
+    /// shards are released at once so other runners take them without waiting for leases to
+    /// expire. Bounded: returns within roughly the entity termination timeout plus two storage
+    /// deadlines.
+    pub async fn shutdown(&self) {
+        if self.inner.shutting_down.swap(true, Ordering::AcqRel) {
+            // Already stopping (or crashed): wait for the first shutdown to finish.
+            self.inner.stopped.cancelled().await;
+            return;
+        }
+        tracing::info!(runner = ?self.runner_address(), "shutting down");
+        self.inner.cancel.cancel();
+        self.inner.stopped.cancelled().await;
+        if let (Some(network), Some(me)) = (&self.inner.network, &self.inner.me) {
+            network.detach(&me.address);
+        }
+        let tasks: Vec<JoinHandle<()>> = std::mem::take(&mut *self.inner.tasks.lock());
+        for task in tasks {
+            task.abort();
+        }
+        tracing::info!(runner = ?self.runner_address(), "shut down");
+    }
+
+    /// Stops every task at once without releasing leases or leaving the cluster, as a crash
+    /// would. For fault-injection tests: other runners take this runner's shards only after its
+    /// leases expire.
+    pub fn crash(&self) {
+        self.inner.shutting_down.store(true, Ordering::Release);
+        if let (Some(network), Some(me)) = (&self.inner.network, &self.inner.me) {
+            network.detach(&me.address);
+        }
+        for task in std::mem::take(&mut *self.inner.tasks.lock()) {
+            task.abort();
+        }
+        self.inner.singletons.abort_all();
+        for manager in self.inner.entities.read().values() {
+            manager.abort_all();
+        }
+        for shard in self.inner.shards.active() {
+            self.inner.shards.clear(&shard);
+        }
+        self.inner.cancel.cancel();
+        self.inner.stopped.cancel();
+        tracing::warn!(runner = ?self.runner_address(), "crashed (simulated)");
+    }
+
+    pub(crate) fn spawn_task(&self, task: JoinHandle<()>) {
+        self.inner.tasks.lock().push(task);
+    }
+}

@@ -1,0 +1,287 @@
+//! Singletons: named tasks that run on exactly one runner of the cluster — the holder of the
+//! shard their name hashes to — and move when that runner goes away.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use parking_lot::Mutex;
+use shoal_protocol::{EntityId, ShardGroup, ShardId};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::error::RegisterError;
+use crate::manager::Stopping;
+use crate::sharding::Sharding;
+
+type SingletonFn = Arc<dyn Fn(SingletonContext) -> BoxFuture<'static, ()> + Send + Sync>;
+
+/// What a singleton task is given.
+#[derive(Clone)]
+pub struct SingletonContext {
+    name: Arc<str>,
+    sharding: Sharding,
+    cancel: CancellationToken,
+}
+
+impl fmt::Debug for SingletonContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SingletonContext")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SingletonContext {
+    /// The singleton's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The runtime (to call entities).
+    pub fn sharding(&self) -> &Sharding {
+        &self.sharding
+    }
+
+    /// Completes when the singleton must stop (its shard is moving, or the runner is stopping).
+    /// The task then has the entity termination timeout to return before it is aborted.
+    pub async fn cancelled(&self) {
+        self.cancel.cancelled().await;
+    }
+
+    /// Whether the singleton must stop.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+}
+
+struct Definition {
+    name: Arc<str>,
+    shard: ShardId,
+    run: SingletonFn,
+}
+
+struct Running {
+    cancel: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+/// The singletons registered in this process and those running here.
+#[derive(Default)]
+pub(crate) struct Singletons {
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    definitions: Vec<Arc<Definition>>,
+    running: HashMap<Arc<str>, Running>,
+    stopped: bool,
+}
+
+impl fmt::Debug for Singletons {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = self.state.lock();
+        f.debug_struct("Singletons")
+            .field("registered", &state.definitions.len())
+            .field("running", &state.running.len())
+            .finish()
+    }
+}
+
+impl Singletons {
+    /// Starts the singletons whose shard is active here and stops those whose shard is not.
+    /// Returns the stopping tasks (they were told to stop; abort them after a timeout), or
+    /// aborts them at once when `abort` is set.
+    pub(crate) fn sync_with(&self, sharding: &Sharding, abort: bool) -> Vec<Stopping> {
+        let mut state = self.state.lock();
+        let mut stopping = Vec::new();
+        let running_names: Vec<Arc<str>> = state.running.keys().cloned().collect();
+        for name in running_names {
+            let still_here = !state.stopped
+                && state
+                    .definitions
+                    .iter()
+                    .any(|d| d.name == name && sharding.holds(&d.shard));
+            if !still_here && let Some(running) = state.running.remove(&name) {
+                tracing::info!(singleton = %name, "stopping singleton");
+                running.cancel.cancel();
+                if abort {
+                    running.task.abort();
+                }
+                stopping.push(Stopping { task: running.task });
+            }
+        }
+        if !state.stopped {
+            let to_start: Vec<Arc<Definition>> = state
+                .definitions
+                .iter()
+                .filter(|d| sharding.holds(&d.shard) && !state.running.contains_key(&d.name))
+                .cloned()
+                .collect();
+            for definition in to_start {
+                let cancel = CancellationToken::new();
+                let ctx = SingletonContext {
+                    name: definition.name.clone(),
+                    sharding: sharding.clone(),
+                    cancel: cancel.clone(),
+                };
+                let span = tracing::info_span!("singleton", name = %definition.name);
+                tracing::info!(singleton = %definition.name, shard = %definition.shard, "starting singleton");
+                let task = tokio::spawn((definition.run)(ctx).instrument(span));
+                state
+                    .running
+                    .insert(definition.name.clone(), Running { cancel, task });
+            }
+        }
+        metrics::gauge!("shoal_singletons").set(state.running.len() as f64);
+        stopping
+    }
+
+    /// Like [`Singletons::sync_with`], letting stopped singletons finish on their own.
+    pub(crate) fn sync(&self, sharding: &Sharding) {
+        let termination = sharding.config().entity_termination_timeout();
+        for s in self.sync_with(sharding, false) {
+            reap(s, termination);
+        }
+    }
+
+    /// Starts no more singletons (shutdown). The next [`Singletons::sync_with`] stops the running
+    /// ones, so that the shard release waits for them.
+    pub(crate) fn close(&self) {
+        self.state.lock().stopped = true;
+    }
+
+    /// Aborts every singleton (crash).
+    pub(crate) fn abort_all(&self) {
+        let mut state = self.state.lock();
+        state.stopped = true;
+        for (_, running) in state.running.drain() {
+            running.cancel.cancel();
+            running.task.abort();
+        }
+    }
+
+    fn register(&self, definition: Definition) -> Result<(), RegisterError> {
+        let mut state = self.state.lock();
+        if state.definitions.iter().any(|d| d.name == definition.name) {
+            return Err(RegisterError::DuplicateSingleton(
+                definition.name.to_string(),
+            ));
+        }
+        state.definitions.push(Arc::new(definition));
+        Ok(())
+    }
+}
+
+fn reap(mut stopping: Stopping, grace: Duration) {
+    tokio::spawn(async move {
+        if tokio::time::timeout(grace, &mut stopping.task)
+            .await
+            .is_err()
+        {
+            stopping.task.abort();
+        }
+    });
+}
+
+impl Sharding {
+    /// Registers a singleton: `run` runs on exactly one runner (the holder of the shard `name`
+    /// hashes to in `group`), is stopped (see [`SingletonContext::cancelled`]) when that shard
+    /// moves, and starts on the new holder. If `run` returns, it is not restarted until the shard
+    /// moves.
+    pub fn register_singleton<F, Fut>(
+        &self,
+        name: &str,
+        group: ShardGroup,
+        run: F,
+    ) -> Result<(), RegisterError>
+    where
+        F: Fn(SingletonContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        if !self.config().available_groups().contains(&group) {
+            return Err(RegisterError::UnknownGroup {
+                entity_type: format!("singleton {name}"),
+                group: group.to_string(),
+            });
+        }
+        let id = EntityId::new(name)?;
+        let shard = self.shard_in(&group, &id);
+        self.inner.singletons.register(Definition {
+            name: Arc::from(name),
+            shard,
+            run: Arc::new(move |ctx| Box::pin(run(ctx))),
+        })?;
+        self.inner.singletons.sync(self);
+        Ok(())
+    }
+}
+
+/// The name of the built-in singleton that checks runner health.
+pub(crate) const HEALTH_SINGLETON: &str = "shoal/runner-health";
+
+/// Registers the health-check singleton (runners only).
+pub(crate) fn start_health_check(sharding: &Sharding) {
+    let Some(group) = sharding.config().available_groups().first().cloned() else {
+        return;
+    };
+    if sharding.runner_address().is_none() {
+        return;
+    }
+    let result = sharding.register_singleton(HEALTH_SINGLETON, group, |ctx| async move {
+        let sharding = ctx.sharding().clone();
+        let interval = sharding.config().health_check_interval();
+        loop {
+            tokio::select! {
+                _ = ctx.cancelled() => return,
+                _ = tokio::time::sleep(interval) => {}
+            }
+            check_runners(&sharding).await;
+        }
+    });
+    if let Err(e) = result {
+        tracing::error!(error = %e, "could not register the health-check singleton");
+    }
+}
+
+async fn check_runners(sharding: &Sharding) {
+    let inner = &sharding.inner;
+    let timeout = sharding.config().storage_timeout();
+    let Ok(Ok(runners)) = tokio::time::timeout(timeout, inner.storage.runners()).await else {
+        return;
+    };
+    if runners.len() < 2 {
+        return;
+    }
+    let me = sharding.runner_address().cloned();
+    let checks = runners
+        .iter()
+        .filter(|r| Some(&r.runner.address) != me.as_ref())
+        .map(|r| async move { (r, inner.health.is_alive(&r.runner.address).await) });
+    let results = futures::future::join_all(checks).await;
+    let mut healthy = runners.iter().filter(|r| r.healthy).count();
+    for (status, alive) in results {
+        let address = &status.runner.address;
+        if !alive && status.healthy {
+            if healthy <= 1 {
+                tracing::warn!(runner = %address, "runner fails health checks but is the last healthy one; keeping it");
+                continue;
+            }
+            tracing::warn!(runner = %address, "runner fails health checks; marking it unhealthy");
+            if let Ok(Ok(())) =
+                tokio::time::timeout(timeout, inner.storage.set_runner_health(address, false)).await
+            {
+                healthy -= 1;
+            }
+        } else if alive && !status.healthy {
+            tracing::info!(runner = %address, "runner passes health checks again; marking it healthy");
+            let _ =
+                tokio::time::timeout(timeout, inner.storage.set_runner_health(address, true)).await;
+        }
+    }
+}

@@ -1,0 +1,65 @@
+//! Transport settings.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How requests travel to another runner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SendMode {
+    /// Requests to one runner share one bidirectional stream, sent and answered in batches
+    /// (the throughput path; default).
+    #[default]
+    Batch,
+    /// One unary gRPC call per request (simpler; for comparison and debugging).
+    Unary,
+}
+
+/// TLS material (PEM files) for TCP connections between runners.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// This runner's certificate chain (server side).
+    pub cert: PathBuf,
+    /// This runner's private key (server side).
+    pub key: PathBuf,
+    /// The CA that signs the other runners' certificates (client side).
+    pub ca: PathBuf,
+    /// The name to expect in the other runners' certificates (default: the host being called).
+    pub domain: Option<String>,
+}
+
+/// Settings of the socket transport.
+#[derive(Debug, Clone)]
+pub struct SocketConfig {
+    /// Largest encoded request or reply accepted or sent (default 4 MiB). An oversize request
+    /// fails for its caller with `MessageTooLarge`; the connection stays up.
+    pub max_message_size: usize,
+    /// Time to establish a connection (default 1 s).
+    pub connect_timeout: Duration,
+    /// Connections unused this long are closed (default 3 min).
+    pub idle_timeout: Duration,
+    /// Requests that may be in flight to one runner before senders wait (default 8192).
+    pub window: usize,
+    /// Most frames in one batch (default 512).
+    pub max_batch: usize,
+    /// Batch or unary.
+    pub mode: SendMode,
+    /// Shared secret required from callers (`authorization: Bearer <token>` metadata).
+    pub auth_token: Option<String>,
+    /// TLS for TCP connections (off by default).
+    pub tls: Option<TlsConfig>,
+}
+
+impl Default for SocketConfig {
+    fn default() -> Self {
+        Self {
+            max_message_size: 4 * 1024 * 1024,
+            connect_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(180),
+            window: 8192,
+            max_batch: 512,
+            mode: SendMode::Batch,
+            auth_token: None,
+            tls: None,
+        }
+    }
+}

@@ -1,0 +1,48 @@
+//! # shoal-socket
+//!
+//! The transport between Shoal runners: each runner serves `shoal.runner.v1.RunnerService`
+//! (gRPC, tonic) on a TCP port or a Unix socket, and reaches the others through
+//! [`GrpcRunners`], an implementation of the sharding runtime's `Runners` trait. Requests to one
+//! runner share a single HTTP/2 **batch stream**: callers' requests are written in batches and
+//! replies come back in batches, matched by request id.
+//!
+//! [`SocketRunner::serve`] starts a full runner; [`SocketRunner::client_only`] a process that only
+//! sends.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//! use shoal_sharding::ShardingConfig;
+//! use shoal_socket::{ServeOptions, SocketConfig, SocketRunner};
+//! use shoal_storage::MemoryRunnerStorage;
+//!
+//! let runner = SocketRunner::serve(
+//!     ServeOptions {
+//!         listen: "127.0.0.1:0".parse()?,
+//!         advertise_host: None,
+//!         sharding: ShardingConfig::default(),
+//!         socket: SocketConfig::default(),
+//!     },
+//!     Arc::new(MemoryRunnerStorage::new()),
+//!     |builder| builder, // register entity types here
+//! )
+//! .await?;
+//! runner.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+mod auth;
+mod client;
+mod config;
+mod error;
+mod listen;
+mod runner;
+mod server;
+mod tls;
+
+pub use client::GrpcRunners;
+pub use config::{SendMode, SocketConfig, TlsConfig};
+pub use error::SocketError;
+pub use listen::ListenAddress;
+pub use runner::{ServeOptions, SocketRunner};
+pub use server::{Bound, ServerHandle, serve};

@@ -1,0 +1,138 @@
+//! The runner service: answers other runners' requests by handing them to the local sharding
+//! runtime.
+
+mod batch;
+mod listener;
+
+pub use listener::{Bound, ServerHandle, serve};
+pub(crate) use listener::{bind, serve_on};
+
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use shoal_protocol::proto::runner::v1 as pb;
+use shoal_protocol::{ErrorCode, Failure, Notification, Reply, ReplyFrame, Request, Snowflake};
+use shoal_sharding::Sharding;
+use tonic::{Response, Status, Streaming};
+
+/// Serves `shoal.runner.v1.RunnerService` for one sharding runtime.
+#[derive(Debug, Clone)]
+pub(crate) struct RunnerServiceImpl {
+    pub(crate) sharding: Sharding,
+    pub(crate) max_batch: usize,
+    pub(crate) max_message_size: usize,
+}
+
+/// The failure for a request whose payload exceeds the limit (for its caller only).
+pub(crate) fn too_large(request: &Request, max: usize) -> Option<Failure> {
+    if request.payload.len() > max {
+        return Some(
+            Failure::new(
+                ErrorCode::MessageTooLarge,
+                format!(
+                    "the request payload is {} bytes; this runner accepts at most {max} \
+                 (max_message_size)",
+                    request.payload.len()
+                ),
+            )
+            .with_address(request.address.clone()),
+        );
+    }
+    None
+}
+
+pub(crate) fn malformed(error: impl std::fmt::Display) -> Failure {
+    Failure::new(
+        ErrorCode::MalformedMessage,
+        format!("malformed request: {error}"),
+    )
+}
+
+fn reply(request_id: u64, frame: ReplyFrame) -> pb::Reply {
+    pb::Reply::from(Reply {
+        request_id: Snowflake::from_raw(request_id),
+        frame,
+    })
+}
+
+#[tonic::async_trait]
+impl pb::runner_service_server::RunnerService for RunnerServiceImpl {
+    async fn ping(
+        &self,
+        _request: tonic::Request<pb::PingRequest>,
+    ) -> Result<Response<pb::PingResponse>, Status> {
+        Ok(Response::new(pb::PingResponse {
+            runner_address: self
+                .sharding
+                .runner_address()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
+        }))
+    }
+
+    async fn send(
+        &self,
+        request: tonic::Request<pb::Request>,
+    ) -> Result<Response<pb::Reply>, Status> {
+        let wire = request.into_inner();
+        let id = wire.request_id;
+        let frame = match Request::try_from(wire) {
+            Ok(request) if let Some(failure) = too_large(&request, self.max_message_size) => {
+                ReplyFrame::Failure(failure)
+            }
+            Ok(request) => {
+                let span = tracing::debug_span!("runner.send", address = %request.address, tag = %request.tag);
+                tracing::Instrument::instrument(self.sharding.handle_request(request), span).await
+            }
+            Err(e) => ReplyFrame::Failure(malformed(e)),
+        };
+        Ok(Response::new(reply(id, frame)))
+    }
+
+    type SendStreamStream = BoxStream<'static, Result<pb::Reply, Status>>;
+
+    async fn send_stream(
+        &self,
+        request: tonic::Request<pb::Request>,
+    ) -> Result<Response<Self::SendStreamStream>, Status> {
+        let wire = request.into_inner();
+        let id = wire.request_id;
+        let frames = match Request::try_from(wire) {
+            Ok(request) => self.sharding.handle_stream(request),
+            Err(e) => {
+                futures::stream::once(async move { ReplyFrame::Failure(malformed(e)) }).boxed()
+            }
+        };
+        Ok(Response::new(
+            frames.map(move |frame| Ok(reply(id, frame))).boxed(),
+        ))
+    }
+
+    async fn notify(
+        &self,
+        request: tonic::Request<pb::Notification>,
+    ) -> Result<Response<pb::NotifyAck>, Status> {
+        let failure = match Notification::try_from(request.into_inner()) {
+            Ok(notification) => self.sharding.handle_notification(notification).await.err(),
+            Err(e) => Some(malformed(e)),
+        };
+        Ok(Response::new(pb::NotifyAck {
+            failure: failure.as_ref().map(Into::into),
+        }))
+    }
+
+    type BatchStream = tokio_stream::wrappers::ReceiverStream<Result<pb::ServerBatch, Status>>;
+
+    async fn batch(
+        &self,
+        request: tonic::Request<Streaming<pb::ClientBatch>>,
+    ) -> Result<Response<Self::BatchStream>, Status> {
+        let inbound = request.into_inner();
+        let replies = batch::spawn_session(
+            self.sharding.clone(),
+            inbound,
+            self.max_batch,
+            self.max_message_size,
+        );
+        Ok(Response::new(replies))
+    }
+}

@@ -1,0 +1,134 @@
+//! Choosing a backend from a URL.
+
+use std::sync::Arc;
+
+use crate::error::StorageError;
+use crate::memory::{MemoryMessageStorage, MemoryRunnerStorage};
+use crate::messages::MessageStorage;
+use crate::options::StorageOptions;
+use crate::runner_storage::RunnerStorage;
+
+/// Opens the [`RunnerStorage`] a URL names:
+///
+/// | URL | Backend |
+/// |---|---|
+/// | `memory:` | [`MemoryRunnerStorage`] (this process only) |
+/// | `sqlite::memory:` | SQLite, a private in-memory database |
+/// | `sqlite:path/to/file.db`, `sqlite:///abs/path.db` | SQLite, a database file |
+/// | `postgres://…`, `postgresql://…` | Postgres |
+///
+/// SQL backends apply their migrations unless `options` say not to. Anything else is refused
+/// with [`StorageError::InvalidArgument`] (the message never echoes the URL's password).
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// use shoal_storage::{StorageError, StorageOptions, connect_runner_storage};
+///
+/// let storage = connect_runner_storage("sqlite::memory:", StorageOptions::new()).await?;
+/// assert!(storage.runners().await?.is_empty());
+/// let refused = connect_runner_storage("mysql://db/shoal", StorageOptions::new()).await;
+/// assert!(matches!(refused, Err(StorageError::InvalidArgument { .. })));
+/// # Ok::<(), StorageError>(())
+/// # }).unwrap();
+/// ```
+#[cfg_attr(
+    not(any(feature = "sqlite", feature = "postgres")),
+    allow(unused_variables)
+)]
+pub async fn connect_runner_storage(
+    url: &str,
+    options: StorageOptions,
+) -> Result<Arc<dyn RunnerStorage>, StorageError> {
+    let scheme = url.split_once(':').map(|(scheme, _)| scheme);
+    match scheme {
+        Some("memory") if url == "memory:" || url == "memory://" => {
+            Ok(Arc::new(MemoryRunnerStorage::new()))
+        }
+        #[cfg(feature = "sqlite")]
+        Some("sqlite") => Ok(Arc::new(
+            crate::sqlite::SqliteRunnerStorage::connect(url, options).await?,
+        )),
+        #[cfg(feature = "postgres")]
+        Some("postgres" | "postgresql") => Ok(Arc::new(
+            crate::postgres::PostgresRunnerStorage::connect(url, options).await?,
+        )),
+        #[cfg(not(feature = "sqlite"))]
+        Some("sqlite") => Err(missing_backend("sqlite")),
+        #[cfg(not(feature = "postgres"))]
+        Some("postgres" | "postgresql") => Err(missing_backend("postgres")),
+        Some("memory") => Err(StorageError::InvalidArgument {
+            operation: "connect",
+            detail: "the memory backend takes no path or parameters: use `memory:`".to_owned(),
+        }),
+        _ => Err(StorageError::InvalidArgument {
+            operation: "connect",
+            detail: format!(
+                "unsupported storage URL scheme {:?}; expected `memory:`, `sqlite:…` or \
+                 `postgres://…`",
+                scheme.unwrap_or("")
+            ),
+        }),
+    }
+}
+
+/// Opens the [`RunnerStorage`] and the [`MessageStorage`] a URL names (see
+/// [`connect_runner_storage`] for the URLs), sharing one database, one connection pool and one
+/// table prefix: replies saved in the message storage are fenced by the runner storage's leases.
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// use shoal_storage::{StorageError, StorageOptions, connect_storage};
+///
+/// let (runners, messages) = connect_storage("sqlite::memory:", StorageOptions::new()).await?;
+/// assert!(runners.runners().await?.is_empty());
+/// assert!(messages.replies_for(&[]).await?.is_empty());
+/// # Ok::<(), StorageError>(())
+/// # }).unwrap();
+/// ```
+#[cfg_attr(
+    not(any(feature = "sqlite", feature = "postgres")),
+    allow(unused_variables)
+)]
+pub async fn connect_storage(
+    url: &str,
+    options: StorageOptions,
+) -> Result<(Arc<dyn RunnerStorage>, Arc<dyn MessageStorage>), StorageError> {
+    let scheme = url.split_once(':').map(|(scheme, _)| scheme);
+    match scheme {
+        Some("memory") if url == "memory:" || url == "memory://" => {
+            let runners = Arc::new(MemoryRunnerStorage::new());
+            let messages = Arc::new(MemoryMessageStorage::new(runners.clone()));
+            Ok((runners, messages))
+        }
+        #[cfg(feature = "sqlite")]
+        Some("sqlite") => {
+            let runners = crate::sqlite::SqliteRunnerStorage::connect(url, options).await?;
+            let messages = crate::sqlite::SqliteMessageStorage::new(runners.inner()).await?;
+            Ok((Arc::new(runners), Arc::new(messages)))
+        }
+        #[cfg(feature = "postgres")]
+        Some("postgres" | "postgresql") => {
+            let runners = crate::postgres::PostgresRunnerStorage::connect(url, options).await?;
+            let messages = crate::postgres::PostgresMessageStorage::new(runners.inner()).await?;
+            Ok((Arc::new(runners), Arc::new(messages)))
+        }
+        // Everything else is refused exactly as `connect_runner_storage` refuses it.
+        _ => connect_runner_storage(url, options).await.and_then(|_| {
+            Err(StorageError::InvalidArgument {
+                operation: "connect",
+                detail: "this storage URL has no message storage".to_owned(),
+            })
+        }),
+    }
+}
+
+#[cfg(not(all(feature = "sqlite", feature = "postgres")))]
+fn missing_backend(feature: &str) -> StorageError {
+    StorageError::InvalidArgument {
+        operation: "connect",
+        detail: format!(
+            "this build of shoal-storage has no {feature} backend (enable the `{feature}` cargo \
+             feature)"
+        ),
+    }
+}

@@ -1,0 +1,38 @@
+//! Shard lease values.
+
+use std::fmt;
+
+use shoal_protocol::{RunnerAddress, ShardId};
+
+/// A shard lease's fencing token. Every time a lease is granted to a runner that did not hold it
+/// (a new owner, or the same runner after its lease lapsed or was released), the shard's epoch
+/// grows. Writes made on behalf of a shard carry the epoch under which they were made, and storage
+/// refuses them once a newer epoch exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Epoch(pub u64);
+
+impl fmt::Display for Epoch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A shard this runner holds a live lease on, with the lease's epoch.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct HeldShard {
+    /// The shard.
+    pub shard: ShardId,
+    /// The epoch under which it is held.
+    pub epoch: Epoch,
+}
+
+/// A live lease as anyone can see it: which runner holds a shard, under which epoch.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ShardLease {
+    /// The shard.
+    pub shard: ShardId,
+    /// The runner holding it.
+    pub owner: RunnerAddress,
+    /// The epoch under which it is held.
+    pub epoch: Epoch,
+}

@@ -1,0 +1,246 @@
+//! Answering the worker's KV requests through [`EntityKv`](shoal_storage::EntityKv).
+//!
+//! Requests of one activation run one after another, in the order the worker sent them (a put
+//! followed by a get sees the put); requests of different activations run concurrently; none of
+//! them holds up the session's reader (Rivet processes KV inline in its socket loop, so one slow
+//! transaction stalls every actor of the runner).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use parking_lot::Mutex;
+use shoal_protocol::proto::worker::v1 as pb;
+use shoal_storage::kv::{KvEntry, KvQuery, KvSelection};
+use shoal_storage::{Fence, StorageError};
+use tokio::sync::mpsc;
+
+use super::session::Session;
+
+/// The per-activation queues of one session.
+#[derive(Debug, Default)]
+pub(crate) struct KvQueues {
+    queues: Mutex<HashMap<u64, mpsc::UnboundedSender<pb::KvRequest>>>,
+}
+
+impl KvQueues {
+    /// Queues `request` behind the earlier requests of its activation. A request for an
+    /// activation not announced in this session is refused at once.
+    pub(crate) fn submit(&self, session: &Arc<Session>, request: pb::KvRequest) {
+        let activation = request.activation_id;
+        if !session.is_announced(activation) || session.is_closed() {
+            let response = refused(
+                &request,
+                pb::KvErrorCode::NotActive,
+                format!("activation {activation} is not an active entity of this session"),
+            );
+            session.send(pb::runner_message::Kind::Kv(response));
+            return;
+        }
+        let mut queues = self.queues.lock();
+        let tx = queues.entry(activation).or_insert_with(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            tokio::spawn(serve_queue(session.clone(), activation, rx));
+            tx
+        });
+        let _ = tx.send(request);
+    }
+
+    /// Ends the queue of `activation` (its pending requests still get answers).
+    pub(crate) fn remove(&self, activation: u64) {
+        self.queues.lock().remove(&activation);
+    }
+
+    /// Ends every queue.
+    pub(crate) fn clear(&self) {
+        self.queues.lock().clear();
+    }
+}
+
+async fn serve_queue(
+    session: Arc<Session>,
+    activation: u64,
+    mut requests: mpsc::UnboundedReceiver<pb::KvRequest>,
+) {
+    while let Some(request) = requests.recv().await {
+        if session.is_closed() {
+            return;
+        }
+        let response = answer(&session, activation, request).await;
+        session.send(pb::runner_message::Kind::Kv(response));
+    }
+}
+
+fn refused(request: &pb::KvRequest, code: pb::KvErrorCode, message: String) -> pb::KvResponse {
+    pb::KvResponse {
+        request_id: request.request_id,
+        result: Some(pb::kv_response::Result::Error(pb::KvError {
+            code: code as i32,
+            message,
+        })),
+    }
+}
+
+fn op_name(op: Option<&pb::kv_request::Op>) -> &'static str {
+    use pb::kv_request::Op;
+    match op {
+        Some(Op::Get(_)) => "get",
+        Some(Op::List(_)) => "list",
+        Some(Op::Put(_)) => "put",
+        Some(Op::Delete(_)) => "delete",
+        Some(Op::DeleteRange(_)) => "delete_range",
+        Some(Op::Drop(_)) => "drop",
+        None => "none",
+    }
+}
+
+/// Runs one request against entity KV.
+async fn answer(session: &Session, activation: u64, request: pb::KvRequest) -> pb::KvResponse {
+    use pb::kv_request::Op;
+    use pb::kv_response::Result as Answer;
+
+    let op = op_name(request.op.as_ref());
+    let started = Instant::now();
+    let Some(entity) = session.shared().activation(activation) else {
+        return refused(
+            &request,
+            pb::KvErrorCode::NotActive,
+            format!("activation {activation} is no longer active"),
+        );
+    };
+    let address = &entity.address;
+    let kv = &session.shared().kv;
+    let fence = || -> Result<Fence, StorageError> {
+        match entity.ctx.shard_epoch() {
+            Some(epoch) => Ok(Fence {
+                shard: address.shard.clone(),
+                epoch,
+            }),
+            None => Err(StorageError::Fenced {
+                shard: address.shard.clone(),
+                epoch: 0,
+                current: 0,
+            }),
+        }
+    };
+    let done = || Answer::Done(pb::KvDone {});
+    let result: Result<Answer, StorageError> = match request.op.clone() {
+        Some(Op::Get(get)) => kv.get(address, &get.keys).await.map(|values| {
+            Answer::Values(pb::KvValues {
+                values: values
+                    .into_iter()
+                    .map(|v| pb::KvMaybeValue {
+                        found: v.is_some(),
+                        value: v.unwrap_or_default(),
+                    })
+                    .collect(),
+            })
+        }),
+        Some(Op::List(list)) => kv.list(address, &query_of(list)).await.map(|entries| {
+            Answer::Entries(pb::KvEntries {
+                entries: entries
+                    .into_iter()
+                    .map(|e| pb::KvEntry {
+                        key: e.key,
+                        value: e.value,
+                    })
+                    .collect(),
+            })
+        }),
+        Some(Op::Put(put)) => match fence() {
+            Ok(fence) => {
+                let entries: Vec<KvEntry> = put
+                    .entries
+                    .into_iter()
+                    .map(|e| KvEntry {
+                        key: e.key,
+                        value: e.value,
+                    })
+                    .collect();
+                kv.put(address, &entries, &fence).await.map(|()| done())
+            }
+            Err(e) => Err(e),
+        },
+        Some(Op::Delete(delete)) => match fence() {
+            Ok(fence) => kv
+                .delete(address, &delete.keys, &fence)
+                .await
+                .map(|()| done()),
+            Err(e) => Err(e),
+        },
+        Some(Op::DeleteRange(range)) => match fence() {
+            Ok(fence) => kv
+                .delete_range(address, &range.start, &range.end, &fence)
+                .await
+                .map(|()| done()),
+            Err(e) => Err(e),
+        },
+        Some(Op::Drop(_)) => match fence() {
+            Ok(fence) => kv.drop_all(address, &fence).await.map(|()| done()),
+            Err(e) => Err(e),
+        },
+        None => Err(StorageError::InvalidArgument {
+            operation: "kv",
+            detail: "the KV request names no operation".to_owned(),
+        }),
+    };
+    let (result, outcome) = match result {
+        Ok(answer) => (answer, "ok"),
+        Err(error) => {
+            let (code, outcome) = code_of(&error);
+            let message = match &error {
+                StorageError::Fenced { epoch: 0, .. } => format!(
+                    "this runner no longer holds shard {} of {address}",
+                    address.shard
+                ),
+                other => other.to_string(),
+            };
+            tracing::debug!(%address, op, %message, "worker KV request refused");
+            (
+                Answer::Error(pb::KvError {
+                    code: code as i32,
+                    message,
+                }),
+                outcome,
+            )
+        }
+    };
+    metrics::counter!("shoal_worker_kv_requests_total", "op" => op, "outcome" => outcome)
+        .increment(1);
+    metrics::histogram!("shoal_worker_kv_request_seconds", "op" => op)
+        .record(started.elapsed().as_secs_f64());
+    pb::KvResponse {
+        request_id: request.request_id,
+        result: Some(result),
+    }
+}
+
+/// The wire error code of a storage error, and a metrics label.
+fn code_of(error: &StorageError) -> (pb::KvErrorCode, &'static str) {
+    match error {
+        StorageError::InvalidArgument { .. } => (pb::KvErrorCode::InvalidArgument, "invalid"),
+        StorageError::Fenced { .. } => (pb::KvErrorCode::Fenced, "fenced"),
+        StorageError::Timeout { .. } | StorageError::Backend { .. } => {
+            (pb::KvErrorCode::Unavailable, "unavailable")
+        }
+        _ => (pb::KvErrorCode::Internal, "internal"),
+    }
+}
+
+/// A storage list query from its wire form.
+pub(crate) fn query_of(list: pb::KvList) -> KvQuery {
+    use pb::kv_list::Selection;
+    let selection = match list.selection {
+        None | Some(Selection::All(_)) => KvSelection::All,
+        Some(Selection::Prefix(prefix)) => KvSelection::Prefix(prefix),
+        Some(Selection::Range(range)) => KvSelection::Range {
+            start: range.start,
+            end: range.end,
+        },
+    };
+    KvQuery {
+        selection,
+        reverse: list.reverse,
+        limit: list.limit.map(|l| l as usize),
+    }
+}

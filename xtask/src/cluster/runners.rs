@@ -1,0 +1,190 @@
+//! Runner processes: start (with their announce line), signal, wait, and the live gateway list
+//! the load uses.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use rustix::process::{Pid, Signal, kill_process};
+
+/// A `shoal run` process of the cluster.
+pub(crate) struct RunnerProcess {
+    /// 1-based, in start order (runner 4 is the first replacement of a 3-runner cluster).
+    pub(crate) number: usize,
+    pub(crate) pid: u32,
+    /// `http://host:port`.
+    pub(crate) gateway: String,
+    /// The runner address other runners (and storage) know it by.
+    pub(crate) address: String,
+    pub(crate) log: PathBuf,
+    child: Child,
+}
+
+impl RunnerProcess {
+    fn signal(&self, signal: Signal) -> Result<()> {
+        let pid = Pid::from_raw(self.pid as i32).context("bad pid")?;
+        kill_process(pid, signal)
+            .with_context(|| format!("could not signal runner {}", self.number))
+    }
+
+    /// SIGKILL: a crash.
+    pub(crate) fn kill(&self) -> Result<()> {
+        self.signal(Signal::KILL)
+    }
+
+    /// SIGTERM: a graceful stop.
+    pub(crate) fn terminate(&self) -> Result<()> {
+        self.signal(Signal::TERM)
+    }
+
+    /// Waits for the process to exit (reaps it).
+    pub(crate) fn wait(mut self) -> Result<ExitStatus> {
+        Ok(self.child.wait()?)
+    }
+
+    /// Kills and reaps the process if it still runs.
+    pub(crate) fn stop_now(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts runners with the run's settings.
+pub(crate) struct Launcher {
+    pub(crate) binary: PathBuf,
+    pub(crate) storage_url: String,
+    pub(crate) lease_ttl: Duration,
+    pub(crate) dir: PathBuf,
+    pub(crate) started: usize,
+}
+
+impl Launcher {
+    /// Starts one more runner on free ports and waits until its gateway is ready.
+    pub(crate) fn start(&mut self) -> Result<RunnerProcess> {
+        self.started += 1;
+        let number = self.started;
+        let log = self.dir.join(format!("runner-{number}.log"));
+        let log_file = std::fs::File::create(&log)?;
+        // Storage calls must stay well inside the lease.
+        let storage_timeout = (self.lease_ttl / 3).min(Duration::from_millis(750));
+        let mut child = Command::new(&self.binary)
+            .args(["run", "--listen", "127.0.0.1:0", "--gateway", "127.0.0.1:0"])
+            .args(["--storage", &self.storage_url])
+            .args(["--lease-ttl", &format!("{}ms", self.lease_ttl.as_millis())])
+            .args([
+                "--storage-timeout",
+                &format!("{}ms", storage_timeout.as_millis()),
+            ])
+            .args(["--log-level", "info"])
+            .env_remove("SHOAL_CONFIG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log_file)
+            .spawn()
+            .with_context(|| format!("could not start {}", self.binary.display()))?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(line)) = lines.next() {
+                let _ = tx.send(line);
+            }
+            for _ in lines {}
+        });
+        let Ok(line) = rx.recv_timeout(Duration::from_secs(60)) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!(
+                "runner {number} did not start; its log:\n{}",
+                tail(&log, 30)
+            );
+        };
+        let announce: serde_json::Value =
+            serde_json::from_str(&line).with_context(|| format!("bad announce line {line:?}"))?;
+        let runner = RunnerProcess {
+            number,
+            pid: child.id(),
+            gateway: format!(
+                "http://{}",
+                announce["gateway"].as_str().context("no gateway")?
+            ),
+            address: announce["runner"]
+                .as_str()
+                .context("no runner address")?
+                .to_owned(),
+            log,
+            child,
+        };
+        wait_ready(&runner.gateway, Duration::from_secs(60))
+            .with_context(|| format!("runner {number} never became ready"))?;
+        Ok(runner)
+    }
+}
+
+/// Polls `/readyz` until it answers 200.
+pub(crate) fn wait_ready(gateway: &str, timeout: Duration) -> Result<Duration> {
+    let started = Instant::now();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(5)))
+        .build()
+        .into();
+    loop {
+        if let Ok(response) = agent.get(&format!("{gateway}/readyz")).call()
+            && response.status() == 200
+        {
+            return Ok(started.elapsed());
+        }
+        if started.elapsed() > timeout {
+            bail!("{gateway}/readyz did not answer 200 within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The last `lines` lines of a log file.
+pub(crate) fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// The gateways the load may use (those of live runners).
+#[derive(Default)]
+pub(crate) struct Gateways {
+    urls: RwLock<Vec<String>>,
+}
+
+impl Gateways {
+    pub(crate) fn add(&self, url: &str) {
+        if let Ok(mut urls) = self.urls.write() {
+            urls.push(url.to_owned());
+        }
+    }
+
+    pub(crate) fn remove(&self, url: &str) {
+        if let Ok(mut urls) = self.urls.write() {
+            urls.retain(|u| u != url);
+        }
+    }
+
+    /// The `n`th live gateway (round robin).
+    pub(crate) fn pick(&self, n: u64) -> Option<String> {
+        let urls = self.urls.read().ok()?;
+        if urls.is_empty() {
+            return None;
+        }
+        urls.get((n % urls.len() as u64) as usize).cloned()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.urls.read().map(|u| u.len()).unwrap_or(0)
+    }
+}
+
+/// Shared handle.
+pub(crate) type SharedGateways = Arc<Gateways>;

@@ -1,0 +1,81 @@
+//! The shared storage of one run: a fresh Postgres database (created with `psql`, dropped at the
+//! end) or a SQLite file in the run's directory.
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+use super::options::StorageKind;
+
+/// The storage the runners share.
+pub(crate) struct ClusterStorage {
+    /// The URL the runners get.
+    pub(crate) url: String,
+    /// What the report says about it.
+    pub(crate) label: String,
+    /// `(admin URL, database)` to drop at the end.
+    database: Option<(String, String)>,
+}
+
+impl ClusterStorage {
+    pub(crate) fn create(kind: StorageKind, dir: &Path) -> Result<Self> {
+        match kind {
+            StorageKind::Sqlite => {
+                let path = dir.join("cluster.db");
+                Ok(Self {
+                    url: format!("sqlite://{}", path.display()),
+                    label: format!("sqlite ({})", path.display()),
+                    database: None,
+                })
+            }
+            StorageKind::Postgres => {
+                let admin = crate::postgres::ensure()?;
+                let name = format!("shoal_cluster_{}", std::process::id());
+                psql(
+                    &admin,
+                    &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+                )?;
+                psql(&admin, &format!("CREATE DATABASE {name}"))?;
+                let base = admin
+                    .split('?')
+                    .next()
+                    .and_then(|u| u.rsplit_once('/'))
+                    .map(|(base, _)| base)
+                    .context("DATABASE_URL has no database name")?;
+                Ok(Self {
+                    url: format!("{base}/{name}"),
+                    label: format!("postgres (database {name}, dropped afterwards)"),
+                    database: Some((admin, name)),
+                })
+            }
+        }
+    }
+}
+
+impl Drop for ClusterStorage {
+    fn drop(&mut self) {
+        if let Some((admin, name)) = &self.database
+            && let Err(e) = psql(
+                admin,
+                &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+            )
+        {
+            eprintln!("warning: could not drop database {name}: {e:#}");
+        }
+    }
+}
+
+fn psql(url: &str, sql: &str) -> Result<()> {
+    let out = Command::new("psql")
+        .args([url, "-qAtc", sql])
+        .output()
+        .context("could not run psql (install the PostgreSQL client, or use --storage sqlite)")?;
+    if !out.status.success() {
+        bail!(
+            "psql `{sql}` failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}

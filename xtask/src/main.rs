@@ -1,0 +1,141 @@
+//! `cargo xtask`: Shoal's project automation.
+//!
+//! - `cargo xtask test`: formatting check, clippy with warnings denied, and every test (unit,
+//!   integration, doc), after making sure Postgres is reachable (starting the local cluster when it
+//!   is down). Fails loudly, never skips, when something it needs is missing.
+//! - `cargo xtask test-cluster`: several `shoal run` processes on shared storage, load through
+//!   every gateway while runners are killed, stopped and replaced; checks that acknowledged work
+//!   is counted exactly once and that shard ownership stays sound (see `cluster`).
+//! - `cargo xtask bench [NAME]`: runs the benchmark target `NAME` (for example `storage`), or all of
+//!   them, in release mode. Benchmarks print figures; they never assert timings.
+
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+mod cluster;
+mod postgres;
+mod process;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", about = "Shoal project automation")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check formatting and lints, then run every test against memory, SQLite and Postgres.
+    Test {
+        /// Skip `cargo fmt --check` and clippy (tests only).
+        #[arg(long)]
+        no_lint: bool,
+        /// Extra arguments passed to `cargo nextest run` (for example a test name filter).
+        #[arg(last = true)]
+        nextest_args: Vec<String>,
+    },
+    /// Run a multi-process cluster under load with faults injected, and check its invariants.
+    TestCluster(cluster::ClusterArgs),
+    /// Run benchmarks in release mode and print their figures.
+    Bench {
+        /// The benchmark to run (a bench target name such as `storage`); all when omitted.
+        name: Option<String>,
+        /// Extra arguments passed to the benchmark binary.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Test {
+            no_lint,
+            nextest_args,
+        } => test(no_lint, &nextest_args),
+        Command::TestCluster(args) if args.quick => cluster::run(&cluster::ClusterArgs {
+            keep_logs: args.keep_logs,
+            ..cluster::ClusterArgs::quick()
+        }),
+        Command::TestCluster(args) => cluster::run(&args),
+        Command::Bench { name, args } => bench(name.as_deref(), &args),
+    }
+}
+
+fn test(no_lint: bool, nextest_args: &[String]) -> Result<()> {
+    let started = std::time::Instant::now();
+    let database_url = postgres::ensure()?;
+    let env = [("DATABASE_URL", database_url.as_str())];
+
+    if !no_lint {
+        process::step(
+            "cargo fmt --check",
+            &["cargo", "fmt", "--all", "--", "--check"],
+            &[],
+        )?;
+        process::step(
+            "cargo clippy (warnings denied)",
+            &[
+                "cargo",
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--locked",
+                "--",
+                "-D",
+                "warnings",
+            ],
+            &[],
+        )?;
+    }
+
+    let mut nextest = vec![
+        "cargo",
+        "nextest",
+        "run",
+        "--workspace",
+        "--locked",
+        "--profile",
+        "ci",
+    ];
+    nextest.extend(nextest_args.iter().map(String::as_str));
+    process::step("tests (cargo nextest)", &nextest, &env)?;
+    process::step(
+        "doc tests",
+        &["cargo", "test", "--workspace", "--locked", "--doc"],
+        &env,
+    )?;
+
+    // A short cluster run on the debug binary the tests already built.
+    println!("\n==> test-cluster (short): 3 runners on Postgres, SIGKILL, SIGTERM, replacement");
+    let started_cluster = std::time::Instant::now();
+    cluster::run(&cluster::ClusterArgs::quick())?;
+    println!(
+        "<== test-cluster (short): ok in {:.1?}",
+        started_cluster.elapsed()
+    );
+
+    println!(
+        "\nxtask test: all checks passed in {:.0?}",
+        started.elapsed()
+    );
+    Ok(())
+}
+
+fn bench(name: Option<&str>, args: &[String]) -> Result<()> {
+    let database_url = postgres::ensure()?;
+    let env = [("DATABASE_URL", database_url.as_str())];
+    let mut cmd = vec!["cargo", "bench", "--workspace", "--locked"];
+    match name {
+        Some(name) => cmd.extend(["--bench", name]),
+        None => cmd.push("--benches"),
+    }
+    if !args.is_empty() {
+        cmd.push("--");
+        cmd.extend(args.iter().map(String::as_str));
+    }
+    let label = format!("bench {}", name.unwrap_or("(all)"));
+    process::step(&label, &cmd, &env)
+}
