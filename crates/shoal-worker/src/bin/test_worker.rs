@@ -2,13 +2,17 @@
 //! whose tags exercise concurrency, failures, crashes, time-outs and entity KV. Not a product.
 //!
 //! Extra arguments: `--exit-at-once` (exit before serving), `--silent` (never announce the
-//! socket), `--bad-describe` (declare a type without tags), `--probe-concurrency N`.
+//! socket), `--bad-describe` (declare a type without tags), `--probe-concurrency N`,
+//! `--start-marker FILE` (exit at once when FILE exists, else create it and serve: a worker that
+//! starts only once until the test removes FILE), `--extra-tag-if FILE` (declare the tag `extra`
+//! too when FILE exists: a worker whose description changes between starts).
 #![allow(
     clippy::print_stderr,
     reason = "a test worker reports why it exits on stderr"
 )]
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,6 +27,52 @@ struct Gauge {
 }
 
 type Gauges = Arc<Mutex<HashMap<String, Gauge>>>;
+
+/// `forever` calls running now (a cancelled call stops running).
+static BUSY: AtomicU32 = AtomicU32::new(0);
+
+/// Counts a `forever` call while its handler future lives.
+struct Busy;
+
+impl Busy {
+    fn enter() -> Self {
+        BUSY.fetch_add(1, Ordering::SeqCst);
+        Self
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        BUSY.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Calls waiting at a rendezvous, by name: the count that arrived and a notifier.
+type Rendezvous = Arc<Mutex<HashMap<String, Arc<tokio::sync::watch::Sender<u32>>>>>;
+
+/// `rendezvous NAME N`: waits until N calls named NAME are in the handler at once (at most 10 s),
+/// proving that they run concurrently.
+async fn rendezvous(points: Rendezvous, payload: Bytes) -> Result<Bytes, Failure> {
+    let command = text(&payload);
+    let mut words = command.split_whitespace();
+    let name = words.next().unwrap_or_default().to_owned();
+    let expected: u32 = words.next().and_then(|n| n.parse().ok()).unwrap_or(2);
+    let arrived = {
+        let mut all = points.lock().map_err(|_| Failure::fatal("poisoned"))?;
+        all.entry(name)
+            .or_insert_with(|| Arc::new(tokio::sync::watch::Sender::new(0)))
+            .clone()
+    };
+    arrived.send_modify(|n| *n += 1);
+    let mut seen = arrived.subscribe();
+    match tokio::time::timeout(Duration::from_secs(10), seen.wait_for(|n| *n >= expected)).await {
+        Ok(Ok(_)) => Ok(Bytes::from_static(b"met")),
+        _ => Err(Failure::application(format!(
+            "only {} of {expected} calls met",
+            *arrived.borrow()
+        ))),
+    }
+}
 
 fn text(payload: &[u8]) -> String {
     String::from_utf8_lossy(payload).into_owned()
@@ -111,10 +161,20 @@ async fn kv_command(ctx: CallContext, payload: Bytes) -> Result<Bytes, Failure> 
     Ok(Bytes::from(reply))
 }
 
-fn probe(gauges: Gauges, concurrency: u32) -> EntityType {
+fn probe(gauges: Gauges, concurrency: u32, extra_tag: bool) -> EntityType {
     let hold_gauges = gauges.clone();
-    EntityType::new("probe")
+    let points = Rendezvous::default();
+    let mut probe = EntityType::new("probe");
+    if extra_tag {
+        probe = probe.unary("extra", |_ctx: CallContext, _payload: Bytes| async move {
+            Ok(Bytes::from_static(b"extra"))
+        });
+    }
+    probe
         .concurrency(concurrency)
+        .unary("rendezvous", move |_ctx: CallContext, payload: Bytes| {
+            rendezvous(points.clone(), payload)
+        })
         .unary("hold", move |ctx: CallContext, payload: Bytes| {
             let gauges = hold_gauges.clone();
             async move {
@@ -167,9 +227,20 @@ fn probe(gauges: Gauges, concurrency: u32) -> EntityType {
         .unary("fatal", |_ctx: CallContext, payload: Bytes| async move {
             Err(Failure::fatal(text(&payload)))
         })
+        .unary("freeze", |_ctx: CallContext, _payload: Bytes| async move {
+            // Blocks the worker's only thread: it stops answering anything, heartbeats included,
+            // while its socket stays open.
+            loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            }
+        })
         .unary("forever", |_ctx: CallContext, _payload: Bytes| async move {
+            let _busy = Busy::enter();
             std::future::pending::<()>().await;
             Ok(Bytes::new())
+        })
+        .unary("busy", |_ctx: CallContext, _payload: Bytes| async move {
+            Ok(Bytes::from(BUSY.load(Ordering::SeqCst).to_string()))
         })
         .unary(
             "keep_alive",
@@ -204,20 +275,32 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         eprintln!("test worker: exiting at once as asked");
         std::process::exit(3);
     }
+    let flag_value = |flag: &str| {
+        rest.iter()
+            .position(|a| a == flag)
+            .and_then(|i| rest.get(i + 1))
+            .cloned()
+    };
+    if let Some(marker) = flag_value("--start-marker") {
+        if std::path::Path::new(&marker).exists() {
+            eprintln!("test worker: {marker} exists; exiting at once");
+            std::process::exit(4);
+        }
+        std::fs::write(&marker, b"started")?;
+    }
     if rest.iter().any(|a| a == "--silent") {
         std::future::pending::<()>().await;
     }
-    let concurrency = rest
-        .iter()
-        .position(|a| a == "--probe-concurrency")
-        .and_then(|i| rest.get(i + 1))
+    let concurrency = flag_value("--probe-concurrency")
         .and_then(|n| n.parse().ok())
         .unwrap_or(1);
+    let extra_tag =
+        flag_value("--extra-tag-if").is_some_and(|file| std::path::Path::new(&file).exists());
     let mut worker = Worker::new("test-worker");
     if rest.iter().any(|a| a == "--bad-describe") {
         worker = worker.entity(EntityType::new("tagless"));
     } else {
-        worker = worker.entity(probe(Gauges::default(), concurrency));
+        worker = worker.entity(probe(Gauges::default(), concurrency, extra_tag));
     }
     worker.run_with(&args).await?;
     Ok(())

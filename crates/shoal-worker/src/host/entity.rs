@@ -256,13 +256,13 @@ impl WorkerEntity {
                 }
                 Err(_) => {
                     let what = if sink.is_some() {
-                        "the next stream item"
+                        "sent no stream item"
                     } else {
-                        "a reply"
+                        "did not reply"
                     };
                     return (
                         Err(HandlerError::failed(format!(
-                            "worker {} sent no {what} within {timeout:?}; the call was cancelled",
+                            "worker {} {what} within {timeout:?}; the call was cancelled",
                             self.name()
                         ))),
                         "timeout",

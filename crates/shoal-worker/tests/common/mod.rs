@@ -1,0 +1,230 @@
+//! Fixtures of the worker host tests: a real worker process (the crate's test worker, or any
+//! command), hosted by a [`WorkerHost`] and served by a single-runner sharding runtime on
+//! in-memory storage.
+
+#![allow(
+    dead_code,
+    unreachable_pub,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test fixtures"
+)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use shoal_launcher::{LaunchConfig, WorkerStderr};
+use shoal_sharding::{
+    CallError, CallOptions, DynamicClient, InProcessNetwork, Sharding, ShardingConfig,
+};
+use shoal_storage::{EntityKv, MemoryEntityKv, MemoryRunnerStorage};
+use shoal_worker::{WorkerError, WorkerHost, WorkerOptions, WorkerSpec};
+use tempfile::TempDir;
+
+/// The test worker binary (`src/bin/test_worker.rs`).
+pub fn test_worker() -> &'static str {
+    env!("CARGO_BIN_EXE_shoal-worker-test-worker")
+}
+
+/// Host options that make failures show quickly.
+pub fn fast_options() -> WorkerOptions {
+    WorkerOptions::new()
+        .request_timeout(Duration::from_secs(10))
+        .connect_timeout(Duration::from_secs(10))
+        .restart_backoff(Duration::from_millis(20), Duration::from_millis(200))
+}
+
+/// A launch of `argv` with its state directory, socket and stderr log in `dir`.
+pub fn launch_spec(dir: &Path, argv: Vec<String>) -> WorkerSpec {
+    WorkerSpec::launch(
+        LaunchConfig::new(argv)
+            .state_dir(dir.join("state"))
+            .idle_timeout(Duration::from_secs(20))
+            .worker_startup_timeout(Duration::from_secs(20))
+            .worker_stderr(WorkerStderr::Append(dir.join("worker.log"))),
+    )
+    .options(fast_options())
+}
+
+/// A launch of the test worker with `args`.
+pub fn test_worker_spec(dir: &Path, args: &[&str]) -> WorkerSpec {
+    let mut argv = vec![test_worker().to_owned()];
+    argv.extend(args.iter().map(|a| (*a).to_owned()));
+    launch_spec(dir, argv)
+}
+
+/// A temporary directory with a short path (Unix socket paths are limited to 108 bytes).
+pub fn short_tempdir() -> TempDir {
+    tempfile::Builder::new()
+        .prefix("sw")
+        .tempdir_in("/tmp")
+        .unwrap()
+}
+
+/// Sharding settings for one runner that acquires its shards quickly.
+pub fn sharding_config() -> ShardingConfig {
+    ShardingConfig::builder()
+        .shards_per_group(16)
+        .lease_ttl(Duration::from_secs(3))
+        .lease_refresh_interval(Duration::from_millis(200))
+        .assignment_refresh_interval(Duration::from_millis(50))
+        .send_retry_interval(Duration::from_millis(20))
+        .default_call_timeout(Duration::from_secs(20))
+        .entity_termination_timeout(Duration::from_secs(2))
+        .defect_max_retries(1)
+        .defect_backoff(Duration::from_millis(10))
+        .build()
+        .unwrap()
+}
+
+/// A worker hosted by a one-runner cluster.
+pub struct Hosted {
+    pub host: WorkerHost,
+    pub sharding: Sharding,
+    pub kv: Arc<dyn EntityKv>,
+    /// Worker process ids seen, killed when the fixture is dropped (tests leave no workers
+    /// behind; they would otherwise idle out on their own).
+    pids: parking_lot::Mutex<Vec<u32>>,
+}
+
+impl Hosted {
+    /// Starts hosting `spec` and a runner serving its entity types.
+    pub async fn start(spec: WorkerSpec) -> Self {
+        Self::try_start(spec).await.unwrap()
+    }
+
+    /// Like [`Hosted::start`], returning the host's error.
+    pub async fn try_start(spec: WorkerSpec) -> Result<Self, WorkerError> {
+        let runners = Arc::new(MemoryRunnerStorage::new());
+        let kv: Arc<dyn EntityKv> = Arc::new(MemoryEntityKv::new(runners.clone()));
+        let (host, definitions) = WorkerHost::start(spec, kv.clone()).await?;
+        let mut builder = Sharding::builder(sharding_config())
+            .storage(runners)
+            .in_process(&InProcessNetwork::new())
+            .runner("127.0.0.1:34431".parse().unwrap());
+        for definition in definitions {
+            builder = builder.entity(definition);
+        }
+        let sharding = builder.start().await.unwrap();
+        let hosted = Self {
+            pids: parking_lot::Mutex::new(host.worker_pid().into_iter().collect()),
+            host,
+            sharding,
+            kv,
+        };
+        Ok(hosted)
+    }
+
+    /// A client of `entity_type`.
+    pub fn client(&self, entity_type: &str) -> DynamicClient {
+        self.sharding
+            .dynamic_client_for(&entity_type.parse().unwrap())
+            .unwrap()
+    }
+
+    /// Calls `tag` of `probe/<id>` with a text payload; the reply as text.
+    pub async fn call(&self, id: &str, tag: &str, payload: &str) -> Result<String, CallError> {
+        self.call_type("probe", id, tag, payload).await
+    }
+
+    /// Calls `tag` of `<entity_type>/<id>` with a text payload; the reply as text.
+    pub async fn call_type(
+        &self,
+        entity_type: &str,
+        id: &str,
+        tag: &str,
+        payload: &str,
+    ) -> Result<String, CallError> {
+        let reply = self
+            .client(entity_type)
+            .call(
+                id,
+                tag,
+                Bytes::copy_from_slice(payload.as_bytes()),
+                CallOptions::default(),
+            )
+            .await?;
+        Ok(String::from_utf8(reply.to_vec()).unwrap())
+    }
+
+    /// The current worker's pid (remembered for clean-up).
+    pub fn pid(&self) -> u32 {
+        let pid = self.host.worker_pid().expect("the worker reported its pid");
+        self.remember(pid);
+        pid
+    }
+
+    /// Remembers a worker pid to kill at the end.
+    pub fn remember(&self, pid: u32) {
+        let mut pids = self.pids.lock();
+        if !pids.contains(&pid) {
+            pids.push(pid);
+        }
+    }
+
+    /// Stops the runner and the host.
+    pub async fn stop(&self) {
+        if let Some(pid) = self.host.worker_pid() {
+            self.remember(pid);
+        }
+        self.sharding.shutdown().await;
+        self.host.shutdown().await;
+    }
+}
+
+impl Drop for Hosted {
+    fn drop(&mut self) {
+        for pid in self.pids.lock().drain(..) {
+            kill(pid);
+        }
+    }
+}
+
+/// Sends SIGKILL to `pid` (ignoring a process that is already gone).
+pub fn kill(pid: u32) {
+    if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+    }
+}
+
+/// Whether process `pid` exists.
+pub fn alive(pid: u32) -> bool {
+    rustix::process::Pid::from_raw(pid as i32)
+        .is_some_and(|pid| rustix::process::test_kill_process(pid).is_ok())
+}
+
+/// What the worker wrote on stderr (for failure messages).
+pub fn worker_log(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("worker.log")).unwrap_or_default()
+}
+
+/// A path in `dir`.
+pub fn path_in(dir: &Path, name: &str) -> PathBuf {
+    dir.join(name)
+}
+
+/// The message of a handler failure, or a panic naming what came instead.
+pub fn handler_message(result: Result<String, CallError>) -> String {
+    match result {
+        Err(CallError::Handler { message, .. }) => message,
+        other => panic!("expected a handler failure, got {other:?}"),
+    }
+}
+
+/// Polls `condition` (every 10 ms, for at most 20 s) until it holds.
+pub async fn eventually<F, Fut>(mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !condition().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not met within 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
