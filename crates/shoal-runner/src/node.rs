@@ -10,7 +10,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
 use shoal_sharding::{RegisterError, Sharding};
 use shoal_socket::{ServeOptions, SocketError, SocketRunner};
-use shoal_storage::{StorageError, connect_runner_storage};
+use shoal_storage::{StorageError, connect};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -141,12 +141,14 @@ impl Node {
 
         let url = config.storage.redacted_url();
         tracing::info!(storage = %url, migrate = config.storage.migrate, "opening storage");
-        let storage = connect_runner_storage(&config.storage.url, config.storage.options())
+        let stores = connect(&config.storage.url, config.storage.options())
             .await
             .map_err(|source| NodeError::Storage {
                 url: url.clone(),
                 source,
             })?;
+        let storage = stores.runners.clone();
+        let (messages, kv) = (stores.messages.clone(), stores.kv.clone());
 
         let runner = match &config.role {
             Role::Runner {
@@ -163,6 +165,7 @@ impl Node {
                     },
                     storage.clone(),
                     move |builder| {
+                        let builder = builder.message_storage(messages).entity_kv(kv);
                         if builtin {
                             Builtin::register(builder)
                         } else {
@@ -173,10 +176,11 @@ impl Node {
                 .await?
             }
             Role::ClientOnly => {
-                SocketRunner::client_only(
+                SocketRunner::client_only_with(
                     config.sharding.clone(),
                     config.socket.clone(),
                     storage.clone(),
+                    move |builder| builder.message_storage(messages),
                 )
                 .await?
             }

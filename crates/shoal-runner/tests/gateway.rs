@@ -20,7 +20,7 @@ use shoal_sharding::{
     DynamicDefinition, DynamicEntity, DynamicRequest, EntityContext, EntityOptions, GroupSelector,
     HandlerError, InProcessNetwork, Sharding, ShardingConfig, TagKind,
 };
-use shoal_storage::{MemoryRunnerStorage, RunnerStorage};
+use shoal_storage::{MemoryEntityKv, MemoryMessageStorage, MemoryRunnerStorage, RunnerStorage};
 use tokio::sync::{Semaphore, mpsc};
 use tower::ServiceExt;
 
@@ -75,10 +75,13 @@ async fn runner() -> TestCluster {
         mailbox_capacity: Some(1),
         ..EntityOptions::default()
     });
-    let storage: Arc<dyn RunnerStorage> = Arc::new(MemoryRunnerStorage::new());
+    let memory = Arc::new(MemoryRunnerStorage::new());
+    let storage: Arc<dyn RunnerStorage> = memory.clone();
     let sharding = Builtin::register(
         Sharding::builder(config())
             .storage(storage.clone())
+            .message_storage(Arc::new(MemoryMessageStorage::new(memory.clone())))
+            .entity_kv(Arc::new(MemoryEntityKv::new(memory)))
             .in_process(&InProcessNetwork::new())
             .runner("127.0.0.1:34431".parse().unwrap()),
     )
@@ -437,11 +440,16 @@ async fn readiness_follows_registration_and_shutdown() {
 async fn calls_reach_entities_on_another_runner() {
     // Two runners; the gateway of the first answers for every id, wherever it lives.
     let network = InProcessNetwork::new();
-    let storage: Arc<dyn RunnerStorage> = Arc::new(MemoryRunnerStorage::new());
+    let memory = Arc::new(MemoryRunnerStorage::new());
+    let storage: Arc<dyn RunnerStorage> = memory.clone();
+    let messages = Arc::new(MemoryMessageStorage::new(memory.clone()));
+    let kv = Arc::new(MemoryEntityKv::new(memory));
     let start = |address: &str| {
         Builtin::register(
             Sharding::builder(config())
                 .storage(storage.clone())
+                .message_storage(messages.clone())
+                .entity_kv(kv.clone())
                 .in_process(&network)
                 .runner(address.parse().unwrap()),
         )

@@ -3,7 +3,7 @@
 use std::any::TypeId;
 use std::fmt;
 use std::marker::PhantomData;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -13,16 +13,26 @@ use shoal_protocol::{EntityAddress, EntityId, EntityType, Headers, Tag};
 use crate::entity::{Entity, GroupSelector, Handler, Message, ReplyValue, StreamHandler};
 use crate::error::CallError;
 use crate::outgoing::{Outgoing, Typed, encode_json};
+use crate::persist::PersistSpec;
 use crate::sharding::Sharding;
 
 /// Per-call options.
 #[derive(Debug, Clone, Default)]
+#[non_exhaustive]
 pub struct CallOptions {
     /// How long to wait for the reply, retries included (default:
     /// [`crate::ShardingConfig::default_call_timeout`]).
     pub timeout: Option<Duration>,
     /// Headers passed to the handler.
     pub headers: Headers,
+    /// Dynamic calls: whether the message is persisted (default: as the tag was registered on
+    /// this runner; volatile for types not registered here). Typed calls use
+    /// [`crate::Message::PERSISTED`].
+    pub persisted: Option<bool>,
+    /// Dynamic persisted calls: the deduplication key (see [`crate::Message::primary_key`]).
+    pub primary_key: Option<String>,
+    /// Dynamic persisted calls: do not deliver before this time.
+    pub deliver_at: Option<SystemTime>,
 }
 
 impl CallOptions {
@@ -30,8 +40,38 @@ impl CallOptions {
     pub fn timeout(timeout: Duration) -> Self {
         Self {
             timeout: Some(timeout),
-            headers: Headers::new(),
+            ..Self::default()
         }
+    }
+
+    /// Sets the deadline.
+    pub fn with_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Sets the headers passed to the handler.
+    pub fn with_headers(mut self, headers: Headers) -> Self {
+        self.headers = headers;
+        self
+    }
+
+    /// Marks a dynamic call persisted (or volatile).
+    pub fn with_persisted(mut self, persisted: bool) -> Self {
+        self.persisted = Some(persisted);
+        self
+    }
+
+    /// Sets the deduplication key of a persisted dynamic call.
+    pub fn with_primary_key(mut self, key: impl Into<String>) -> Self {
+        self.primary_key = Some(key.into());
+        self
+    }
+
+    /// Schedules a persisted dynamic call.
+    pub fn with_deliver_at(mut self, at: SystemTime) -> Self {
+        self.deliver_at = Some(at);
+        self
     }
 }
 
@@ -114,6 +154,11 @@ impl<E: Entity> EntityClient<E> {
             reason,
         })?;
         let shard = self.sharding.shard_of::<E>(&entity_id);
+        let persist = M::PERSISTED.then(|| PersistSpec {
+            primary_key: msg.primary_key(),
+            deliver_at: msg.deliver_at(),
+            uninterruptible: M::UNINTERRUPTIBLE,
+        });
         Ok(Outgoing {
             address: EntityAddress::new(shard, entity_type, entity_id),
             tag,
@@ -127,6 +172,7 @@ impl<E: Entity> EntityClient<E> {
                 value: Some(Box::new(msg)),
             }),
             encoded: None,
+            persist,
         })
     }
 
@@ -233,6 +279,17 @@ impl DynamicClient {
             address: address.clone(),
             tag: tag.to_owned(),
         })?;
+        let persisted = options.persisted.unwrap_or_else(|| {
+            self.sharding
+                .manager(&self.entity_type)
+                .and_then(|manager| manager.tag_info(&tag))
+                .is_some_and(|info| info.persisted)
+        });
+        let persist = persisted.then_some(PersistSpec {
+            primary_key: options.primary_key,
+            deliver_at: options.deliver_at,
+            uninterruptible: false,
+        });
         Ok(Outgoing {
             address,
             tag,
@@ -242,6 +299,7 @@ impl DynamicClient {
                 .unwrap_or(self.sharding.config().default_call_timeout()),
             typed: None,
             encoded: Some(payload),
+            persist,
         })
     }
 

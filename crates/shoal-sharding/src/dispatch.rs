@@ -87,6 +87,9 @@ impl Sharding {
         mut out: Outgoing,
         mode: Mode,
     ) -> Result<ReplyValue, CallError> {
+        if out.persist.is_some() {
+            return self.call_persisted(out, mode == Mode::Notify).await;
+        }
         let started = Instant::now();
         let deadline = started + out.timeout;
         let id = self.inner.ids.next_id();
@@ -330,6 +333,16 @@ impl Sharding {
     /// Sends a streaming request; the returned stream yields each item, then ends (or yields one
     /// error).
     pub(crate) async fn call_stream(&self, mut out: Outgoing) -> Result<ReplyItems, CallError> {
+        if out.persist.is_some() {
+            return Err(CallError::Persistence {
+                address: out.address.clone(),
+                message: format!(
+                    "message {:?} is persisted and streams its replies; persisted streams are not \
+                     supported yet (declare it volatile or answer once)",
+                    out.tag.as_str()
+                ),
+            });
+        }
         let started = Instant::now();
         let deadline = started + out.timeout;
         let id = self.inner.ids.next_id();

@@ -342,6 +342,7 @@ impl Keeper {
                 );
                 metrics::gauge!("shoal_shards_held").set(self.held.len() as f64);
                 inner.singletons.sync(&self.sharding);
+                crate::persist::on_shards_acquired(&self.sharding, new);
             }
             Err(e) => tracing::warn!(error = %e, shards = shards.len(), "acquiring shards failed"),
         }

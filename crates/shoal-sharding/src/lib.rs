@@ -72,6 +72,7 @@ mod instance;
 mod keeper;
 mod manager;
 mod outgoing;
+mod persist;
 mod residency;
 mod routing;
 mod runners;
@@ -85,13 +86,14 @@ pub use client::{CallOptions, DynamicClient, EntityClient};
 pub use config::{ConfigError, ShardingConfig, ShardingConfigBuilder};
 pub use entity::{
     ChunkSink, DynamicDefinition, DynamicEntity, DynamicFactory, DynamicRequest, Entity,
-    EntityContext, EntityDefinition, EntityOptions, GroupSelector, Handler, HandlerError, Message,
-    RawChunkSink, Registration, StreamClosed, StreamHandler, TagKind,
+    EntityContext, EntityDefinition, EntityKvHandle, EntityOptions, GroupSelector, Handler,
+    HandlerError, Message, RawChunkSink, Registration, StreamClosed, StreamHandler, TagKind,
 };
 pub use error::{CallError, RegisterError};
 pub use hash::shard_for;
 pub use health::{NoopHealth, PingHealth, RunnerHealth};
 pub use in_process::InProcessNetwork;
+pub use persist::MessageSettings;
 pub use runners::{ReplyFrames, Runners, TransportError};
 pub use sharding::{ClusterView, Sharding, ShardingBuilder, StartError};
 pub use singleton::SingletonContext;

@@ -39,6 +39,8 @@ pub(crate) struct Outgoing {
     pub(crate) timeout: Duration,
     pub(crate) typed: Option<Typed>,
     pub(crate) encoded: Option<Bytes>,
+    /// `Some` for a persisted message.
+    pub(crate) persist: Option<crate::persist::PersistSpec>,
 }
 
 impl fmt::Debug for Outgoing {
@@ -51,6 +53,20 @@ impl fmt::Debug for Outgoing {
 }
 
 impl Outgoing {
+    /// A copy that carries the encoded message only (for persisted requests, which always travel
+    /// encoded).
+    pub(crate) fn clone_encoded(&self) -> Outgoing {
+        Outgoing {
+            address: self.address.clone(),
+            tag: self.tag.clone(),
+            headers: self.headers.clone(),
+            timeout: self.timeout,
+            typed: None,
+            encoded: self.encoded.clone(),
+            persist: None,
+        }
+    }
+
     /// The encoded message (encoding it once if needed).
     pub(crate) fn encoded(&mut self) -> Result<Bytes, String> {
         if let Some(bytes) = &self.encoded {

@@ -38,6 +38,7 @@ impl Sharding {
             timeout: request.timeout.unwrap_or(std::time::Duration::MAX),
             typed: None,
             encoded: Some(request.payload.clone()),
+            persist: None,
         }
     }
 
@@ -46,6 +47,9 @@ impl Sharding {
     pub async fn handle_request(&self, request: Request) -> ReplyFrame {
         if let Err(failure) = self.admit(&request) {
             return ReplyFrame::Failure(failure);
+        }
+        if request.persisted {
+            return self.handle_persisted(request).await;
         }
         let mut out = Self::incoming(&request);
         let (tx, rx) = oneshot::channel();
@@ -77,6 +81,37 @@ impl Sharding {
                 &request,
                 ErrorCode::Interrupted,
                 "the entity was stopped while processing the request; its outcome is unknown",
+            )),
+        }
+    }
+
+    /// Serves a persisted request pushed by its sender (already stored): runs it here and answers
+    /// its saved final reply, or a routing failure when it was not settled here (the sender then
+    /// waits for the reply in storage).
+    async fn handle_persisted(&self, request: Request) -> ReplyFrame {
+        if self.inner.persistence.is_none() {
+            return ReplyFrame::Failure(no_message_storage(&request));
+        }
+        let settled = self.spawn_persisted(request.id, Self::incoming(&request));
+        let settled = match request.timeout {
+            Some(timeout) => match tokio::time::timeout(timeout, settled).await {
+                Ok(settled) => settled,
+                Err(_) => {
+                    return ReplyFrame::Failure(refused(
+                        &request,
+                        ErrorCode::DeadlineExceeded,
+                        "the caller's deadline passed; the request is stored and still runs",
+                    ));
+                }
+            },
+            None => settled.await,
+        };
+        match settled {
+            Ok(Some(frame)) => frame,
+            _ => ReplyFrame::Failure(refused(
+                &request,
+                ErrorCode::EntityNotAssigned,
+                "the request was not settled on this runner; it is stored and will run again",
             )),
         }
     }
@@ -129,6 +164,14 @@ impl Sharding {
     /// Serves a notification from another runner. `Err` when it was refused.
     pub async fn handle_notification(&self, notification: Notification) -> Result<(), Failure> {
         match notification {
+            Notification::Request(request) if request.persisted => {
+                self.admit(&request)?;
+                if self.inner.persistence.is_none() {
+                    return Err(no_message_storage(&request));
+                }
+                drop(self.spawn_persisted(request.id, Self::incoming(&request)));
+                Ok(())
+            }
             Notification::Request(request) => {
                 self.admit(&request)?;
                 let mut out = Self::incoming(&request);
@@ -145,4 +188,12 @@ impl Sharding {
             Notification::AckChunk(_) => Ok(()),
         }
     }
+}
+
+fn no_message_storage(request: &Request) -> Failure {
+    refused(
+        request,
+        ErrorCode::Persistence,
+        "this runner has no message storage for persisted requests",
+    )
 }

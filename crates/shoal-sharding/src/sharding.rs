@@ -9,7 +9,9 @@ use parking_lot::{Mutex, RwLock};
 use shoal_protocol::{
     EntityId, EntityType, MachineId, Runner, RunnerAddress, ShardGroup, ShardId, SnowflakeGenerator,
 };
-use shoal_storage::{RunnerStatus, RunnerStorage, ShardLease, StorageError};
+use shoal_storage::{
+    EntityKv, MessageStorage, RunnerStatus, RunnerStorage, ShardLease, StorageError,
+};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -22,6 +24,7 @@ use crate::health::{NoopHealth, RunnerHealth};
 use crate::in_process::InProcessNetwork;
 use crate::instance::InstanceSettings;
 use crate::manager::{EntityManager, ManagerParts};
+use crate::persist::{MessageSettings, Persistence};
 use crate::residency::Residency;
 use crate::routing::Routes;
 use crate::runners::Runners;
@@ -56,6 +59,10 @@ pub(crate) struct Inner {
     pub(crate) me: Option<Runner>,
     pub(crate) machine_id: Option<MachineId>,
     pub(crate) storage: Arc<dyn RunnerStorage>,
+    /// Durable messages (`None`: persisted messages are refused).
+    pub(crate) persistence: Option<Arc<Persistence>>,
+    /// Entity key-value storage (`None`: [`crate::EntityContext::kv`] is unavailable).
+    pub(crate) kv: Option<Arc<dyn EntityKv>>,
     pub(crate) transport: Arc<dyn Runners>,
     pub(crate) health: Arc<dyn RunnerHealth>,
     pub(crate) ids: SnowflakeGenerator,
@@ -109,6 +116,9 @@ enum Mode {
 pub struct ShardingBuilder {
     config: ShardingConfig,
     storage: Option<Arc<dyn RunnerStorage>>,
+    messages: Option<Arc<dyn MessageStorage>>,
+    message_settings: MessageSettings,
+    kv: Option<Arc<dyn EntityKv>>,
     transport: Option<Arc<dyn Runners>>,
     health: Option<Arc<dyn RunnerHealth>>,
     network: Option<Arc<InProcessNetwork>>,
@@ -130,6 +140,9 @@ impl Sharding {
         ShardingBuilder {
             config,
             storage: None,
+            messages: None,
+            message_settings: MessageSettings::default(),
+            kv: None,
             transport: None,
             health: None,
             network: None,
@@ -143,6 +156,25 @@ impl ShardingBuilder {
     /// Where runners register and lease shards.
     pub fn storage(mut self, storage: Arc<dyn RunnerStorage>) -> Self {
         self.storage = Some(storage);
+        self
+    }
+
+    /// Where persisted messages and their replies are kept (without it, sending a persisted
+    /// message fails with [`crate::CallError::Persistence`]).
+    pub fn message_storage(mut self, storage: Arc<dyn MessageStorage>) -> Self {
+        self.messages = Some(storage);
+        self
+    }
+
+    /// Tunables of persisted messages (default: [`MessageSettings::default`]).
+    pub fn message_settings(mut self, settings: MessageSettings) -> Self {
+        self.message_settings = settings;
+        self
+    }
+
+    /// Durable key-value storage for entities ([`crate::EntityContext::kv`]).
+    pub fn entity_kv(mut self, kv: Arc<dyn EntityKv>) -> Self {
+        self.kv = Some(kv);
         self
     }
 
@@ -224,6 +256,10 @@ impl ShardingBuilder {
             me,
             machine_id,
             storage,
+            persistence: self
+                .messages
+                .map(|messages| Arc::new(Persistence::new(messages, self.message_settings))),
+            kv: self.kv,
             transport,
             ids,
         });
@@ -237,6 +273,7 @@ impl ShardingBuilder {
         if let Some(me) = &sharding.inner.me {
             tracing::info!(runner = %me.address, machine_id = ?sharding.inner.machine_id, "runner registered");
         }
+        crate::persist::start_tasks(&sharding);
         crate::keeper::start(&sharding).await;
         crate::singleton::start_health_check(&sharding);
         Ok(sharding)

@@ -95,13 +95,23 @@ impl SocketRunner {
         socket: SocketConfig,
         storage: Arc<dyn RunnerStorage>,
     ) -> Result<Self, SocketError> {
+        Self::client_only_with(sharding, socket, storage, |builder| builder).await
+    }
+
+    /// [`SocketRunner::client_only`] with a hook to configure the runtime before it starts (for
+    /// example to give it message storage, so it can send persisted messages).
+    pub async fn client_only_with(
+        sharding: ShardingConfig,
+        socket: SocketConfig,
+        storage: Arc<dyn RunnerStorage>,
+        configure: impl FnOnce(ShardingBuilder) -> ShardingBuilder,
+    ) -> Result<Self, SocketError> {
         let runners = GrpcRunners::new(socket)?;
-        let sharding = Sharding::builder(sharding)
+        let builder = Sharding::builder(sharding)
             .storage(storage)
             .transport(runners.clone())
-            .client_only()
-            .start()
-            .await?;
+            .client_only();
+        let sharding = configure(builder).start().await?;
         Ok(Self {
             sharding,
             server: None,

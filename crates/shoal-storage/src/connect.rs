@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use crate::error::StorageError;
+use crate::kv::{EntityKv, MemoryEntityKv};
 use crate::memory::{MemoryMessageStorage, MemoryRunnerStorage};
 use crate::messages::MessageStorage;
 use crate::options::StorageOptions;
@@ -130,5 +131,82 @@ fn missing_backend(feature: &str) -> StorageError {
             "this build of shoal-storage has no {feature} backend (enable the `{feature}` cargo \
              feature)"
         ),
+    }
+}
+
+/// Every storage seam over one database: what a runner process needs.
+#[derive(Clone)]
+pub struct Storage {
+    /// Membership and shard leases.
+    pub runners: Arc<dyn RunnerStorage>,
+    /// Durable messages and replies.
+    pub messages: Arc<dyn MessageStorage>,
+    /// Entity key-value storage.
+    pub kv: Arc<dyn EntityKv>,
+}
+
+impl std::fmt::Debug for Storage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Storage").finish_non_exhaustive()
+    }
+}
+
+/// Opens runner storage, message storage and entity KV over the database a URL names (the URLs
+/// of [`connect_runner_storage`]). Migrations are applied unless `options` say not to.
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// use shoal_storage::{StorageOptions, connect};
+///
+/// let storage = connect("sqlite::memory:", StorageOptions::new()).await?;
+/// assert!(storage.runners.runners().await?.is_empty());
+/// # Ok::<(), shoal_storage::StorageError>(())
+/// # }).unwrap();
+/// ```
+#[cfg_attr(
+    not(any(feature = "sqlite", feature = "postgres")),
+    allow(unused_variables)
+)]
+pub async fn connect(url: &str, options: StorageOptions) -> Result<Storage, StorageError> {
+    let scheme = url.split_once(':').map(|(scheme, _)| scheme);
+    match scheme {
+        Some("memory") if url == "memory:" || url == "memory://" => {
+            let runners = Arc::new(MemoryRunnerStorage::new());
+            let messages = Arc::new(MemoryMessageStorage::new(runners.clone()));
+            let kv = Arc::new(MemoryEntityKv::new(runners.clone()));
+            Ok(Storage {
+                runners,
+                messages,
+                kv,
+            })
+        }
+        #[cfg(feature = "sqlite")]
+        Some("sqlite") => {
+            let runners = crate::sqlite::SqliteRunnerStorage::connect(url, options).await?;
+            let messages = crate::sqlite::SqliteMessageStorage::new(runners.inner()).await?;
+            let kv = crate::kv::SqliteEntityKv::new(runners.inner());
+            Ok(Storage {
+                runners: Arc::new(runners),
+                messages: Arc::new(messages),
+                kv: Arc::new(kv),
+            })
+        }
+        #[cfg(feature = "postgres")]
+        Some("postgres" | "postgresql") => {
+            let runners = crate::postgres::PostgresRunnerStorage::connect(url, options).await?;
+            let messages = crate::postgres::PostgresMessageStorage::new(runners.inner()).await?;
+            let kv = crate::kv::PostgresEntityKv::new(runners.inner());
+            Ok(Storage {
+                runners: Arc::new(runners),
+                messages: Arc::new(messages),
+                kv: Arc::new(kv),
+            })
+        }
+        _ => connect_runner_storage(url, options).await.and_then(|_| {
+            Err(StorageError::InvalidArgument {
+                operation: "connect",
+                detail: "this storage URL has no message storage".to_owned(),
+            })
+        }),
     }
 }

@@ -56,7 +56,7 @@ mod sql;
 pub mod sqlite;
 pub mod testing;
 
-pub use connect::{connect_runner_storage, connect_storage};
+pub use connect::{Storage, connect, connect_runner_storage, connect_storage};
 pub use encoded::{EncodedRunner, EncodedRunnerStorage, Typed};
 pub use error::{BoxError, StorageError};
 pub use kv::{EntityKv, KvEntry, KvQuery, MemoryEntityKv};

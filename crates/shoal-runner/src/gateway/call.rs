@@ -15,7 +15,9 @@ use subtle::ConstantTimeEq;
 use tokio::time::Instant;
 
 use super::error::ApiError;
-use super::{GatewayState, MAX_TIMEOUT_MS, REQUEST_ID_HEADER, TIMEOUT_HEADER};
+use super::{
+    GatewayState, IDEMPOTENCY_KEY_HEADER, MAX_TIMEOUT_MS, REQUEST_ID_HEADER, TIMEOUT_HEADER,
+};
 
 /// The metrics label for requests that name no routed type.
 const UNROUTED: &str = "_unrouted";
@@ -139,10 +141,14 @@ impl GatewayState {
             if let Some(id) = request_id.and_then(|v| v.to_str().ok()) {
                 entity_headers.push(REQUEST_ID_HEADER, id);
             }
-            let options = CallOptions {
-                timeout,
-                headers: entity_headers,
-            };
+            let mut options = CallOptions::default()
+                .with_timeout(timeout)
+                .with_headers(entity_headers);
+            if let Some(key) = idempotency_key(headers)? {
+                // The key makes the call persisted: retries with the same key run the handler
+                // once and get the first reply.
+                options = options.with_persisted(true).with_primary_key(key);
+            }
             route
                 .client
                 .call(&entity_id, &tag, payload, options)
@@ -227,4 +233,17 @@ async fn read_body(body: Body, headers: &HeaderMap, max: usize) -> Result<Bytes,
         )
     })?;
     Ok(bytes)
+}
+
+/// The `Idempotency-Key` header: at most 255 visible ASCII characters.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get(IDEMPOTENCY_KEY_HEADER) else {
+        return Ok(None);
+    };
+    match value.to_str() {
+        Ok(key) if !key.is_empty() && key.len() <= 255 => Ok(Some(key.to_owned())),
+        _ => Err(ApiError::bad_request(format!(
+            "header {IDEMPOTENCY_KEY_HEADER} must be 1 to 255 visible ASCII characters"
+        ))),
+    }
 }

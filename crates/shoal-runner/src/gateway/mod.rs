@@ -53,6 +53,9 @@ use crate::health::Readiness;
 pub const TIMEOUT_HEADER: &str = "x-shoal-timeout-ms";
 /// The request header echoed back, and passed to the entity, to correlate a call.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
+/// A key that makes a call persisted and deduplicated: a retry with the same key (for the same
+/// entity and tag) runs the handler once and answers the first reply.
+pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
 /// The largest accepted `x-shoal-timeout-ms` (one hour).
 pub const MAX_TIMEOUT_MS: u64 = 3_600_000;
 

@@ -78,4 +78,6 @@ pub(crate) trait BehaviorFactory: Send + Sync + fmt::Debug {
 pub(crate) struct TagInfo {
     /// Replies are streamed.
     pub(crate) streaming: bool,
+    /// Requests are persisted before delivery.
+    pub(crate) persisted: bool,
 }

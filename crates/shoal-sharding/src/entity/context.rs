@@ -17,6 +17,8 @@ pub(crate) struct InstanceFlags {
     pending: AtomicU32,
     /// Milliseconds since the runtime's start at the last activity.
     last_active: AtomicU64,
+    /// The request a one-at-a-time instance is handling (raw Snowflake; 0: none).
+    current_request: AtomicU64,
 }
 
 impl InstanceFlags {
@@ -44,6 +46,10 @@ impl InstanceFlags {
 
     pub(crate) fn touch(&self, at_millis: u64) {
         self.last_active.store(at_millis, Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_current_request(&self, id: shoal_protocol::Snowflake) {
+        self.current_request.store(id.raw(), Ordering::Relaxed);
     }
 
     pub(crate) fn last_active(&self) -> u64 {
@@ -104,6 +110,24 @@ impl EntityContext {
     /// shard is no longer held here): the fencing token of the entity's storage writes.
     pub fn shard_epoch(&self) -> Option<shoal_storage::Epoch> {
         self.inner.sharding.shard_epoch(&self.inner.address.shard)
+    }
+
+    /// The id of the request being handled (for entities that handle one message at a time, as
+    /// typed entities do; dynamic entities get it in [`crate::DynamicRequest::id`]). A persisted
+    /// request keeps its id across redeliveries, so handlers can use it to make their effects
+    /// idempotent. `None` outside a handler.
+    pub fn request_id(&self) -> Option<shoal_protocol::Snowflake> {
+        match self.inner.flags.current_request.load(Ordering::Relaxed) {
+            0 => None,
+            raw => Some(shoal_protocol::Snowflake::from_raw(raw)),
+        }
+    }
+
+    /// This entity's durable key-value storage, when the runtime has one
+    /// ([`crate::ShardingBuilder::entity_kv`]). Writes are fenced by the shard's lease epoch.
+    pub fn kv(&self) -> Option<crate::EntityKvHandle> {
+        let kv = self.inner.sharding.inner.kv.clone()?;
+        Some(crate::EntityKvHandle::new(kv, self.clone()))
     }
 
     /// Keeps the instance resident while idle (`true`) or lets it be passivated again (`false`).

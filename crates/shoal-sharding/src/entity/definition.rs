@@ -28,6 +28,7 @@ struct HandlerEntry<E> {
     tag: &'static str,
     message_type: TypeId,
     streaming: bool,
+    persisted: bool,
     handle: HandleFn<E>,
 }
 
@@ -85,6 +86,7 @@ impl<E: Entity> EntityDefinition<E> {
             tag: M::TAG,
             message_type: TypeId::of::<M>(),
             streaming: false,
+            persisted: M::PERSISTED,
             handle: dispatch_unary::<E, M>,
         });
         self
@@ -99,6 +101,7 @@ impl<E: Entity> EntityDefinition<E> {
             tag: M::TAG,
             message_type: TypeId::of::<M>(),
             streaming: true,
+            persisted: M::PERSISTED,
             handle: dispatch_stream::<E, M>,
         });
         self
@@ -150,6 +153,7 @@ impl<E: Entity> Registration for EntityDefinition<E> {
                 tag,
                 TagInfo {
                     streaming: entry.streaming,
+                    persisted: entry.persisted,
                 },
             );
         }
@@ -265,6 +269,8 @@ fn decode<M: Message>(payload: &Payload) -> Result<M, CallFailure> {
 fn handler_failure(error: HandlerError) -> CallFailure {
     if error.is_fatal() {
         CallFailure::Fatal(error.message().to_owned())
+    } else if error.is_transient() {
+        failed(ErrorCode::Persistence, error.message())
     } else {
         failed(ErrorCode::Handler, error.message())
     }

@@ -88,7 +88,7 @@ where
 pub struct DynamicDefinition {
     entity_type: String,
     factory: Arc<dyn DynamicFactory>,
-    tags: Vec<(String, TagKind)>,
+    tags: Vec<(String, TagKind, bool)>,
     options: EntityOptions,
 }
 
@@ -115,7 +115,14 @@ impl DynamicDefinition {
 
     /// Declares a tag.
     pub fn tag(mut self, tag: impl Into<String>, kind: TagKind) -> Self {
-        self.tags.push((tag.into(), kind));
+        self.tags.push((tag.into(), kind, false));
+        self
+    }
+
+    /// Declares a persisted tag: its requests are saved in message storage before delivery and
+    /// redelivered until they have a final reply (see [`crate::Message::PERSISTED`]).
+    pub fn persisted_tag(mut self, tag: impl Into<String>, kind: TagKind) -> Self {
+        self.tags.push((tag.into(), kind, true));
         self
     }
 
@@ -136,9 +143,10 @@ impl Registration for DynamicDefinition {
             });
         }
         let mut tags = HashMap::new();
-        for (tag, kind) in &self.tags {
+        for (tag, kind, persisted) in &self.tags {
             let info = TagInfo {
                 streaming: *kind == TagKind::Stream,
+                persisted: *persisted,
             };
             if tags.insert(Tag::new(tag)?, info).is_some() {
                 return Err(RegisterError::DuplicateTag {
@@ -204,6 +212,10 @@ impl SharedBehavior for DynamicBehavior {
             match self.entity.clone().handle(request, ctx).await {
                 Ok(bytes) => Ok(ReplyValue::Encoded(bytes)),
                 Err(e) if e.is_fatal() => Err(CallFailure::Fatal(e.message().to_owned())),
+                Err(e) if e.is_transient() => Err(CallFailure::Failed(Failure::new(
+                    ErrorCode::Persistence,
+                    e.message(),
+                ))),
                 Err(e) => Err(CallFailure::Failed(Failure::new(
                     ErrorCode::Handler,
                     e.message(),

@@ -95,6 +95,7 @@ pub trait StreamHandler<M: Message>: Entity {
 /// [`crate::CallError::Defect`]).
 pub struct HandlerError {
     fatal: bool,
+    transient: bool,
     message: String,
 }
 
@@ -103,6 +104,19 @@ impl HandlerError {
     pub fn failed(message: impl fmt::Display) -> Self {
         Self {
             fatal: false,
+            transient: false,
+            message: message.to_string(),
+        }
+    }
+
+    /// A transient failure of something the handler depends on (its storage, typically): the
+    /// request did not take effect and may be retried. A persisted request is not answered: it
+    /// stays unprocessed and runs again (here after the next poll, or on the shard's next
+    /// owner). A volatile caller gets [`crate::CallError::Persistence`].
+    pub fn unavailable(message: impl fmt::Display) -> Self {
+        Self {
+            fatal: false,
+            transient: true,
             message: message.to_string(),
         }
     }
@@ -111,8 +125,14 @@ impl HandlerError {
     pub fn fatal(message: impl fmt::Display) -> Self {
         Self {
             fatal: true,
+            transient: false,
             message: message.to_string(),
         }
+    }
+
+    /// Whether this is a transient failure ([`HandlerError::unavailable`]).
+    pub fn is_transient(&self) -> bool {
+        self.transient
     }
 
     /// Whether this is a defect.

@@ -28,4 +28,25 @@ pub trait Message: Clone + Serialize + DeserializeOwned + Send + Sync + 'static 
     /// What a handler answers (for a streaming message: the type of each streamed item). An
     /// application-level error belongs in the reply (for example `Result<T, MyError>`).
     type Reply: Serialize + DeserializeOwned + Send + 'static;
+
+    /// Persisted (durable) messages are saved in message storage before they are delivered and
+    /// redelivered until their handler's final reply is saved: they survive runner crashes and
+    /// shard moves. Their handlers may run more than once (at least once): make them idempotent,
+    /// for example with [`crate::EntityContext::request_id`]. Needs message storage
+    /// ([`crate::ShardingBuilder::message_storage`]).
+    const PERSISTED: bool = false;
+
+    /// A persisted message that the caller cannot interrupt.
+    const UNINTERRUPTIBLE: bool = false;
+
+    /// For persisted messages: the deduplication key. A second send with the same key (to the
+    /// same entity and tag) does not run the handler again; it returns the first one's reply.
+    fn primary_key(&self) -> Option<String> {
+        None
+    }
+
+    /// For persisted messages: do not deliver before this time (a scheduled message).
+    fn deliver_at(&self) -> Option<std::time::SystemTime> {
+        None
+    }
 }

@@ -235,6 +235,7 @@ impl InstanceTask {
             let Behavior::Exclusive(exclusive) = behavior else {
                 return Flow::Stop;
             };
+            self.flags.set_current_request(delivery.call.id);
             let outcome = {
                 let fut =
                     AssertUnwindSafe(exclusive.handle(&delivery.call, &self.ctx)).catch_unwind();

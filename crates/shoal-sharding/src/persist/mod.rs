@@ -1,0 +1,85 @@
+//! Persisted (durable) messages: saved before delivery, redelivered until their final reply is
+//! saved, deduplicated by primary key.
+//!
+//! - [`send`](self::send): the caller's side — save, then push to the owner (or run here), then
+//!   wait for the reply by push, falling back to storage.
+//! - [`process`](self::process): the owner's side — run a stored request once at a time on this
+//!   runner and save its final reply under the shard's lease epoch.
+//! - [`poller`](self::poller): the owner's safety net — claim unprocessed messages of held shards
+//!   when woken (saves, acquisitions), on a timer for the next scheduled message, and
+//!   periodically.
+//! - [`waiter`](self::waiter): waiting for a stored reply.
+//! - [`sweeper`](self::sweeper): retention.
+
+mod poller;
+mod process;
+mod send;
+mod settings;
+mod sweeper;
+mod waiter;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use parking_lot::Mutex;
+use shoal_protocol::{ReplyFrame, Snowflake};
+use shoal_storage::MessageStorage;
+use tokio::sync::{Notify, oneshot};
+
+pub use settings::MessageSettings;
+
+pub(crate) use poller::{on_shards_acquired, start as start_tasks};
+
+/// What makes an outgoing message persisted.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct PersistSpec {
+    /// The primary key (deduplication), before [`shoal_storage::message_key`] scoping.
+    pub(crate) primary_key: Option<String>,
+    /// Do not deliver before.
+    pub(crate) deliver_at: Option<SystemTime>,
+    /// Caller interrupts are ignored.
+    pub(crate) uninterruptible: bool,
+}
+
+/// Waiters for a request being processed on this runner: they get its settled reply (`None`
+/// when it was not settled here).
+type Waiters = Vec<oneshot::Sender<Option<ReplyFrame>>>;
+
+/// The persisted-message state of one runtime.
+pub(crate) struct Persistence {
+    pub(crate) storage: Arc<dyn MessageStorage>,
+    pub(crate) settings: MessageSettings,
+    /// Requests being processed on this runner (each runs once at a time here).
+    in_flight: Mutex<HashMap<Snowflake, Waiters>>,
+    /// In-flight requests whose caller interrupted them (their `interrupted` outcome is final).
+    interrupted: Mutex<HashSet<Snowflake>>,
+    /// Wakes the poller.
+    pub(crate) wake: Notify,
+}
+
+impl Persistence {
+    pub(crate) fn new(storage: Arc<dyn MessageStorage>, settings: MessageSettings) -> Self {
+        Self {
+            storage,
+            settings,
+            in_flight: Mutex::new(HashMap::new()),
+            interrupted: Mutex::new(HashSet::new()),
+            wake: Notify::new(),
+        }
+    }
+
+    pub(crate) fn is_in_flight(&self, id: Snowflake) -> bool {
+        self.in_flight.lock().contains_key(&id)
+    }
+
+    /// Records that the caller interrupted `id` (running here).
+    pub(crate) fn interrupt(&self, id: Snowflake) {
+        self.interrupted.lock().insert(id);
+    }
+
+    /// Whether `id` was interrupted by its caller (and forgets it).
+    pub(crate) fn take_interrupted(&self, id: Snowflake) -> bool {
+        self.interrupted.lock().remove(&id)
+    }
+}

@@ -1,0 +1,231 @@
+//! The owner's safety net: claims unprocessed messages of the shards this runner holds.
+//!
+//! Woken at once when a message is saved for a held shard (in process; across processes where
+//! the backend publishes events, e.g. Postgres `LISTEN/NOTIFY`), when shards are acquired (after
+//! their claims are reset, so a crashed owner's messages are redelivered at once), by a timer for
+//! the next scheduled message, and every `poll_interval` otherwise.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use shoal_protocol::{ErrorCode, Failure, ReplyFrame, RunnerAddress, ShardId};
+use shoal_storage::{
+    Claim, ClaimedMessage, EnvelopeKind, Fence, MessageEvent, PersistedRequest, StoredReply,
+    StoredReplyKind,
+};
+use tokio::sync::broadcast::error::RecvError;
+use tokio::time::Instant;
+
+use super::Persistence;
+use crate::outgoing::Outgoing;
+use crate::sharding::Sharding;
+
+/// Starts the poller, the event listener and the retention sweep of a runner with message
+/// storage.
+pub(crate) fn start(sharding: &Sharding) {
+    let (Some(persistence), Some(me)) = (&sharding.inner.persistence, sharding.runner_address())
+    else {
+        return;
+    };
+    let storage_timeout = sharding.inner.config.storage_timeout();
+    let poller = Poller {
+        sharding: sharding.clone(),
+        persistence: persistence.clone(),
+        me: me.clone(),
+    };
+    sharding.spawn_task(tokio::spawn(poller.run()));
+    sharding.spawn_task(tokio::spawn(listen(sharding.clone(), persistence.clone())));
+    sharding.spawn_task(tokio::spawn(super::sweeper::run(
+        persistence.clone(),
+        storage_timeout,
+    )));
+}
+
+/// Called by the lease keeper after it acquired `shards`: lifts their claims (the previous owner
+/// may have died holding them) and wakes the poller.
+pub(crate) fn on_shards_acquired(sharding: &Sharding, shards: Vec<ShardId>) {
+    let Some(persistence) = sharding.inner.persistence.clone() else {
+        return;
+    };
+    let timeout = sharding.inner.config.storage_timeout();
+    tokio::spawn(async move {
+        match tokio::time::timeout(timeout, persistence.storage.reset_shards(&shards)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                tracing::warn!(%error, shards = shards.len(), "resetting message claims of acquired shards failed");
+            }
+            Err(_) => tracing::warn!(
+                shards = shards.len(),
+                "resetting message claims of acquired shards timed out"
+            ),
+        }
+        persistence.wake.notify_one();
+    });
+}
+
+/// Wakes the poller when a message is saved for a shard held here.
+async fn listen(sharding: Sharding, persistence: Arc<Persistence>) {
+    let mut events = persistence.storage.subscribe();
+    loop {
+        match events.recv().await {
+            Ok(MessageEvent::Saved { shard }) => {
+                if sharding.inner.shards.is_active(&shard) {
+                    persistence.wake.notify_one();
+                }
+            }
+            Ok(MessageEvent::Replied { .. }) => {}
+            Err(RecvError::Lagged(_)) => persistence.wake.notify_one(),
+            Err(RecvError::Closed) => return,
+        }
+    }
+}
+
+struct Poller {
+    sharding: Sharding,
+    persistence: Arc<Persistence>,
+    me: RunnerAddress,
+}
+
+impl Poller {
+    async fn run(self) {
+        let timeout = self.sharding.inner.config.storage_timeout();
+        let reset = self.persistence.storage.reset_runner(&self.me);
+        // Claims an earlier process at this address held are void: it is gone.
+        if let Ok(Err(error)) = tokio::time::timeout(timeout, reset).await {
+            tracing::warn!(%error, "resetting this runner's old message claims failed");
+        }
+        let mut next_due: Option<Instant> = None;
+        loop {
+            let interval = self.persistence.settings.poll_interval;
+            let due = next_due.unwrap_or_else(|| Instant::now() + interval);
+            tokio::select! {
+                _ = self.persistence.wake.notified() => {}
+                _ = tokio::time::sleep(interval) => {}
+                _ = tokio::time::sleep_until(due) => {}
+            }
+            next_due = self.poll().await;
+        }
+    }
+
+    /// Claims and starts what is deliverable now; returns when the next scheduled message is due.
+    async fn poll(&self) -> Option<Instant> {
+        let shards = self.sharding.inner.shards.active();
+        if shards.is_empty() {
+            return None;
+        }
+        let settings = &self.persistence.settings;
+        let timeout = self.sharding.inner.config.storage_timeout();
+        let claim = Claim {
+            by: self.me.clone(),
+            duration: settings.claim_timeout,
+        };
+        loop {
+            let call =
+                self.persistence
+                    .storage
+                    .claim_unprocessed(&shards, settings.poll_batch, &claim);
+            let claimed = match tokio::time::timeout(timeout, call).await {
+                Ok(Ok(claimed)) => claimed,
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, "claiming unprocessed messages failed");
+                    return None;
+                }
+                Err(_) => {
+                    tracing::warn!("claiming unprocessed messages timed out");
+                    return None;
+                }
+            };
+            let full = claimed.len() >= settings.poll_batch;
+            for message in claimed {
+                self.start(message);
+            }
+            if !full {
+                break;
+            }
+        }
+        let call = self.persistence.storage.next_deliver_at(&shards);
+        match tokio::time::timeout(timeout, call).await {
+            Ok(Ok(Some(at))) => {
+                let wait = at
+                    .duration_since(SystemTime::now())
+                    .unwrap_or(Duration::ZERO);
+                Some(Instant::now() + wait)
+            }
+            _ => None,
+        }
+    }
+
+    fn start(&self, message: ClaimedMessage) {
+        match message {
+            ClaimedMessage::Request { request, .. } => {
+                if self.persistence.is_in_flight(request.id) {
+                    return;
+                }
+                metrics::counter!("shoal_persisted_redeliveries_total").increment(1);
+                let sharding = self.sharding.clone();
+                let persistence = self.persistence.clone();
+                tokio::spawn(async move {
+                    let id = request.id;
+                    let settled = sharding.spawn_persisted(id, incoming(*request)).await;
+                    if !matches!(settled, Ok(Some(_))) {
+                        // Not settled here (mailbox full, type not registered yet, storage
+                        // trouble): let the next poll claim it again.
+                        let timeout = sharding.inner.config.storage_timeout();
+                        let _ =
+                            tokio::time::timeout(timeout, persistence.storage.reset_request(id))
+                                .await;
+                    }
+                });
+            }
+            ClaimedMessage::Envelope(envelope) => {
+                if envelope.kind != EnvelopeKind::Interrupt {
+                    return;
+                }
+                if self.persistence.is_in_flight(envelope.request_id) {
+                    self.persistence.interrupt(envelope.request_id);
+                    if let Some(manager) = self.sharding.manager(&envelope.address.entity_type) {
+                        manager.interrupt(&envelope.address.entity_id, envelope.request_id);
+                    }
+                    return;
+                }
+                // Not running here: it ends without running.
+                let Some(epoch) = self.sharding.inner.shards.epoch(&envelope.address.shard) else {
+                    return;
+                };
+                let fence = Fence {
+                    shard: envelope.address.shard.clone(),
+                    epoch,
+                };
+                let reply = StoredReply {
+                    id: self.sharding.inner.ids.next_id(),
+                    request_id: envelope.request_id,
+                    kind: StoredReplyKind::Final(ReplyFrame::Failure(
+                        Failure::new(ErrorCode::Interrupted, "interrupted by the caller")
+                            .with_address(envelope.address.clone()),
+                    )),
+                };
+                let persistence = self.persistence.clone();
+                let timeout = self.sharding.inner.config.storage_timeout();
+                tokio::spawn(async move {
+                    let save = persistence.storage.save_reply(&reply, &fence);
+                    if let Ok(Err(error)) = tokio::time::timeout(timeout, save).await {
+                        tracing::warn!(%error, "saving an interrupt reply failed");
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// A stored request as a local delivery.
+pub(crate) fn incoming(request: PersistedRequest) -> Outgoing {
+    Outgoing {
+        address: request.address,
+        tag: request.tag,
+        headers: request.headers,
+        timeout: Duration::MAX,
+        typed: None,
+        encoded: Some(request.payload),
+        persist: None,
+    }
+}

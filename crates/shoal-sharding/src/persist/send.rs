@@ -1,0 +1,281 @@
+//! The caller's side of a persisted request: save it, hand it to its owner (or run it here), and
+//! wait for its reply.
+
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use shoal_protocol::{ErrorCode, Notification, ReplyFrame, Request, RunnerAddress, Snowflake};
+use shoal_storage::{Claim, PersistedRequest, SaveResult, StoredReplyKind, message_key};
+use tokio::time::{Instant, timeout_at};
+
+use super::Persistence;
+use super::process::is_final;
+use super::waiter::frame_result;
+use crate::entity::ReplyValue;
+use crate::error::CallError;
+use crate::outgoing::Outgoing;
+use crate::runners::TransportError;
+use crate::sharding::Sharding;
+
+/// Who processes a request just saved.
+enum Target {
+    /// This runner holds the shard.
+    Here,
+    /// Another runner holds it: push the request to it.
+    Owner(RunnerAddress),
+    /// Nobody yet, or not before its `deliver_at`: the owner's poller will find it.
+    Later,
+}
+
+impl Sharding {
+    fn persistence_of(&self, out: &Outgoing) -> Result<&std::sync::Arc<Persistence>, CallError> {
+        self.inner
+            .persistence
+            .as_ref()
+            .ok_or_else(|| CallError::Persistence {
+                address: out.address.clone(),
+                message: format!(
+                    "message {:?} is persisted but this runtime has no message storage \
+                     (configure ShardingBuilder::message_storage)",
+                    out.tag.as_str()
+                ),
+            })
+    }
+
+    fn target(&self, out: &Outgoing, deliver_at: Option<SystemTime>) -> Target {
+        if deliver_at.is_some_and(|at| at > SystemTime::now()) {
+            return Target::Later;
+        }
+        if self.inner.shards.is_active(&out.address.shard) {
+            return Target::Here;
+        }
+        match self.inner.routes.owner(&out.address.shard) {
+            Some(owner) if Some(&owner) != self.runner_address() => Target::Owner(owner),
+            _ => Target::Later,
+        }
+    }
+
+    /// Sends a persisted request: once this returns `Ok` (or a timeout), the request is stored
+    /// and will be processed. `notify` returns as soon as it is stored.
+    pub(crate) async fn call_persisted(
+        &self,
+        mut out: Outgoing,
+        notify: bool,
+    ) -> Result<ReplyValue, CallError> {
+        let persistence = self.persistence_of(&out)?.clone();
+        if self.is_shutting_down() {
+            return Err(CallError::ShuttingDown {
+                address: out.address.clone(),
+            });
+        }
+        let started = Instant::now();
+        let deadline = started + out.timeout;
+        let payload = out
+            .encoded()
+            .map_err(|message| CallError::MalformedMessage {
+                address: out.address.clone(),
+                message,
+            })?;
+        // Persisted requests always travel encoded, even to a local entity.
+        out.typed = None;
+        let spec = out.persist.take().unwrap_or_default();
+        let id = self.inner.ids.next_id();
+        let request = PersistedRequest {
+            id,
+            address: out.address.clone(),
+            tag: out.tag.clone(),
+            payload: payload.clone(),
+            headers: out.headers.clone(),
+            key: spec
+                .primary_key
+                .as_deref()
+                .map(|key| message_key(&out.address, &out.tag, key)),
+            deliver_at: spec.deliver_at,
+            streaming: false,
+            uninterruptible: spec.uninterruptible,
+        };
+        let target = self.target(&out, spec.deliver_at);
+        let claim = match &target {
+            Target::Here => self.runner_address().cloned(),
+            Target::Owner(owner) => Some(owner.clone()),
+            Target::Later => None,
+        }
+        .map(|by| Claim {
+            by,
+            duration: persistence.settings.claim_timeout,
+        });
+        let storage_timeout = self.inner.config.storage_timeout();
+        let saved = tokio::time::timeout(
+            storage_timeout,
+            persistence.storage.save_request(&request, claim.as_ref()),
+        )
+        .await;
+        let saved = match saved {
+            Ok(Ok(saved)) => saved,
+            Ok(Err(error)) => {
+                return Err(CallError::Persistence {
+                    address: out.address.clone(),
+                    message: format!("the request was not stored: {error}"),
+                });
+            }
+            Err(_) => {
+                return Err(CallError::Persistence {
+                    address: out.address.clone(),
+                    message: format!(
+                        "the request was not stored: storage did not answer within {storage_timeout:?}"
+                    ),
+                });
+            }
+        };
+        metrics::counter!("shoal_persisted_requests_total").increment(1);
+        let wait_for = match saved {
+            SaveResult::Duplicate {
+                original_id,
+                last_reply,
+            } => {
+                metrics::counter!("shoal_persisted_duplicates_total").increment(1);
+                if let Some(reply) = last_reply
+                    && let StoredReplyKind::Final(frame) = reply.kind
+                {
+                    return frame_result(&out.address, original_id, frame);
+                }
+                original_id
+            }
+            SaveResult::Saved => {
+                if notify {
+                    self.hand_over(&persistence, id, out, target, payload, deadline);
+                    return Ok(ReplyValue::Encoded(Bytes::new()));
+                }
+                match target {
+                    Target::Here => match self.spawn_persisted(id, out.clone_encoded()).await {
+                        Ok(Some(frame)) => return frame_result(&out.address, id, frame),
+                        _ => id,
+                    },
+                    Target::Owner(owner) => {
+                        match self
+                            .push(&persistence, id, &out, &owner, payload, deadline)
+                            .await
+                        {
+                            Some(result) => return result,
+                            None => id,
+                        }
+                    }
+                    Target::Later => {
+                        persistence.wake.notify_one();
+                        id
+                    }
+                }
+            }
+        };
+        if notify {
+            return Ok(ReplyValue::Encoded(Bytes::new()));
+        }
+        persistence
+            .wait_reply(
+                &out.address,
+                wait_for,
+                deadline,
+                storage_timeout,
+                out.timeout,
+            )
+            .await
+    }
+
+    /// Delivers a persisted notification without waiting for it.
+    fn hand_over(
+        &self,
+        persistence: &std::sync::Arc<Persistence>,
+        id: Snowflake,
+        out: Outgoing,
+        target: Target,
+        payload: Bytes,
+        deadline: Instant,
+    ) {
+        match target {
+            Target::Here => {
+                drop(self.spawn_persisted(id, out));
+            }
+            Target::Owner(owner) => {
+                let sharding = self.clone();
+                let persistence = persistence.clone();
+                tokio::spawn(async move {
+                    let request = persisted_wire(id, &out, payload, deadline);
+                    let sent = timeout_at(
+                        deadline,
+                        sharding
+                            .inner
+                            .transport
+                            .notify(&owner, Notification::Request(request)),
+                    )
+                    .await;
+                    if !matches!(sent, Ok(Ok(None))) {
+                        sharding.release_claim(&persistence, id).await;
+                    }
+                });
+            }
+            Target::Later => persistence.wake.notify_one(),
+        }
+    }
+
+    /// Pushes a saved request to its owner. `None`: the owner did not settle it (it is stored;
+    /// wait for its reply in storage).
+    async fn push(
+        &self,
+        persistence: &Persistence,
+        id: Snowflake,
+        out: &Outgoing,
+        owner: &RunnerAddress,
+        payload: Bytes,
+        deadline: Instant,
+    ) -> Option<Result<ReplyValue, CallError>> {
+        let request = persisted_wire(id, out, payload, deadline);
+        match timeout_at(deadline, self.inner.transport.send(owner, request)).await {
+            Err(_) => Some(Err(CallError::Timeout {
+                address: out.address.clone(),
+                timeout: out.timeout,
+            })),
+            Ok(Ok(ReplyFrame::Failure(failure))) if !is_final(failure.code) => {
+                if failure.code == ErrorCode::DeadlineExceeded {
+                    return Some(Err(CallError::Timeout {
+                        address: out.address.clone(),
+                        timeout: out.timeout,
+                    }));
+                }
+                self.release_claim(persistence, id).await;
+                None
+            }
+            Ok(Ok(frame)) => Some(frame_result(&out.address, id, frame)),
+            Ok(Err(TransportError::Refused { failure, .. })) if is_final(failure.code) => Some(
+                Err(CallError::from_failure(out.address.clone(), *failure, id)),
+            ),
+            Ok(Err(_)) => {
+                self.release_claim(persistence, id).await;
+                None
+            }
+        }
+    }
+
+    /// Lifts the claim made for a push that did not land, so the shard's owner polls it now.
+    async fn release_claim(&self, persistence: &Persistence, id: Snowflake) {
+        let timeout = self.inner.config.storage_timeout();
+        let _ = tokio::time::timeout(timeout, persistence.storage.reset_request(id)).await;
+    }
+}
+
+/// The wire form of a stored request pushed to its owner.
+fn persisted_wire(id: Snowflake, out: &Outgoing, payload: Bytes, deadline: Instant) -> Request {
+    Request {
+        id,
+        address: out.address.clone(),
+        tag: out.tag.clone(),
+        payload,
+        headers: out.headers.clone(),
+        persisted: true,
+        timeout: Some(
+            deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(1)),
+        ),
+        streaming: false,
+    }
+}
