@@ -55,14 +55,13 @@ fn main() -> Result<()> {
             no_lint,
             nextest_args,
         } => test(no_lint, &nextest_args),
-        Command::TestCluster(args) if args.quick => cluster::run(&cluster::ClusterArgs {
-            keep_logs: args.keep_logs,
-            ..cluster::ClusterArgs::quick()
-        }),
         Command::TestCluster(args) => cluster::run(&args),
         Command::Bench { name, args } => bench(name.as_deref(), &args),
     }
 }
+
+/// The fault schedule of the short cluster run in `cargo xtask test`.
+const SHORT_CLUSTER_FAULTS: &str = "none";
 
 fn test(no_lint: bool, nextest_args: &[String]) -> Result<()> {
     let started = std::time::Instant::now();
@@ -109,9 +108,9 @@ fn test(no_lint: bool, nextest_args: &[String]) -> Result<()> {
     )?;
 
     // A short cluster run on the debug binary the tests already built.
-    println!("\n==> test-cluster (short): 3 runners on Postgres, SIGKILL, SIGTERM, replacement");
+    println!("\n==> test-cluster (short): 3 runners on Postgres, {SHORT_CLUSTER_FAULTS} faults");
     let started_cluster = std::time::Instant::now();
-    cluster::run(&cluster::ClusterArgs::quick())?;
+    cluster::run(&cluster::ClusterArgs::short(SHORT_CLUSTER_FAULTS))?;
     println!(
         "<== test-cluster (short): ok in {:.1?}",
         started_cluster.elapsed()

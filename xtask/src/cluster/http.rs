@@ -3,6 +3,12 @@
 use std::io::ErrorKind;
 use std::time::Duration;
 
+/// The header that makes a persisted call idempotent: a retry with the same key is answered with
+/// the first attempt's reply instead of being applied again.
+pub(crate) const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// The header giving the runtime a call's deadline.
+pub(crate) const TIMEOUT_HEADER: &str = "x-shoal-timeout-ms";
+
 /// What one HTTP call to `POST /v1/entities/...` came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Outcome {
@@ -12,18 +18,35 @@ pub(crate) enum Outcome {
     /// connection refused): safe to send again.
     Refused(String),
     /// The call may or may not have taken effect (connection lost after sending, owner
-    /// unreachable mid-call, interrupted, deadline).
+    /// unreachable mid-call, interrupted, deadline, any other 5xx): send again with the same
+    /// idempotency key.
     Unknown(String),
-    /// Any other answer (a bug, for the counter): status and error code.
+    /// An answer the counter should never give (a 4xx other than 409 and 429): status and code.
     Failed(String),
 }
 
-/// A blocking HTTP client for one worker thread (keeps its connections).
+/// One call to send.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Call<'a> {
+    /// The counter id.
+    pub(crate) id: &'a str,
+    /// `increment` or `get`.
+    pub(crate) tag: &'a str,
+    /// The JSON body.
+    pub(crate) body: &'a str,
+    /// Sent as `Idempotency-Key` when set.
+    pub(crate) key: Option<&'a str>,
+    /// Sent as `x-shoal-timeout-ms`.
+    pub(crate) deadline_ms: u64,
+}
+
+/// A blocking HTTP client for one thread (keeps its connections).
 pub(crate) struct Client {
     agent: ureq::Agent,
 }
 
 impl Client {
+    /// A client whose calls give up after `timeout` (a timeout is an unknown outcome).
     pub(crate) fn new(timeout: Duration) -> Self {
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
@@ -34,24 +57,18 @@ impl Client {
         Self { agent }
     }
 
-    /// `POST {gateway}/v1/entities/counter/{id}/{tag}` with `body`, giving the runtime
-    /// `deadline_ms` (`x-shoal-timeout-ms`).
-    pub(crate) fn call(
-        &self,
-        gateway: &str,
-        id: &str,
-        tag: &str,
-        body: &str,
-        deadline_ms: u64,
-    ) -> Outcome {
-        let url = format!("{gateway}/v1/entities/counter/{id}/{tag}");
-        let response = self
+    /// `POST {gateway}/v1/entities/counter/{id}/{tag}`.
+    pub(crate) fn call(&self, gateway: &str, call: Call<'_>) -> Outcome {
+        let url = format!("{gateway}/v1/entities/counter/{}/{}", call.id, call.tag);
+        let mut request = self
             .agent
             .post(&url)
             .header("content-type", "application/json")
-            .header("x-shoal-timeout-ms", &deadline_ms.to_string())
-            .send(body);
-        let mut response = match response {
+            .header(TIMEOUT_HEADER, &call.deadline_ms.to_string());
+        if let Some(key) = call.key {
+            request = request.header(IDEMPOTENCY_KEY, key);
+        }
+        let mut response = match request.send(call.body) {
             Ok(response) => response,
             Err(error) => return classify_error(&error),
         };
@@ -63,16 +80,30 @@ impl Client {
         if status == 200 {
             return Outcome::Ok(text);
         }
-        let code = serde_json::from_str::<serde_json::Value>(&text)
-            .ok()
-            .and_then(|v| v["code"].as_str().map(str::to_owned))
-            .unwrap_or_default();
-        let label = format!("{status} {code}");
-        match (status, code.as_str()) {
-            (503, "entity_not_assigned" | "shutting_down") | (429, _) => Outcome::Refused(label),
-            (503, _) | (504, _) => Outcome::Unknown(label),
-            _ => Outcome::Failed(format!("{label}: {text}")),
-        }
+        classify_status(status, &text)
+    }
+
+    /// `GET {url}`: the status, or `None` when nothing answered.
+    pub(crate) fn get_status(&self, url: &str) -> Option<u16> {
+        self.agent.get(url).call().ok().map(|mut response| {
+            // Drain the body so the connection can be reused.
+            let _ = response.body_mut().read_to_string();
+            response.status().as_u16()
+        })
+    }
+}
+
+/// Classifies an error answer by status and the JSON `code`.
+fn classify_status(status: u16, text: &str) -> Outcome {
+    let code = serde_json::from_str::<serde_json::Value>(text)
+        .ok()
+        .and_then(|v| v["code"].as_str().map(str::to_owned))
+        .unwrap_or_default();
+    let label = format!("{status} {code}");
+    match (status, code.as_str()) {
+        (503, "entity_not_assigned" | "shutting_down") | (429, _) => Outcome::Refused(label),
+        (409, _) | (500..=599, _) => Outcome::Unknown(label),
+        _ => Outcome::Failed(format!("{label}: {text}")),
     }
 }
 
@@ -82,11 +113,43 @@ fn classify_error(error: &ureq::Error) -> Outcome {
             Outcome::Refused(format!("connection failed: {error}"))
         }
         ureq::Error::Io(e) if e.kind() == ErrorKind::ConnectionRefused => {
-            Outcome::Refused(format!("connection refused: {e}"))
+            Outcome::Refused("connection refused".to_owned())
         }
         ureq::Error::Timeout(ureq::Timeout::Connect) => {
-            Outcome::Refused(format!("connect timed out: {error}"))
+            Outcome::Refused("connect timed out".to_owned())
         }
+        ureq::Error::Timeout(_) => Outcome::Unknown("client timeout".to_owned()),
         other => Outcome::Unknown(format!("connection lost: {other}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    impl Outcome {
+        fn is_retryable(&self) -> bool {
+            matches!(self, Outcome::Refused(_) | Outcome::Unknown(_))
+        }
+    }
+
+    #[test]
+    fn classifies_answers() {
+        let refused = classify_status(503, r#"{"code":"entity_not_assigned","message":"x"}"#);
+        assert_eq!(
+            refused,
+            Outcome::Refused("503 entity_not_assigned".to_owned())
+        );
+        assert!(classify_status(429, "{}").is_retryable());
+        let unknown = classify_status(503, r#"{"code":"runner_unavailable"}"#);
+        assert_eq!(
+            unknown,
+            Outcome::Unknown("503 runner_unavailable".to_owned())
+        );
+        assert!(classify_status(504, "").is_retryable());
+        assert!(classify_status(409, r#"{"code":"already_processing"}"#).is_retryable());
+        assert!(classify_status(502, "").is_retryable());
+        assert!(!classify_status(400, r#"{"code":"unknown_tag"}"#).is_retryable());
+        assert!(!classify_status(404, "").is_retryable());
     }
 }

@@ -1,85 +1,105 @@
-//! The load: worker threads sending `increment` calls through the live gateways, each one
-//! recorded by what it tells about its effect (acknowledged, refused and resent, unknown).
+//! The load: threads sending persisted `increment` calls (each with its own idempotency key,
+//! resent with that key until acknowledged) and volatile `get` calls through the live gateways,
+//! recording what each call came to.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::http::{Client, Outcome};
+use super::http::{Call, Client, Outcome};
 use super::runners::SharedGateways;
 
 /// The deadline each call gives the runtime (`x-shoal-timeout-ms`).
 pub(crate) const CALL_DEADLINE_MS: u64 = 5_000;
-/// How long one increment may keep being resent after refusals.
-const RESEND_FOR: Duration = Duration::from_secs(30);
+/// How long one request may keep being resent before it counts as never acknowledged.
+pub(crate) const RESEND_FOR: Duration = Duration::from_secs(60);
+/// One request in this many is a volatile `get`; the others are persisted increments.
+pub(crate) const GET_EVERY: u64 = 4;
 
 /// What to send.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Plan {
-    /// Increments to send (`u64::MAX` with a duration).
+    /// Requests to send in all.
     pub(crate) requests: u64,
-    /// Stop after this long instead.
-    pub(crate) duration: Option<Duration>,
+    /// Distinct counter ids.
     pub(crate) ids: u32,
+    /// Concurrent callers.
     pub(crate) concurrency: u32,
 }
 
-/// The counter id of the `n`th increment.
+impl Plan {
+    /// Persisted increments among the requests.
+    pub(crate) fn increments(&self) -> u64 {
+        self.requests - self.requests / GET_EVERY
+    }
+}
+
+/// The counter id with this index.
 pub(crate) fn id_name(index: u32) -> String {
     format!("c{index}")
 }
 
 /// What happened to the increments of one id.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Tally {
-    /// Acknowledged (200): applied exactly once, the reply is the new value.
+    /// Acknowledged (200): must be counted exactly once; the reply is the new value.
     pub(crate) acked: u64,
-    /// Outcome unknown (may or may not have been applied).
-    pub(crate) unknown: u64,
-    /// Failed with an answer that should not happen.
+    /// Never acknowledged within [`RESEND_FOR`]: may or may not have been applied.
+    pub(crate) unacked: u64,
+    /// Failed with an answer a counter should never give (not resent).
     pub(crate) failed: u64,
     /// The values acknowledged increments returned.
     pub(crate) replies: Vec<i64>,
 }
 
+/// Live counters, for the progress line.
 #[derive(Default)]
 struct Counters {
     issued: AtomicU64,
     done: AtomicU64,
     acked: AtomicU64,
-    unknown: AtomicU64,
-    failed: AtomicU64,
+    gets: AtomicU64,
     resent: AtomicU64,
+    failed: AtomicU64,
     stop: AtomicBool,
 }
 
-/// What one worker saw.
+/// What one caller thread saw.
 #[derive(Default)]
-struct WorkerResult {
+struct CallerResult {
     tallies: BTreeMap<u32, Tally>,
-    latencies_us: Vec<u64>,
-    refusals: BTreeMap<String, u64>,
-    unknowns: BTreeMap<String, u64>,
+    call_us: Vec<u64>,
+    request_us: Vec<u64>,
+    gets: u64,
+    gets_unanswered: u64,
+    resent: BTreeMap<String, u64>,
     failures: BTreeMap<String, u64>,
+    stale_reads: Vec<String>,
 }
 
 /// The load's totals.
 #[derive(Debug, Default)]
 pub(crate) struct LoadResult {
+    /// Increments per id index.
     pub(crate) tallies: BTreeMap<u32, Tally>,
-    /// Latency of each acknowledged call (one HTTP exchange), in microseconds, sorted.
-    pub(crate) latencies_us: Vec<u64>,
+    /// Latency of each successful HTTP exchange, in microseconds, sorted.
+    pub(crate) call_us: Vec<u64>,
+    /// Latency of each answered request from its first attempt (resends included), sorted.
+    pub(crate) request_us: Vec<u64>,
     pub(crate) elapsed: Duration,
-    pub(crate) sent: u64,
-    pub(crate) resent: u64,
-    /// Refusals that were resent, by status and code.
-    pub(crate) refusals: BTreeMap<String, u64>,
-    /// Unknown outcomes, by cause.
-    pub(crate) unknowns: BTreeMap<String, u64>,
-    /// Failures, by status and code.
+    /// Requests that ended (answered, failed or given up).
+    pub(crate) done: u64,
+    /// Volatile `get` calls answered, and those never answered.
+    pub(crate) gets: u64,
+    pub(crate) gets_unanswered: u64,
+    /// Resends, by the answer that caused them.
+    pub(crate) resent: BTreeMap<String, u64>,
+    /// Failures (not resent), by status and code.
     pub(crate) failures: BTreeMap<String, u64>,
+    /// `get` replies below a value an earlier acknowledged increment had returned.
+    pub(crate) stale_reads: Vec<String>,
 }
 
 impl LoadResult {
@@ -87,21 +107,25 @@ impl LoadResult {
         self.tallies.values().map(|t| t.acked).sum()
     }
 
-    pub(crate) fn unknown(&self) -> u64 {
-        self.tallies.values().map(|t| t.unknown).sum()
+    pub(crate) fn unacked(&self) -> u64 {
+        self.tallies.values().map(|t| t.unacked).sum()
     }
 
     pub(crate) fn failed(&self) -> u64 {
-        self.tallies.values().map(|t| t.failed).sum()
+        self.tallies.values().map(|t| t.failed).sum::<u64>() + self.gets_unanswered
     }
 
-    /// The `q` quantile of acknowledged latencies.
-    pub(crate) fn latency(&self, q: f64) -> Duration {
-        if self.latencies_us.is_empty() {
+    pub(crate) fn resends(&self) -> u64 {
+        self.resent.values().sum()
+    }
+
+    /// The `q` quantile of `sorted` (microseconds).
+    pub(crate) fn quantile(sorted: &[u64], q: f64) -> Duration {
+        if sorted.is_empty() {
             return Duration::ZERO;
         }
-        let index = ((self.latencies_us.len() - 1) as f64 * q).round() as usize;
-        Duration::from_micros(self.latencies_us[index])
+        let index = ((sorted.len() - 1) as f64 * q).round() as usize;
+        Duration::from_micros(sorted[index])
     }
 }
 
@@ -109,44 +133,48 @@ impl LoadResult {
 pub(crate) struct Load {
     plan: Plan,
     counters: Arc<Counters>,
-    workers: Vec<JoinHandle<WorkerResult>>,
+    callers: Vec<JoinHandle<CallerResult>>,
     started: Instant,
 }
 
 impl Load {
-    pub(crate) fn start(plan: Plan, gateways: SharedGateways) -> Self {
+    /// Starts `plan.concurrency` caller threads; `run` makes the idempotency keys unique.
+    pub(crate) fn start(plan: Plan, gateways: SharedGateways, run: &str) -> Self {
         let counters = Arc::new(Counters::default());
+        let floors: Arc<Vec<AtomicI64>> =
+            Arc::new((0..plan.ids).map(|_| AtomicI64::new(0)).collect());
         let started = Instant::now();
-        let workers = (0..plan.concurrency)
+        let callers = (0..plan.concurrency)
             .map(|_| {
-                let counters = counters.clone();
-                let gateways = gateways.clone();
-                std::thread::spawn(move || worker(plan, &counters, &gateways, started))
+                let caller = Caller {
+                    plan,
+                    counters: counters.clone(),
+                    gateways: gateways.clone(),
+                    floors: floors.clone(),
+                    run: run.to_owned(),
+                    client: Client::new(Duration::from_millis(CALL_DEADLINE_MS * 2)),
+                    out: CallerResult::default(),
+                };
+                std::thread::spawn(move || caller.run())
             })
             .collect();
         Self {
             plan,
             counters,
-            workers,
+            callers,
             started,
         }
     }
 
     /// How far the load is, from 0 to 1.
     pub(crate) fn progress(&self) -> f64 {
-        let by_count = match self.plan.requests {
-            u64::MAX => 0.0,
-            n => self.counters.done.load(Ordering::Relaxed) as f64 / n as f64,
-        };
-        let by_time = self.plan.duration.map_or(0.0, |d| {
-            self.started.elapsed().as_secs_f64() / d.as_secs_f64()
-        });
-        by_count.max(by_time).min(1.0)
+        let done = self.counters.done.load(Ordering::Relaxed) as f64;
+        (done / self.plan.requests.max(1) as f64).min(1.0)
     }
 
-    /// Whether every worker has finished.
+    /// Whether every caller has finished.
     pub(crate) fn is_done(&self) -> bool {
-        self.workers.iter().all(JoinHandle::is_finished)
+        self.callers.iter().all(JoinHandle::is_finished)
     }
 
     /// A one-line progress report.
@@ -154,137 +182,251 @@ impl Load {
         let c = &self.counters;
         let done = c.done.load(Ordering::Relaxed);
         let elapsed = self.started.elapsed().as_secs_f64().max(0.001);
-        let total = match self.plan.requests {
-            u64::MAX => String::from("?"),
-            n => n.to_string(),
-        };
         format!(
-            "[load] {:>3.0}% {done}/{total} | acked {} unknown {} failed {} resent {} | {:.0}/s | gateways {gateways}",
+            "[load] {:>3.0}% {done}/{} | increments acked {} | gets {} | resent {} | failed {} | {:.0} req/s | gateways {gateways}",
             self.progress() * 100.0,
+            self.plan.requests,
             c.acked.load(Ordering::Relaxed),
-            c.unknown.load(Ordering::Relaxed),
-            c.failed.load(Ordering::Relaxed),
+            c.gets.load(Ordering::Relaxed),
             c.resent.load(Ordering::Relaxed),
-            c.acked.load(Ordering::Relaxed) as f64 / elapsed,
+            c.failed.load(Ordering::Relaxed),
+            done as f64 / elapsed,
         )
     }
 
-    /// Stops the workers after their current call (used when the run is aborted).
+    /// Stops the callers after their current request (used when the run is aborted).
     pub(crate) fn stop(&self) {
         self.counters.stop.store(true, Ordering::Release);
     }
 
-    /// Waits for the workers and merges what they saw.
+    /// Waits for the callers and merges what they saw.
     pub(crate) fn finish(self) -> LoadResult {
         let mut result = LoadResult::default();
-        for worker in self.workers {
-            let Ok(w) = worker.join() else { continue };
-            for (id, tally) in w.tallies {
+        for caller in self.callers {
+            let Ok(c) = caller.join() else {
+                result
+                    .failures
+                    .entry("a caller thread panicked".to_owned())
+                    .and_modify(|n| *n += 1)
+                    .or_insert(1);
+                continue;
+            };
+            for (id, tally) in c.tallies {
                 let merged = result.tallies.entry(id).or_default();
                 merged.acked += tally.acked;
-                merged.unknown += tally.unknown;
+                merged.unacked += tally.unacked;
                 merged.failed += tally.failed;
                 merged.replies.extend(tally.replies);
             }
-            result.latencies_us.extend(w.latencies_us);
+            result.call_us.extend(c.call_us);
+            result.request_us.extend(c.request_us);
+            result.gets += c.gets;
+            result.gets_unanswered += c.gets_unanswered;
+            result.stale_reads.extend(c.stale_reads);
             for (into, from) in [
-                (&mut result.refusals, w.refusals),
-                (&mut result.unknowns, w.unknowns),
-                (&mut result.failures, w.failures),
+                (&mut result.resent, c.resent),
+                (&mut result.failures, c.failures),
             ] {
                 for (k, v) in from {
                     *into.entry(k).or_default() += v;
                 }
             }
         }
-        result.latencies_us.sort_unstable();
+        result.call_us.sort_unstable();
+        result.request_us.sort_unstable();
         result.elapsed = self.started.elapsed();
-        result.sent = self.counters.done.load(Ordering::Relaxed);
-        result.resent = self.counters.resent.load(Ordering::Relaxed);
+        result.done = self.counters.done.load(Ordering::Relaxed);
         result
     }
 }
 
-fn worker(
+/// One caller thread.
+struct Caller {
     plan: Plan,
-    counters: &Counters,
-    gateways: &SharedGateways,
-    started: Instant,
-) -> WorkerResult {
-    let client = Client::new(Duration::from_millis(CALL_DEADLINE_MS * 2));
-    let mut out = WorkerResult::default();
-    loop {
-        if counters.stop.load(Ordering::Acquire) {
-            break;
-        }
-        if plan.duration.is_some_and(|d| started.elapsed() >= d) {
-            break;
-        }
-        let n = counters.issued.fetch_add(1, Ordering::Relaxed);
-        if n >= plan.requests {
-            break;
-        }
-        let index = (n % u64::from(plan.ids)) as u32;
-        let id = id_name(index);
-        let tally = out.tallies.entry(index).or_default();
-        let first_try = Instant::now();
-        let mut attempt = n;
+    counters: Arc<Counters>,
+    gateways: SharedGateways,
+    /// Per id, the largest value an acknowledged increment returned (a `get` sent later must not
+    /// read less).
+    floors: Arc<Vec<AtomicI64>>,
+    run: String,
+    client: Client,
+    out: CallerResult,
+}
+
+/// How a request ended.
+enum Ended {
+    /// Answered with this value.
+    Value(i64),
+    /// Answered 200 with a body that is not a number, or failed for good.
+    Failed,
+    /// Never answered within [`RESEND_FOR`].
+    GaveUp,
+    /// The load was stopped.
+    Stopped,
+}
+
+impl Caller {
+    fn run(mut self) -> CallerResult {
         loop {
-            let Some(gateway) = gateways.pick(attempt) else {
+            if self.counters.stop.load(Ordering::Acquire) {
+                break;
+            }
+            let n = self.counters.issued.fetch_add(1, Ordering::Relaxed);
+            if n >= self.plan.requests {
+                break;
+            }
+            if is_get(n) {
+                self.get(n);
+            } else {
+                self.increment(n);
+            }
+            self.counters.done.fetch_add(1, Ordering::Relaxed);
+        }
+        self.out
+    }
+
+    fn increment(&mut self, n: u64) {
+        let index = increment_id(n, self.plan.ids);
+        let id = id_name(index);
+        let key = format!("{}-{n}", self.run);
+        let call = Call {
+            id: &id,
+            tag: "increment",
+            body: r#"{"by":1}"#,
+            key: Some(&key),
+            deadline_ms: CALL_DEADLINE_MS,
+        };
+        let ended = self.send(n, call);
+        let tally = self.out.tallies.entry(index).or_default();
+        match ended {
+            Ended::Value(value) => {
+                tally.acked += 1;
+                tally.replies.push(value);
+                self.floors[index as usize].fetch_max(value, Ordering::AcqRel);
+                self.counters.acked.fetch_add(1, Ordering::Relaxed);
+            }
+            Ended::Failed => tally.failed += 1,
+            Ended::GaveUp => tally.unacked += 1,
+            Ended::Stopped => {}
+        }
+    }
+
+    /// Gets read random ids.
+    fn get(&mut self, n: u64) {
+        let index = (splitmix64(n) % u64::from(self.plan.ids)) as u32;
+        let id = id_name(index);
+        let floor = self.floors[index as usize].load(Ordering::Acquire);
+        let call = Call {
+            id: &id,
+            tag: "get",
+            body: "{}",
+            key: None,
+            deadline_ms: CALL_DEADLINE_MS,
+        };
+        match self.send(n, call) {
+            Ended::Value(value) => {
+                self.out.gets += 1;
+                self.counters.gets.fetch_add(1, Ordering::Relaxed);
+                if value < floor {
+                    self.out.stale_reads.push(format!(
+                        "{id}: get returned {value} after an increment had been acknowledged with {floor}"
+                    ));
+                }
+            }
+            Ended::Failed | Ended::GaveUp => self.out.gets_unanswered += 1,
+            Ended::Stopped => {}
+        }
+    }
+
+    /// Sends `call` through the live gateways (a different one on each attempt) until it is
+    /// answered, fails for good, or [`RESEND_FOR`] passes.
+    fn send(&mut self, n: u64, call: Call<'_>) -> Ended {
+        let first = Instant::now();
+        let mut attempt = n;
+        let mut backoff = Duration::from_millis(10);
+        loop {
+            if self.counters.stop.load(Ordering::Acquire) {
+                return Ended::Stopped;
+            }
+            if first.elapsed() > RESEND_FOR {
+                *self
+                    .out
+                    .failures
+                    .entry(format!(
+                        "{} not answered within {} s",
+                        call.tag,
+                        RESEND_FOR.as_secs()
+                    ))
+                    .or_default() += 1;
+                self.counters.failed.fetch_add(1, Ordering::Relaxed);
+                return Ended::GaveUp;
+            }
+            let Some(gateway) = self.gateways.pick(attempt) else {
                 std::thread::sleep(Duration::from_millis(20));
                 continue;
             };
             attempt = attempt.wrapping_add(1);
             let sent = Instant::now();
-            match client.call(&gateway, &id, "increment", r#"{"by":1}"#, CALL_DEADLINE_MS) {
+            let outcome = self.client.call(&gateway, call);
+            match outcome {
                 Outcome::Ok(body) => {
-                    out.latencies_us.push(sent.elapsed().as_micros() as u64);
-                    match body.trim().parse::<i64>() {
-                        Ok(value) => {
-                            tally.acked += 1;
-                            tally.replies.push(value);
-                            counters.acked.fetch_add(1, Ordering::Relaxed);
-                        }
+                    self.out.call_us.push(micros(sent.elapsed()));
+                    self.out.request_us.push(micros(first.elapsed()));
+                    return match body.trim().parse::<i64>() {
+                        Ok(value) => Ended::Value(value),
                         Err(_) => {
-                            tally.failed += 1;
-                            *out.failures
-                                .entry(format!("200 with body {body:?}"))
+                            *self
+                                .out
+                                .failures
+                                .entry(format!("{}: 200 with body {body:?}", call.tag))
                                 .or_default() += 1;
-                            counters.failed.fetch_add(1, Ordering::Relaxed);
+                            self.counters.failed.fetch_add(1, Ordering::Relaxed);
+                            Ended::Failed
                         }
-                    }
-                    break;
-                }
-                Outcome::Refused(label) => {
-                    *out.refusals.entry(label).or_default() += 1;
-                    if first_try.elapsed() > RESEND_FOR {
-                        tally.failed += 1;
-                        *out.failures
-                            .entry("refused for 30 s".to_owned())
-                            .or_default() += 1;
-                        counters.failed.fetch_add(1, Ordering::Relaxed);
-                        break;
-                    }
-                    counters.resent.fetch_add(1, Ordering::Relaxed);
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                Outcome::Unknown(label) => {
-                    tally.unknown += 1;
-                    *out.unknowns.entry(label).or_default() += 1;
-                    counters.unknown.fetch_add(1, Ordering::Relaxed);
-                    break;
+                    };
                 }
                 Outcome::Failed(label) => {
-                    tally.failed += 1;
-                    *out.failures.entry(label).or_default() += 1;
-                    counters.failed.fetch_add(1, Ordering::Relaxed);
-                    break;
+                    *self
+                        .out
+                        .failures
+                        .entry(format!("{}: {label}", call.tag))
+                        .or_default() += 1;
+                    self.counters.failed.fetch_add(1, Ordering::Relaxed);
+                    return Ended::Failed;
+                }
+                Outcome::Refused(label) | Outcome::Unknown(label) => {
+                    *self.out.resent.entry(label).or_default() += 1;
+                    self.counters.resent.fetch_add(1, Ordering::Relaxed);
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_millis(200));
                 }
             }
         }
-        counters.done.fetch_add(1, Ordering::Relaxed);
     }
-    out
+}
+
+/// Whether request `n` is a volatile `get` (else a persisted increment).
+pub(crate) fn is_get(n: u64) -> bool {
+    n % GET_EVERY == GET_EVERY - 1
+}
+
+/// The id index increment request `n` goes to: round-robin over the ids, so every id gets its
+/// share.
+pub(crate) fn increment_id(n: u64, ids: u32) -> u32 {
+    let ordinal = n - n / GET_EVERY;
+    (ordinal % u64::from(ids)) as u32
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// A well-mixed hash of `n` (SplitMix64), to pick ids for reads.
+fn splitmix64(n: u64) -> u64 {
+    let mut z = n.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 /// When the last id of a sweep answered (`None`: not all did) and the values read.
@@ -298,7 +440,7 @@ pub(crate) fn read_all(
     since: Instant,
     timeout: Duration,
     deadline_ms: u64,
-) -> (Option<Duration>, BTreeMap<u32, i64>) {
+) -> Sweep {
     const THREADS: u32 = 16;
     let workers: Vec<JoinHandle<Sweep>> = (0..THREADS)
         .map(|t| {
@@ -315,7 +457,15 @@ pub(crate) fn read_all(
                         let Some(gateway) = gateways.pick(u64::from(index) + round) else {
                             return true;
                         };
-                        match client.call(&gateway, &id_name(index), "get", "{}", deadline_ms) {
+                        let id = id_name(index);
+                        let call = Call {
+                            id: &id,
+                            tag: "get",
+                            body: "{}",
+                            key: None,
+                            deadline_ms,
+                        };
+                        match client.call(&gateway, call) {
                             Outcome::Ok(body) => match body.trim().parse::<i64>() {
                                 Ok(value) => {
                                     values.insert(index, value);
@@ -357,4 +507,24 @@ pub(crate) fn read_all(
         }
     }
     (all_answered, values)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn increments_cover_every_id_evenly() {
+        let plan = Plan {
+            requests: 4_000,
+            ids: 1000,
+            concurrency: 1,
+        };
+        let mut per_id = vec![0u32; plan.ids as usize];
+        for n in (0..plan.requests).filter(|&n| !is_get(n)) {
+            per_id[increment_id(n, plan.ids) as usize] += 1;
+        }
+        assert_eq!(plan.increments(), 3_000);
+        assert!(per_id.iter().all(|&n| n == 3), "{per_id:?}");
+    }
 }

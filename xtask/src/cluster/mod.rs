@@ -1,20 +1,24 @@
 //! `cargo xtask test-cluster`: several real `shoal run` processes on shared storage, load through
 //! every gateway, faults injected (SIGKILL, SIGTERM, a replacement), then the invariants:
 //!
-//! - every acknowledged increment is counted exactly once (each id's final value lies between its
-//!   acknowledged increments and those plus the ones whose outcome is unknown, and no two
-//!   acknowledged increments return the same value);
-//! - every entity answers after the faults;
-//! - storage shows every shard with exactly one live owner, and no shard's epoch ever went back
-//!   (the lease table is sampled during the run);
-//! - the runners that were stopped gracefully exited cleanly.
+//! - (a) every acknowledged persisted increment is counted exactly once: each increment carries
+//!   its own `Idempotency-Key` and is resent with it until acknowledged, so each counter's final
+//!   value must equal its acknowledged increments (and no two of them may return the same value,
+//!   and no `get` may read less than an increment acknowledged before it was sent);
+//! - (b) every entity answers a `get` after the faults;
+//! - (c) storage shows every shard leased by exactly one live runner;
+//! - (d) no shard's epoch ever went back, and no shard changed owner without a new epoch (the
+//!   lease table is sampled during the run);
 //!
-//! It prints a report (throughput, latency, recovery after SIGKILL, handoff after SIGTERM) and
-//! fails when an invariant is violated.
+//! and the runners stopped with SIGTERM exited cleanly. It prints a report (throughput, latency,
+//! recovery after SIGKILL, handoff after SIGTERM) and fails when an invariant is violated.
 
+mod faults;
+mod fleet;
 mod http;
 mod load;
 mod options;
+mod report;
 mod runners;
 mod status;
 mod storage;
@@ -23,52 +27,50 @@ mod verify;
 use std::collections::HashSet;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus};
+use std::process::Command;
 use std::sync::Arc;
-use std::sync::mpsc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
 
+use faults::{KillReport, TermReport, WATCH_FOR, watch_recovery, watch_termination};
+use fleet::Fleet;
 pub(crate) use options::ClusterArgs;
 use options::{Action, Fault, Profile};
-use runners::{Gateways, Launcher, RunnerProcess, SharedGateways};
+use report::{Report, fmt_duration};
+use runners::{Gateways, Launcher, SharedGateways};
 use status::{LeaseSampler, Snapshot, StatusReader};
 use storage::ClusterStorage;
-use verify::{Report, check_counts, fmt_duration};
+use verify::check_counts;
 
 /// Runs the cluster test; fails when an invariant is violated.
 pub(crate) fn run(args: &ClusterArgs) -> Result<()> {
     let faults = options::parse_faults(&args.faults)?;
-    let mut live = args.runners as i64;
-    for fault in &faults {
-        live += if fault.action == Action::Start { 1 } else { -1 };
-        if live < 1 {
-            bail!(
-                "the fault schedule {:?} would stop every runner",
-                args.faults
-            );
-        }
-    }
+    options::check_schedule(&faults, args.runners)?;
     let binary = build(args.profile)?;
     let dir = std::env::temp_dir().join(format!("shoal-test-cluster-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let storage = ClusterStorage::create(args.storage, &dir)?;
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let storage = ClusterStorage::create(args.storage, &dir, args.keep)?;
     let outcome = drive(args, &faults, &binary, &dir, &storage);
+    let storage_label = storage.url.clone();
     drop(storage);
     match outcome {
         Ok(report) => {
             println!("{}", report.render());
-            if !report.violations.is_empty() {
+            if !report.passed() {
                 bail!(
-                    "test-cluster: {} invariant(s) violated; runner logs are in {}",
+                    "test-cluster: {} invariant(s) violated (see VIOLATION above); runner logs \
+                     are in {}",
                     report.violations.len(),
                     dir.display()
                 );
             }
-            if args.keep_logs {
-                println!("runner logs: {}", dir.display());
+            if args.keep {
+                println!(
+                    "kept: runner logs in {}, storage {storage_label}",
+                    dir.display()
+                );
             } else {
                 let _ = std::fs::remove_dir_all(&dir);
             }
@@ -83,18 +85,11 @@ pub(crate) fn run(args: &ClusterArgs) -> Result<()> {
 
 /// Builds the `shoal` binary and returns its path.
 fn build(profile: Profile) -> Result<PathBuf> {
-    let mut argv = vec![
-        "cargo",
-        "build",
-        "--locked",
-        "--package",
-        "shoal-runner",
-        "--bin",
-        "shoal",
-    ];
+    let mut argv = vec!["cargo", "build"];
     if profile == Profile::Release {
         argv.push("--release");
     }
+    argv.extend(["-p", "shoal-runner", "--locked"]);
     crate::process::step("build the shoal binary", &argv, &[])?;
     let out = Command::new("cargo")
         .args(["metadata", "--format-version", "1", "--no-deps"])
@@ -104,10 +99,9 @@ fn build(profile: Profile) -> Result<PathBuf> {
     let target = meta["target_directory"]
         .as_str()
         .context("cargo metadata has no target_directory")?;
-    let dir = if profile == Profile::Release {
-        "release"
-    } else {
-        "debug"
+    let dir = match profile {
+        Profile::Release => "release",
+        Profile::Debug => "debug",
     };
     let binary = Path::new(target).join(dir).join("shoal");
     if !binary.exists() {
@@ -116,87 +110,8 @@ fn build(profile: Profile) -> Result<PathBuf> {
     Ok(binary)
 }
 
-/// The runner processes; any still running when this is dropped are killed.
-#[derive(Default)]
-struct Fleet {
-    live: Vec<RunnerProcess>,
-    killed: Vec<RunnerProcess>,
-}
-
-impl Fleet {
-    fn addresses(&self) -> HashSet<String> {
-        self.live.iter().map(|r| r.address.clone()).collect()
-    }
-
-    /// The most recently started live runner (never the last one).
-    fn take_victim(&mut self) -> Result<RunnerProcess> {
-        if self.live.len() < 2 {
-            bail!("no runner left to stop");
-        }
-        self.live.pop().context("no runner left to stop")
-    }
-
-    /// SIGTERM to every live runner; returns those that did not exit cleanly within 60 s.
-    fn stop_all(&mut self) -> Vec<String> {
-        let mut problems = Vec::new();
-        let stopping: Vec<RunnerProcess> = std::mem::take(&mut self.live);
-        let mut waits = Vec::new();
-        for runner in stopping {
-            let number = runner.number;
-            let log = runner.log.display().to_string();
-            if let Err(e) = runner.terminate() {
-                problems.push(format!("runner {number}: {e:#}"));
-            }
-            waits.push((number, log, wait_bounded(runner, Duration::from_secs(60))));
-        }
-        for (number, log, wait) in waits {
-            match wait.join() {
-                Ok(Some(status)) if status.success() => {}
-                Ok(Some(status)) => problems.push(format!(
-                    "runner {number} exited with {status} after SIGTERM (log: {log})"
-                )),
-                _ => problems.push(format!(
-                    "runner {number} did not exit within 60 s of SIGTERM (log: {log})"
-                )),
-            }
-        }
-        for runner in std::mem::take(&mut self.killed) {
-            let _ = runner.wait();
-        }
-        problems
-    }
-}
-
-impl Drop for Fleet {
-    fn drop(&mut self) {
-        for runner in self.live.drain(..).chain(self.killed.drain(..)) {
-            runner.stop_now();
-        }
-    }
-}
-
-/// Waits for `runner` to exit in a thread; kills it after `timeout` (then `None`).
-fn wait_bounded(runner: RunnerProcess, timeout: Duration) -> JoinHandle<Option<ExitStatus>> {
-    std::thread::spawn(move || {
-        let pid = runner.pid;
-        let (tx, rx) = mpsc::channel();
-        let waiter = std::thread::spawn(move || {
-            let status = runner.wait();
-            let _ = tx.send(());
-            status
-        });
-        if rx.recv_timeout(timeout).is_err() {
-            if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
-                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
-            }
-            let _ = waiter.join();
-            return None;
-        }
-        waiter.join().ok().and_then(Result::ok)
-    })
-}
-
-/// Waits until storage shows every shard leased by a live runner.
+/// Waits until storage shows every shard leased by a live runner, and every live runner
+/// registered.
 fn settle(
     reader: &StatusReader,
     live: &HashSet<String>,
@@ -234,95 +149,92 @@ fn settle(
     last
 }
 
-/// What the SIGKILL watcher measured.
-struct KillReport {
-    /// When storage showed every shard leased by a surviving runner.
-    leased: Option<Duration>,
-    /// When every entity had answered a `get`.
-    answered: Option<Duration>,
+/// A tag that makes this run's idempotency keys unique.
+fn run_id() -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("tc{}-{nanos:x}", std::process::id())
 }
 
-/// Measures recovery after a SIGKILL: how long until storage shows every shard leased by a
-/// survivor, and until every counter answers again (ids that have not answered yet are asked
-/// again and again, each call with a 100 ms deadline, so the figure is precise to about one such
-/// sweep).
-fn watch_recovery(
-    killed_at: Instant,
+/// What the fault loop started and must collect.
+#[derive(Default)]
+struct Watches {
+    kills: Vec<(usize, f64, JoinHandle<KillReport>)>,
+    terms: Vec<JoinHandle<TermReport>>,
+}
+
+/// Everything a fault needs.
+struct Cluster<'a> {
+    fleet: Fleet,
+    launcher: Launcher,
     gateways: SharedGateways,
-    ids: u32,
     reader: StatusReader,
-    survivors: HashSet<String>,
-) -> JoinHandle<KillReport> {
-    std::thread::spawn(move || {
-        let leases = std::thread::spawn(move || {
-            while killed_at.elapsed() < Duration::from_secs(60) {
-                if let Ok(s) = reader.read()
-                    && s.held_by(&survivors) as u64 == s.total
-                {
-                    return Some(killed_at.elapsed());
-                }
-                std::thread::sleep(Duration::from_millis(25));
-            }
-            None
-        });
-        let answered = load::read_all(&gateways, ids, killed_at, Duration::from_secs(60), 100).0;
-        KillReport {
-            leased: leases.join().ok().flatten(),
-            answered,
-        }
-    })
+    plan: load::Plan,
+    report: &'a mut Report,
+    watches: Watches,
+    tty: bool,
 }
 
-/// What the SIGTERM watcher measured.
-struct TermReport {
-    number: usize,
-    at: f64,
-    handoff: Option<Duration>,
-    exited: Option<Duration>,
-    status: Option<ExitStatus>,
-}
-
-fn watch_termination(
-    victim: RunnerProcess,
-    at: f64,
-    reader: StatusReader,
-    gateways: SharedGateways,
-) -> Result<JoinHandle<TermReport>> {
-    let number = victim.number;
-    let address = victim.address.clone();
-    let gateway = victim.gateway.clone();
-    let signalled = Instant::now();
-    victim.terminate()?;
-    Ok(std::thread::spawn(move || {
-        let (tx, rx) = mpsc::channel();
-        let gone = gateways.clone();
-        let waiter = std::thread::spawn(move || {
-            let status = victim.wait().ok();
-            let _ = tx.send(signalled.elapsed());
-            gone.remove(&gateway);
-            status
-        });
-        let mut handoff = None;
-        while signalled.elapsed() < Duration::from_secs(60) {
-            if let Ok(s) = reader.read()
-                && s.held_by_one(&address) == 0
-                && s.leases.len() as u64 == s.total
-            {
-                handoff = Some(signalled.elapsed());
-                break;
+impl Cluster<'_> {
+    fn inject(&mut self, fault: Fault) -> Result<()> {
+        let pct = fault.at * 100.0;
+        if self.tty {
+            eprintln!();
+        }
+        match fault.action {
+            Action::Kill => {
+                let victim = self.fleet.take_victim()?;
+                self.gateways.remove(&victim.gateway);
+                let killed_at = Instant::now();
+                victim.kill()?;
+                eprintln!("==> SIGKILL runner {} at {pct:.0}%", victim.number);
+                let mut survivors = self.fleet.addresses();
+                survivors.remove(&victim.address);
+                self.watches.kills.push((
+                    victim.number,
+                    fault.at,
+                    watch_recovery(
+                        killed_at,
+                        self.gateways.clone(),
+                        self.plan.ids,
+                        self.reader.clone(),
+                        survivors,
+                    ),
+                ));
+                self.fleet.killed.push(victim);
             }
-            std::thread::sleep(Duration::from_millis(25));
+            Action::Term => {
+                let victim = self.fleet.take_victim()?;
+                eprintln!("==> SIGTERM runner {} at {pct:.0}%", victim.number);
+                self.watches.terms.push(watch_termination(
+                    victim,
+                    fault.at,
+                    self.reader.clone(),
+                    self.gateways.clone(),
+                )?);
+            }
+            Action::Start => {
+                let started = Instant::now();
+                let runner = self.launcher.start()?;
+                let ready = fmt_duration(started.elapsed());
+                eprintln!(
+                    "==> started runner {} at {pct:.0}% (ready after {ready})",
+                    runner.number
+                );
+                self.report.faults.push((
+                    fault.at,
+                    format!(
+                        "start runner {} at {pct:.0}%: ready (registered, holding its share) after {ready}",
+                        runner.number
+                    ),
+                ));
+                self.gateways.add(&runner.gateway);
+                self.fleet.live.push(runner);
+            }
         }
-        let exited = rx.recv_timeout(Duration::from_secs(60)).ok();
-        let status = waiter.join().ok().flatten();
-        TermReport {
-            number,
-            at,
-            handoff,
-            exited,
-            status,
-        }
-    }))
+        Ok(())
+    }
 }
 
 fn drive(
@@ -346,139 +258,77 @@ fn drive(
     let gateways: SharedGateways = Arc::new(Gateways::default());
     let mut fleet = Fleet::default();
     eprintln!(
-        "==> test-cluster: starting {} runners on {}",
-        args.runners, storage.label
+        "==> test-cluster: starting {} runners on {} (logs in {})",
+        args.runners,
+        storage.label,
+        dir.display()
     );
     for _ in 0..args.runners {
         let runner = launcher.start()?;
         eprintln!(
-            "    runner {} at {} (gateway {})",
-            runner.number, runner.address, runner.gateway
+            "    runner {} at {} (gateway {}, metrics {})",
+            runner.number, runner.address, runner.gateway, runner.metrics
         );
         gateways.add(&runner.gateway);
         fleet.live.push(runner);
     }
-    settle(&reader, &fleet.addresses(), Duration::from_secs(60))
+    settle(&reader, &fleet.addresses(), WATCH_FOR)
         .map_err(|e| anyhow::anyhow!("the cluster never settled: {e}"))?;
 
     let plan = load::Plan {
-        requests: if args.duration.is_some() {
-            u64::MAX
-        } else {
-            args.requests
-        },
-        duration: args.duration,
-        ids: args.ids.max(1),
-        concurrency: args.concurrency.max(1),
+        requests: args.requests,
+        ids: args.ids,
+        concurrency: args.concurrency,
     };
     let mut report = Report {
         storage: storage.label.clone(),
-        plan: match args.duration {
-            Some(d) => format!(
-                "increments for {} over {} ids from {} clients, through every gateway",
-                fmt_duration(d),
-                plan.ids,
-                plan.concurrency
-            ),
-            None => format!(
-                "{} increments over {} ids from {} clients, through every gateway",
-                plan.requests, plan.ids, plan.concurrency
-            ),
-        },
+        plan: format!(
+            "{} requests ({} persisted increments, each with an Idempotency-Key and resent until acknowledged; {} volatile gets) over {} ids from {} callers, round-robin over every gateway",
+            plan.requests,
+            plan.increments(),
+            plan.requests - plan.increments(),
+            plan.ids,
+            plan.concurrency
+        ),
         ..Report::default()
     };
     eprintln!(
-        "==> test-cluster: load ({}); faults: {}",
-        report.plan, args.faults
+        "==> test-cluster: load: {} requests over {} ids from {} callers; faults: {}",
+        plan.requests, plan.ids, plan.concurrency, args.faults
     );
     let sampler = LeaseSampler::start(reader.clone(), Duration::from_millis(200));
-    let load = load::Load::start(plan, gateways.clone());
+    let load = load::Load::start(plan, gateways.clone(), &run_id());
     let tty = std::io::stderr().is_terminal();
+    let mut cluster = Cluster {
+        fleet,
+        launcher,
+        gateways: gateways.clone(),
+        reader: reader.clone(),
+        plan,
+        report: &mut report,
+        watches: Watches::default(),
+        tty,
+    };
     let mut next_fault = 0;
-    let mut kill_probes: Vec<(usize, f64, JoinHandle<KillReport>)> = Vec::new();
-    let mut term_watches: Vec<JoinHandle<TermReport>> = Vec::new();
     let mut printed = Instant::now();
     let mut fault_error = None;
+    let every = if tty {
+        Duration::from_millis(250)
+    } else {
+        Duration::from_secs(2)
+    };
     while !load.is_done() {
         std::thread::sleep(Duration::from_millis(20));
-        while let Some(fault) = faults.get(next_fault)
+        while fault_error.is_none()
+            && let Some(&fault) = faults.get(next_fault)
             && fault.at <= load.progress()
-            && fault_error.is_none()
         {
             next_fault += 1;
-            let pct = fault.at * 100.0;
-            let result: Result<()> = match fault.action {
-                Action::Kill => fleet.take_victim().and_then(|victim| {
-                    gateways.remove(&victim.gateway);
-                    let killed_at = Instant::now();
-                    victim.kill()?;
-                    if tty {
-                        eprintln!();
-                    }
-                    eprintln!("==> SIGKILL runner {} at {pct:.0}%", victim.number);
-                    let mut survivors = fleet.addresses();
-                    survivors.remove(&victim.address);
-                    kill_probes.push((
-                        victim.number,
-                        fault.at,
-                        watch_recovery(
-                            killed_at,
-                            gateways.clone(),
-                            plan.ids,
-                            reader.clone(),
-                            survivors,
-                        ),
-                    ));
-                    fleet.killed.push(victim);
-                    Ok(())
-                }),
-                Action::Term => fleet.take_victim().and_then(|victim| {
-                    if tty {
-                        eprintln!();
-                    }
-                    eprintln!("==> SIGTERM runner {} at {pct:.0}%", victim.number);
-                    term_watches.push(watch_termination(
-                        victim,
-                        fault.at,
-                        reader.clone(),
-                        gateways.clone(),
-                    )?);
-                    Ok(())
-                }),
-                Action::Start => {
-                    let started = Instant::now();
-                    launcher.start().map(|runner| {
-                        if tty {
-                            eprintln!();
-                        }
-                        eprintln!(
-                            "==> started runner {} at {pct:.0}% (ready after {})",
-                            runner.number,
-                            fmt_duration(started.elapsed())
-                        );
-                        report.faults.push((
-                            fault.at,
-                            format!(
-                                "start runner {} at {pct:.0}%: ready (registered, holding its share) after {}",
-                                runner.number,
-                                fmt_duration(started.elapsed())
-                            ),
-                        ));
-                        gateways.add(&runner.gateway);
-                        fleet.live.push(runner);
-                    })
-                }
-            };
-            if let Err(e) = result {
+            if let Err(e) = cluster.inject(fault) {
                 load.stop();
                 fault_error = Some(e);
             }
         }
-        let every = if tty {
-            Duration::from_millis(250)
-        } else {
-            Duration::from_secs(2)
-        };
         if printed.elapsed() >= every {
             printed = Instant::now();
             if tty {
@@ -493,68 +343,24 @@ fn drive(
         if tty { "\r" } else { "" },
         load.line(gateways.len())
     );
+    let Cluster {
+        mut fleet,
+        launcher,
+        watches,
+        ..
+    } = cluster;
     report.load = load.finish();
     if let Some(e) = fault_error {
         return Err(e.context("a fault could not be injected"));
     }
-
-    for (number, at, probe) in kill_probes {
-        let Ok(recovery) = probe.join() else {
-            report
-                .violations
-                .push("the SIGKILL watcher panicked".to_owned());
-            continue;
-        };
-        match recovery.answered {
-            Some(after) => report.faults.push((
-                at,
-                format!(
-                    "SIGKILL runner {number} at {:.0}%: its shards were leased by live runners {} later, every entity answered again {} later (lease TTL {})",
-                    at * 100.0,
-                    recovery
-                        .leased
-                        .map_or_else(|| "not".to_owned(), fmt_duration),
-                    fmt_duration(after),
-                    fmt_duration(args.lease_ttl)
-                ),
-            )),
-            None => report.violations.push(format!(
-                "after SIGKILL of runner {number}, not every entity answered within 60 s"
-            )),
-        }
+    for fault in &faults[next_fault..] {
+        report.violations.push(format!(
+            "the {:?} fault at {:.0}% was not injected: the load ended first (send more --requests)",
+            fault.action,
+            fault.at * 100.0
+        ));
     }
-    for watch in term_watches {
-        let Ok(t) = watch.join() else {
-            report
-                .violations
-                .push("the SIGTERM watcher panicked".to_owned());
-            continue;
-        };
-        match (t.handoff, t.exited) {
-            (Some(handoff), Some(exited)) => report.faults.push((
-                t.at,
-                format!(
-                    "SIGTERM runner {} at {:.0}%: its shards were leased by the others {} after the signal; it exited after {}",
-                    t.number,
-                    t.at * 100.0,
-                    fmt_duration(handoff),
-                    fmt_duration(exited)
-                ),
-            )),
-            _ => report.violations.push(format!(
-                "after SIGTERM, runner {} did not hand its shards off or exit within 60 s",
-                t.number
-            )),
-        }
-        if let Some(status) = t.status
-            && !status.success()
-        {
-            report.violations.push(format!(
-                "runner {} exited with {status} after SIGTERM",
-                t.number
-            ));
-        }
-    }
+    collect_fault_watches(&mut report, watches, args.lease_ttl);
     report.runners = format!(
         "{} started, {} more during the run; lease TTL {}; {:?} build",
         args.runners,
@@ -563,7 +369,7 @@ fn drive(
         args.profile
     );
 
-    // The cluster after the faults.
+    // (c) and (d): the leases after the faults, and the samples taken during the run.
     let live = fleet.addresses();
     let mut sampler_report = sampler.finish();
     match settle(&reader, &live, Duration::from_secs(30)) {
@@ -575,8 +381,9 @@ fn drive(
                 .collect();
             per_runner.sort();
             report.leases = format!(
-                "{} samples: no epoch went back, no owner change without a new epoch; at the end {}/{} shards leased, each by a live runner ({})",
+                "{} samples during the run ({} unreadable): no epoch went back, no owner change without a new epoch; at the end {}/{} shards leased, each by one live runner ({})",
                 sampler_report.samples,
+                sampler_report.read_errors,
                 snapshot.leases.len(),
                 snapshot.total,
                 per_runner.join(", ")
@@ -594,9 +401,9 @@ fn drive(
             .violations
             .push("the lease table could not be sampled during the run".to_owned());
     }
-    let epoch_violations = std::mem::take(&mut sampler_report.violations);
-    report.violations.extend(epoch_violations);
+    report.violations.append(&mut sampler_report.violations);
 
+    // (b): every entity answers.
     let (answered, finals) = load::read_all(
         &gateways,
         plan.ids,
@@ -613,16 +420,87 @@ fn drive(
         ));
     }
 
-    let counts = check_counts(&report.load.tallies, &finals);
+    // (a): counts.
+    check_load(&mut report, plan.ids, &finals);
+    report.violations.extend(fleet.stop_all());
+    Ok(report)
+}
+
+/// Collects what the SIGKILL and SIGTERM watchers measured into the report.
+fn collect_fault_watches(report: &mut Report, watches: Watches, lease_ttl: Duration) {
+    for (number, at, probe) in watches.kills {
+        let Ok(recovery) = probe.join() else {
+            report
+                .violations
+                .push("the SIGKILL watcher panicked".to_owned());
+            continue;
+        };
+        match recovery.answered {
+            Some(after) => report.faults.push((
+                at,
+                format!(
+                    "SIGKILL runner {number} at {:.0}%: every entity answered again {} later; its shards were leased by live runners after {} (lease TTL {})",
+                    at * 100.0,
+                    fmt_duration(after),
+                    recovery
+                        .leased
+                        .map_or_else(|| "never".to_owned(), fmt_duration),
+                    fmt_duration(lease_ttl)
+                ),
+            )),
+            None => report.violations.push(format!(
+                "after SIGKILL of runner {number}, not every entity answered within {} s",
+                WATCH_FOR.as_secs()
+            )),
+        }
+    }
+    for watch in watches.terms {
+        let Ok(t) = watch.join() else {
+            report
+                .violations
+                .push("the SIGTERM watcher panicked".to_owned());
+            continue;
+        };
+        match (t.handoff, t.exited) {
+            (Some(handoff), Some(exited)) => report.faults.push((
+                t.at,
+                format!(
+                    "SIGTERM runner {} at {:.0}%: handoff (its shards leased by the others) {} after the signal; it exited after {}",
+                    t.number,
+                    t.at * 100.0,
+                    fmt_duration(handoff),
+                    fmt_duration(exited)
+                ),
+            )),
+            _ => report.violations.push(format!(
+                "after SIGTERM, runner {} did not hand its shards off or exit within {} s",
+                t.number,
+                WATCH_FOR.as_secs()
+            )),
+        }
+        if let Some(status) = t.status
+            && !status.success()
+        {
+            report.violations.push(format!(
+                "runner {} exited with {status} after SIGTERM",
+                t.number
+            ));
+        }
+    }
+}
+
+/// Invariant (a), and the requests that were never answered or failed.
+fn check_load(report: &mut Report, ids: u32, finals: &std::collections::BTreeMap<u32, i64>) {
+    let counts = check_counts(ids, &report.load.tallies, finals);
     let lost: u64 = counts.lost.iter().map(|(_, n)| n).sum();
     let extra: u64 = counts.extra.iter().map(|(_, n)| n).sum();
     report.counts = format!(
-        "{} ids: {lost} acknowledged increments lost (on {} ids), {extra} counted twice (on {} ids), {} ids with repeated replies; {} unknown-outcome increments were applied",
-        report.load.tallies.len(),
+        "{}/{ids} counters equal their acknowledged increments; {lost} acknowledged increments lost (on {} ids), {extra} counted twice (on {} ids), {} ids with repeated replies, {} stale reads",
+        counts.exact,
         counts.lost.len(),
         counts.extra.len(),
         counts.repeated.len(),
-        counts.applied_unknown
+        report.load.stale_reads.len()
     );
     let sample = |v: &[(String, u64)]| {
         v.iter()
@@ -631,45 +509,48 @@ fn drive(
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let mut count_findings = Vec::new();
+    let l = &report.load;
+    let mut violations = Vec::new();
     if !counts.lost.is_empty() {
-        count_findings.push(format!(
-            "acknowledged increments were lost: {lost} on {} ids, e.g. {}",
+        violations.push(format!(
+            "(a) acknowledged increments were lost: {lost} on {} ids, e.g. {}",
             counts.lost.len(),
             sample(&counts.lost)
         ));
     }
-    if !counts.repeated.is_empty() {
-        count_findings.push(format!(
-            "{} ids returned the same value to two acknowledged increments, e.g. {}",
-            counts.repeated.len(),
-            counts
-                .repeated
-                .iter()
-                .take(5)
-                .cloned()
-                .collect::<Vec<_>>()
-                .join(", ")
-        ));
-    }
-    if args.lenient_counts {
-        report.tolerated.extend(count_findings);
-    } else {
-        report.violations.extend(count_findings);
-    }
     if !counts.extra.is_empty() {
-        report.violations.push(format!(
-            "increments were counted twice: {extra} on {} ids, e.g. {}",
+        violations.push(format!(
+            "(a) increments were counted twice: {extra} on {} ids, e.g. {}",
             counts.extra.len(),
             sample(&counts.extra)
         ));
     }
-    if report.load.failed() > 0 {
-        report.violations.push(format!(
-            "{} increments failed with answers a counter should never give",
-            report.load.failed()
+    if !counts.repeated.is_empty() {
+        violations.push(format!(
+            "(a) {} ids returned the same value to two acknowledged increments, e.g. {}",
+            counts.repeated.len(),
+            counts.repeated[..counts.repeated.len().min(5)].join(", ")
         ));
     }
-    report.violations.extend(fleet.stop_all());
-    Ok(report)
+    if !l.stale_reads.is_empty() {
+        violations.push(format!(
+            "(a) {} gets read less than an increment acknowledged before they were sent, e.g. {}",
+            l.stale_reads.len(),
+            l.stale_reads[..l.stale_reads.len().min(3)].join("; ")
+        ));
+    }
+    if l.unacked() > 0 {
+        violations.push(format!(
+            "{} increments were not acknowledged within {} s of resending",
+            l.unacked(),
+            load::RESEND_FOR.as_secs()
+        ));
+    }
+    if l.failed() > 0 {
+        violations.push(format!(
+            "{} requests failed or were never answered (see `failed`)",
+            l.failed()
+        ));
+    }
+    report.violations.extend(violations);
 }

@@ -8,7 +8,7 @@ use clap::{Args, ValueEnum};
 /// Where the runners keep their shared storage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub(crate) enum StorageKind {
-    /// A fresh database on the test Postgres (created and dropped by the run).
+    /// A fresh database on the test Postgres (created by the run, dropped unless --keep).
     Postgres,
     /// A SQLite file in the run's temporary directory.
     Sqlite,
@@ -29,25 +29,22 @@ pub(crate) struct ClusterArgs {
     /// Runner processes started at the beginning.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(2..=16))]
     pub(crate) runners: u32,
-    /// Increments to send (each to one of --ids counters).
+    /// Requests to send in all: persisted increments, and one volatile `get` in every four.
     #[arg(long, default_value_t = 20_000)]
     pub(crate) requests: u64,
-    /// Send load for this long instead of a fixed count (for example 30s); fault times are then
-    /// shares of the duration.
-    #[arg(long, value_parser = humantime_duration)]
-    pub(crate) duration: Option<Duration>,
-    /// Distinct counter ids.
-    #[arg(long, default_value_t = 1000)]
-    pub(crate) ids: u32,
-    /// Concurrent HTTP clients.
-    #[arg(long, default_value_t = 32)]
+    /// Concurrent HTTP callers.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub(crate) concurrency: u32,
+    /// Distinct counter ids.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) ids: u32,
     /// Shared storage of the runners.
     #[arg(long, value_enum, default_value_t = StorageKind::Postgres)]
     pub(crate) storage: StorageKind,
-    /// Faults, in order: ACTION@PERCENT, comma-separated. Actions: kill (SIGKILL a runner),
-    /// term (SIGTERM a runner), start (start a replacement). `none` for no faults.
-    #[arg(long, default_value = "kill@20%,term@45%,start@60%")]
+    /// Fault schedule: `default` (SIGKILL a runner at 20% of the load, SIGTERM another at 45%,
+    /// start a replacement at 60%), `none`, `kill` (SIGKILL at 30%, replacement at 60%), `term`
+    /// (SIGTERM at 30%, replacement at 60%), or a list like `kill@20%,term@45%,start@60%`.
+    #[arg(long, default_value = "default")]
     pub(crate) faults: String,
     /// Shard lease TTL of the runners (bounds recovery after SIGKILL).
     #[arg(long, default_value = "2s", value_parser = humantime_duration)]
@@ -55,38 +52,25 @@ pub(crate) struct ClusterArgs {
     /// Build profile of the `shoal` binary.
     #[arg(long, value_enum, default_value_t = Profile::Release)]
     pub(crate) profile: Profile,
-    /// Report lost or repeated increments without failing (for builds whose demo counter keeps
-    /// its state in memory, so a shard move resets it).
+    /// Keep the database and the run's directory (runner logs) even when every check passes.
     #[arg(long)]
-    pub(crate) lenient_counts: bool,
-    /// Keep the run's directory (runner logs) even when every check passes.
-    #[arg(long)]
-    pub(crate) keep_logs: bool,
-    /// The short run of `cargo xtask test` (debug build, 3 runners, 3,000 increments over 200
-    /// ids); the load options above are ignored.
-    #[arg(long)]
-    pub(crate) quick: bool,
+    pub(crate) keep: bool,
 }
 
 impl ClusterArgs {
-    /// The short run `cargo xtask test` does: debug binary, fewer requests and ids.
-    pub(crate) fn quick() -> Self {
+    /// The short run `cargo xtask test` does: the debug binary the tests built, 3 runners,
+    /// 3,000 requests over 1,000 ids.
+    pub(crate) fn short(faults: &str) -> Self {
         Self {
             runners: 3,
             requests: 3_000,
-            duration: None,
-            ids: 200,
-            concurrency: 16,
+            concurrency: 64,
+            ids: 1000,
             storage: StorageKind::Postgres,
-            faults: "kill@20%,term@45%,start@60%".to_owned(),
+            faults: faults.to_owned(),
             lease_ttl: Duration::from_secs(2),
             profile: Profile::Debug,
-            // The demo counter keeps its state in memory until durable entity state lands in
-            // shoal-sharding, so shard moves reset it; the short run reports lost increments
-            // without failing until then. Set this to false when the counter persists.
-            lenient_counts: true,
-            keep_logs: false,
-            quick: true,
+            keep: false,
         }
     }
 }
@@ -133,17 +117,33 @@ pub(crate) struct Fault {
     pub(crate) at: f64,
 }
 
-/// Parses `kill@20%,term@45%,start@60%` (or `none`).
+/// The named schedules and what they stand for.
+const NAMED: &[(&str, &str)] = &[
+    ("default", "kill@20%,term@45%,start@60%"),
+    ("kill", "kill@30%,start@60%"),
+    ("term", "term@30%,start@60%"),
+    ("none", ""),
+];
+
+/// Parses a named schedule (`default`, `none`, `kill`, `term`) or a list like
+/// `kill@20%,term@45%,start@60%`.
 pub(crate) fn parse_faults(spec: &str) -> Result<Vec<Fault>> {
-    if spec.trim() == "none" || spec.trim().is_empty() {
+    let spec = spec.trim();
+    let spec = NAMED
+        .iter()
+        .find(|(name, _)| *name == spec)
+        .map_or(spec, |(_, list)| list);
+    if spec.is_empty() {
         return Ok(Vec::new());
     }
     let mut faults = Vec::new();
     for part in spec.split(',') {
-        let (action, at) = part
-            .trim()
-            .split_once('@')
-            .with_context(|| format!("fault {part:?}: expected ACTION@PERCENT, like kill@20%"))?;
+        let (action, at) = part.trim().split_once('@').with_context(|| {
+            format!(
+                "fault {part:?}: expected default, none, kill, term, or a list of ACTION@PERCENT \
+                 like kill@20%,term@45%,start@60%"
+            )
+        })?;
         let action = match action {
             "kill" => Action::Kill,
             "term" => Action::Term,
@@ -164,6 +164,22 @@ pub(crate) fn parse_faults(spec: &str) -> Result<Vec<Fault>> {
     }
     faults.sort_by(|a, b| a.at.total_cmp(&b.at));
     Ok(faults)
+}
+
+/// Checks that `faults` never stops every runner of a cluster of `runners`.
+pub(crate) fn check_schedule(faults: &[Fault], runners: u32) -> Result<()> {
+    let mut live = i64::from(runners);
+    for fault in faults {
+        live += if fault.action == Action::Start { 1 } else { -1 };
+        if live < 1 {
+            bail!(
+                "the fault schedule would stop every one of the {runners} runners (at {:.0}%); \
+                 start more with --runners",
+                fault.at * 100.0
+            );
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -190,9 +206,33 @@ mod tests {
                 },
             ]
         );
+        assert_eq!(parse_faults("default").unwrap(), faults);
         assert!(parse_faults("none").unwrap().is_empty());
+        assert_eq!(
+            parse_faults("kill").unwrap(),
+            vec![
+                Fault {
+                    action: Action::Kill,
+                    at: 0.3
+                },
+                Fault {
+                    action: Action::Start,
+                    at: 0.6
+                },
+            ]
+        );
+        assert_eq!(parse_faults("term").unwrap()[0].action, Action::Term);
         assert!(parse_faults("explode@10%").is_err());
         assert!(parse_faults("kill@120%").is_err());
+        assert!(parse_faults("sometimes").is_err());
+    }
+
+    #[test]
+    fn refuses_schedules_that_stop_every_runner() {
+        let faults = parse_faults("default").unwrap();
+        assert!(check_schedule(&faults, 3).is_ok());
+        assert!(check_schedule(&faults, 2).is_err());
+        assert!(check_schedule(&[], 2).is_ok());
     }
 
     #[test]

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use rustix::process::{Pid, Signal, kill_process};
 
+use super::http::Client;
+
 /// A `shoal run` process of the cluster.
 pub(crate) struct RunnerProcess {
     /// 1-based, in start order (runner 4 is the first replacement of a 3-runner cluster).
@@ -18,6 +20,8 @@ pub(crate) struct RunnerProcess {
     pub(crate) pid: u32,
     /// `http://host:port`.
     pub(crate) gateway: String,
+    /// `http://host:port` of its own `/metrics` listener.
+    pub(crate) metrics: String,
     /// The runner address other runners (and storage) know it by.
     pub(crate) address: String,
     pub(crate) log: PathBuf,
@@ -73,6 +77,7 @@ impl Launcher {
         let storage_timeout = (self.lease_ttl / 3).min(Duration::from_millis(750));
         let mut child = Command::new(&self.binary)
             .args(["run", "--listen", "127.0.0.1:0", "--gateway", "127.0.0.1:0"])
+            .args(["--metrics", "127.0.0.1:0"])
             .args(["--storage", &self.storage_url])
             .args(["--lease-ttl", &format!("{}ms", self.lease_ttl.as_millis())])
             .args([
@@ -112,6 +117,10 @@ impl Launcher {
                 "http://{}",
                 announce["gateway"].as_str().context("no gateway")?
             ),
+            metrics: format!(
+                "http://{}",
+                announce["metrics"].as_str().context("no metrics address")?
+            ),
             address: announce["runner"]
                 .as_str()
                 .context("no runner address")?
@@ -121,6 +130,14 @@ impl Launcher {
         };
         wait_ready(&runner.gateway, Duration::from_secs(60))
             .with_context(|| format!("runner {number} never became ready"))?;
+        let client = Client::new(Duration::from_secs(5));
+        match client.get_status(&format!("{}/metrics", runner.metrics)) {
+            Some(200) => {}
+            other => bail!(
+                "runner {number}: {}/metrics answered {other:?}, not 200",
+                runner.metrics
+            ),
+        }
         Ok(runner)
     }
 }
@@ -128,15 +145,9 @@ impl Launcher {
 /// Polls `/readyz` until it answers 200.
 pub(crate) fn wait_ready(gateway: &str, timeout: Duration) -> Result<Duration> {
     let started = Instant::now();
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(5)))
-        .build()
-        .into();
+    let client = Client::new(Duration::from_secs(5));
     loop {
-        if let Ok(response) = agent.get(&format!("{gateway}/readyz")).call()
-            && response.status() == 200
-        {
+        if client.get_status(&format!("{gateway}/readyz")) == Some(200) {
             return Ok(started.elapsed());
         }
         if started.elapsed() > timeout {

@@ -1,5 +1,5 @@
 //! The shared storage of one run: a fresh Postgres database (created with `psql`, dropped at the
-//! end) or a SQLite file in the run's directory.
+//! end unless `--keep`) or a SQLite file in the run's directory.
 
 use std::path::Path;
 use std::process::Command;
@@ -15,18 +15,18 @@ pub(crate) struct ClusterStorage {
     /// What the report says about it.
     pub(crate) label: String,
     /// `(admin URL, database)` to drop at the end.
-    database: Option<(String, String)>,
+    drop_database: Option<(String, String)>,
 }
 
 impl ClusterStorage {
-    pub(crate) fn create(kind: StorageKind, dir: &Path) -> Result<Self> {
+    pub(crate) fn create(kind: StorageKind, dir: &Path, keep: bool) -> Result<Self> {
         match kind {
             StorageKind::Sqlite => {
                 let path = dir.join("cluster.db");
                 Ok(Self {
                     url: format!("sqlite://{}", path.display()),
                     label: format!("sqlite ({})", path.display()),
-                    database: None,
+                    drop_database: None,
                 })
             }
             StorageKind::Postgres => {
@@ -43,10 +43,15 @@ impl ClusterStorage {
                     .and_then(|u| u.rsplit_once('/'))
                     .map(|(base, _)| base)
                     .context("DATABASE_URL has no database name")?;
+                let label = if keep {
+                    format!("postgres (database {name}, kept)")
+                } else {
+                    format!("postgres (database {name}, dropped afterwards)")
+                };
                 Ok(Self {
                     url: format!("{base}/{name}"),
-                    label: format!("postgres (database {name}, dropped afterwards)"),
-                    database: Some((admin, name)),
+                    label,
+                    drop_database: (!keep).then_some((admin, name)),
                 })
             }
         }
@@ -55,7 +60,7 @@ impl ClusterStorage {
 
 impl Drop for ClusterStorage {
     fn drop(&mut self) {
-        if let Some((admin, name)) = &self.database
+        if let Some((admin, name)) = &self.drop_database
             && let Err(e) = psql(
                 admin,
                 &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
