@@ -1,0 +1,575 @@
+//! Persisted messages end to end (memory and Postgres): stored before delivery, answered once,
+//! redelivered after crashes, deduplicated by primary key, scheduled, never blocked by a bad row.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use common::{Backend, Increment, config_for, counter_definition, eventually, init_logs};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use shoal_protocol::{
+    EntityAddress, ErrorCode, Headers, MachineId, ReplyFrame, RunnerAddress, ShardId, Snowflake,
+    SnowflakeGenerator, Tag,
+};
+use shoal_sharding::{
+    CallError, CallOptions, Entity, EntityContext, EntityDefinition, Handler, HandlerError,
+    InProcessNetwork, Message, MessageSettings, Sharding, ShardingConfig,
+};
+use shoal_storage::{
+    Claim, MemoryMessageStorage, MemoryRunnerStorage, MessageEvent, MessageStorage,
+    PersistedRequest, PostgresMessageStorage, PostgresRunnerStorage, RunnerStorage,
+    StoredReplyKind,
+};
+use tokio::time::Instant;
+
+// ---------------------------------------------------------------------------------------------
+// A persisted entity that records every run of its handler.
+
+#[derive(Debug, Clone)]
+struct Run {
+    runner: RunnerAddress,
+    started: SystemTime,
+    finished: bool,
+}
+
+/// Runs per entity id (ids are unique per test).
+static RUNS: LazyLock<Mutex<HashMap<String, Vec<Run>>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
+
+fn runs(id: &str) -> Vec<Run> {
+    RUNS.lock().get(id).cloned().unwrap_or_default()
+}
+
+fn finished_runs(id: &str) -> usize {
+    runs(id).iter().filter(|r| r.finished).count()
+}
+
+struct Durable;
+
+impl Entity for Durable {
+    const TYPE: &'static str = "durable";
+
+    async fn activate(_: &EntityContext) -> Result<Self, HandlerError> {
+        Ok(Durable)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Record {
+    key: Option<String>,
+    work_ms: u64,
+    /// Deliver at this Unix time in milliseconds.
+    at_ms: Option<u64>,
+}
+
+impl Record {
+    fn plain() -> Self {
+        Record {
+            key: None,
+            work_ms: 0,
+            at_ms: None,
+        }
+    }
+}
+
+impl Message for Record {
+    const TAG: &'static str = "record";
+    /// The runner that ran it.
+    type Reply = String;
+    const PERSISTED: bool = true;
+
+    fn primary_key(&self) -> Option<String> {
+        self.key.clone()
+    }
+
+    fn deliver_at(&self) -> Option<SystemTime> {
+        self.at_ms.map(|ms| UNIX_EPOCH + Duration::from_millis(ms))
+    }
+}
+
+impl Handler<Record> for Durable {
+    async fn handle(&mut self, msg: Record, ctx: &EntityContext) -> Result<String, HandlerError> {
+        let id = ctx.address().entity_id.to_string();
+        let runner = ctx.runner_address().cloned().expect("a runner");
+        let index = {
+            let mut all = RUNS.lock();
+            let list = all.entry(id.clone()).or_default();
+            list.push(Run {
+                runner: runner.clone(),
+                started: SystemTime::now(),
+                finished: false,
+            });
+            list.len() - 1
+        };
+        if msg.work_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(msg.work_ms)).await;
+        }
+        RUNS.lock().get_mut(&id).expect("recorded")[index].finished = true;
+        Ok(runner.to_string())
+    }
+}
+
+fn durable_definition() -> EntityDefinition<Durable> {
+    EntityDefinition::<Durable>::new().handle::<Record>()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Runners sharing runner storage and message storage.
+
+struct Persisted {
+    network: Arc<InProcessNetwork>,
+    runners: Arc<dyn RunnerStorage>,
+    messages: Arc<dyn MessageStorage>,
+    next_port: u16,
+}
+
+impl Persisted {
+    async fn new(backend: Backend) -> Self {
+        init_logs();
+        let (runners, messages): (Arc<dyn RunnerStorage>, Arc<dyn MessageStorage>) = match backend {
+            Backend::Memory => {
+                let memory = Arc::new(MemoryRunnerStorage::new());
+                let messages = Arc::new(MemoryMessageStorage::new(memory.clone()));
+                (memory, messages)
+            }
+            Backend::Postgres => {
+                let url = common::database_url();
+                let options = shoal_storage::StorageOptions::new()
+                    .with_table_prefix(common::unique_prefix())
+                    .with_call_timeout(Duration::from_millis(450));
+                let runners = PostgresRunnerStorage::connect(&url, options)
+                    .await
+                    .unwrap_or_else(|e| {
+                        panic!("Postgres at {url} is required by this test (set DATABASE_URL): {e}")
+                    });
+                let messages = PostgresMessageStorage::new(runners.inner())
+                    .await
+                    .expect("message storage");
+                (Arc::new(runners), Arc::new(messages))
+            }
+        };
+        Persisted {
+            network: InProcessNetwork::new(),
+            runners,
+            messages,
+            next_port: 41_000,
+        }
+    }
+
+    fn settings() -> MessageSettings {
+        MessageSettings {
+            poll_interval: Duration::from_millis(200),
+            reply_poll_interval: Duration::from_millis(50),
+            registration_timeout: Duration::from_millis(300),
+            ..MessageSettings::default()
+        }
+    }
+
+    fn config(backend: Backend) -> ShardingConfig {
+        config_for(backend)
+            .default_call_timeout(Duration::from_secs(20))
+            .build()
+            .unwrap()
+    }
+
+    async fn runner(&mut self, backend: Backend) -> Sharding {
+        self.next_port += 1;
+        let address: RunnerAddress = format!("127.0.0.1:{}", self.next_port).parse().unwrap();
+        Sharding::builder(Self::config(backend))
+            .storage(self.runners.clone())
+            .message_storage(self.messages.clone())
+            .message_settings(Self::settings())
+            .in_process(&self.network)
+            .runner(address)
+            .entity(durable_definition())
+            .entity(counter_definition())
+            .start()
+            .await
+            .expect("runner starts")
+    }
+
+    async fn client(&self, backend: Backend) -> Sharding {
+        Sharding::builder(Self::config(backend))
+            .storage(self.runners.clone())
+            .message_storage(self.messages.clone())
+            .message_settings(Self::settings())
+            .in_process(&self.network)
+            .client_only()
+            .start()
+            .await
+            .expect("client starts")
+    }
+
+    /// Waits for the final reply of `request` in storage.
+    async fn stored_reply(&self, request: Snowflake) -> ReplyFrame {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let replies = self.messages.replies_for(&[request]).await.unwrap();
+            if let Some(frame) = replies.into_iter().find_map(|r| match r.kind {
+                StoredReplyKind::Final(frame) => Some(frame),
+                _ => None,
+            }) {
+                return frame;
+            }
+            assert!(Instant::now() < deadline, "no reply stored for {request}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+fn unique_id(test: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{test}-{nanos:x}")
+}
+
+async fn wait_holding(runner: &Sharding, count: usize) {
+    eventually(
+        Duration::from_secs(15),
+        "the runner holds its shards",
+        || runner.active_shards().len() >= count,
+    )
+    .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+
+async fn a_request_sent_while_no_runner_is_up_is_answered_once_a_runner_starts(backend: Backend) {
+    let mut cluster = Persisted::new(backend).await;
+    let client = cluster.client(backend).await;
+    let id = unique_id("nobody-up");
+    let mut events = cluster.messages.subscribe();
+    let call = {
+        let client = client.clone();
+        let id = id.clone();
+        tokio::spawn(async move { client.client::<Durable>().call(&id, Record::plain()).await })
+    };
+    // The request is stored before anyone can run it.
+    loop {
+        match events.recv().await.unwrap() {
+            MessageEvent::Saved { .. } => break,
+            MessageEvent::Replied { .. } => {}
+        }
+    }
+    assert!(runs(&id).is_empty());
+    let runner = cluster.runner(backend).await;
+    let reply = call.await.unwrap().expect("answered once a runner is up");
+    assert_eq!(reply, runner.runner_address().unwrap().to_string());
+    assert_eq!(finished_runs(&id), 1, "the handler ran exactly once");
+    runner.shutdown().await;
+    client.shutdown().await;
+}
+
+async fn a_runner_killed_mid_request_leaves_it_to_the_next_owner(backend: Backend) {
+    let mut cluster = Persisted::new(backend).await;
+    let a = cluster.runner(backend).await;
+    wait_holding(&a, 60).await;
+    let id = unique_id("killed");
+    let call = {
+        let a = a.clone();
+        let id = id.clone();
+        tokio::spawn(async move {
+            a.client::<Durable>()
+                .call(
+                    &id,
+                    Record {
+                        key: None,
+                        work_ms: 60_000,
+                        at_ms: None,
+                    },
+                )
+                .await
+        })
+    };
+    eventually(Duration::from_secs(10), "the handler started on a", || {
+        runs(&id).len() == 1
+    })
+    .await;
+    // A second runner waits; then `a` dies mid-request, holding its leases.
+    let b = cluster.runner(backend).await;
+    a.crash();
+    drop(call);
+    eventually(
+        Duration::from_secs(20),
+        "the request runs again on b",
+        || runs(&id).len() == 2,
+    )
+    .await;
+    let all = runs(&id);
+    assert_eq!(&all[1].runner, b.runner_address().unwrap());
+    assert!(!all[0].finished, "the first run died with its runner");
+    b.shutdown().await;
+}
+
+async fn a_caller_on_another_runner_gets_the_reply_after_the_owner_dies(backend: Backend) {
+    let mut cluster = Persisted::new(backend).await;
+    let a = cluster.runner(backend).await;
+    wait_holding(&a, 60).await;
+    let client = cluster.client(backend).await;
+    let id = unique_id("failover");
+    let call = {
+        let client = client.clone();
+        let id = id.clone();
+        tokio::spawn(async move {
+            client
+                .client::<Durable>()
+                .call(
+                    &id,
+                    Record {
+                        key: None,
+                        work_ms: 600,
+                        at_ms: None,
+                    },
+                )
+                .await
+        })
+    };
+    eventually(Duration::from_secs(10), "the handler started on a", || {
+        runs(&id).len() == 1
+    })
+    .await;
+    let b = cluster.runner(backend).await;
+    a.crash();
+    let reply = call
+        .await
+        .unwrap()
+        .expect("the caller gets the new owner's reply");
+    assert_eq!(reply, b.runner_address().unwrap().to_string());
+    assert_eq!(finished_runs(&id), 1, "exactly one run completed");
+    b.shutdown().await;
+    client.shutdown().await;
+}
+
+async fn a_duplicate_primary_key_returns_the_stored_reply(backend: Backend) {
+    let mut cluster = Persisted::new(backend).await;
+    let runner = cluster.runner(backend).await;
+    let client = cluster.client(backend).await;
+    let id = unique_id("dedupe");
+    let keyed = |key: &str| Record {
+        key: Some(key.to_owned()),
+        work_ms: 0,
+        at_ms: None,
+    };
+    let first = client
+        .client::<Durable>()
+        .call(&id, keyed("k1"))
+        .await
+        .unwrap();
+    let again = runner
+        .client::<Durable>()
+        .call(&id, keyed("k1"))
+        .await
+        .unwrap();
+    assert_eq!(first, again);
+    assert_eq!(
+        finished_runs(&id),
+        1,
+        "a duplicate does not run the handler"
+    );
+    // Keys of any length.
+    let long = "k".repeat(1000);
+    client
+        .client::<Durable>()
+        .call(&id, keyed(&long))
+        .await
+        .unwrap();
+    client
+        .client::<Durable>()
+        .call(&id, keyed(&long))
+        .await
+        .unwrap();
+    assert_eq!(finished_runs(&id), 2);
+    client
+        .client::<Durable>()
+        .call(&id, keyed("k2"))
+        .await
+        .unwrap();
+    assert_eq!(finished_runs(&id), 3);
+    runner.shutdown().await;
+    client.shutdown().await;
+}
+
+async fn volatile_messages_are_never_stored(backend: Backend) {
+    let mut cluster = Persisted::new(backend).await;
+    let runner = cluster.runner(backend).await;
+    wait_holding(&runner, 60).await;
+    let id = unique_id("volatile");
+    for _ in 0..5 {
+        runner
+            .client::<common::Counter>()
+            .call(&id, Increment { by: 1, work_ms: 0 })
+            .await
+            .unwrap();
+    }
+    let shards: Vec<ShardId> = runner.active_shards();
+    let claim = Claim {
+        by: "127.0.0.1:1".parse().unwrap(),
+        duration: Duration::from_secs(1),
+    };
+    let stored = cluster
+        .messages
+        .claim_unprocessed(&shards, 100, &claim)
+        .await
+        .unwrap();
+    assert!(
+        stored.is_empty(),
+        "volatile messages were stored: {stored:?}"
+    );
+    runner.shutdown().await;
+}
+
+async fn a_scheduled_message_runs_at_its_time(backend: Backend) {
+    let mut cluster = Persisted::new(backend).await;
+    let runner = cluster.runner(backend).await;
+    wait_holding(&runner, 60).await;
+    let id = unique_id("scheduled");
+    let at = SystemTime::now() + Duration::from_millis(400);
+    let at_ms = at.duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
+    let reply = runner
+        .client::<Durable>()
+        .call(
+            &id,
+            Record {
+                key: None,
+                work_ms: 0,
+                at_ms: Some(at_ms),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply, runner.runner_address().unwrap().to_string());
+    let run = &runs(&id)[0];
+    let started_ms = run.started.duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
+    assert!(
+        started_ms >= at_ms,
+        "ran {} ms before its time",
+        at_ms - started_ms
+    );
+    runner.shutdown().await;
+}
+
+fn stored_request(
+    shard: ShardId,
+    entity_type: &str,
+    id: &str,
+    payload: &'static [u8],
+) -> PersistedRequest {
+    static IDS: LazyLock<SnowflakeGenerator> =
+        LazyLock::new(|| SnowflakeGenerator::new(MachineId(1023)));
+    PersistedRequest {
+        id: IDS.next_id(),
+        address: EntityAddress::new(shard, entity_type.parse().unwrap(), id.parse().unwrap()),
+        tag: Tag::new("record").unwrap(),
+        payload: Bytes::from_static(payload),
+        headers: Headers::new(),
+        key: None,
+        deliver_at: None,
+        streaming: false,
+        uninterruptible: false,
+    }
+}
+
+async fn an_undecodable_stored_message_is_answered_and_blocks_nothing(backend: Backend) {
+    let mut cluster = Persisted::new(backend).await;
+    let runner = cluster.runner(backend).await;
+    wait_holding(&runner, 60).await;
+    let id = unique_id("garbage");
+    let shard = runner.shard_of::<Durable>(&id.parse().unwrap());
+    let bad = stored_request(shard, "durable", &id, b"\xff not json");
+    cluster.messages.save_request(&bad, None).await.unwrap();
+    match cluster.stored_reply(bad.id).await {
+        ReplyFrame::Failure(failure) => assert_eq!(failure.code, ErrorCode::MalformedMessage),
+        other => panic!("expected a failure, got {other:?}"),
+    }
+    // The entity still works.
+    runner
+        .client::<Durable>()
+        .call(&id, Record::plain())
+        .await
+        .unwrap();
+    assert_eq!(finished_runs(&id), 1);
+    runner.shutdown().await;
+}
+
+async fn a_message_for_an_unregistered_type_is_held_then_answered(backend: Backend) {
+    let mut cluster = Persisted::new(backend).await;
+    let runner = cluster.runner(backend).await;
+    wait_holding(&runner, 60).await;
+    let shard = runner.shard_in(
+        &shoal_protocol::ShardGroup::default_group(),
+        &"x".parse().unwrap(),
+    );
+    let ghost = stored_request(shard, "ghost", "x", b"{}");
+    cluster.messages.save_request(&ghost, None).await.unwrap();
+    match cluster.stored_reply(ghost.id).await {
+        ReplyFrame::Failure(failure) => assert_eq!(failure.code, ErrorCode::UnknownEntityType),
+        other => panic!("expected a failure, got {other:?}"),
+    }
+    runner.shutdown().await;
+}
+
+async fn without_message_storage_a_persisted_send_fails_clearly(backend: Backend) {
+    let cluster = Persisted::new(backend).await;
+    let client = Sharding::builder(Persisted::config(backend))
+        .storage(cluster.runners.clone())
+        .in_process(&cluster.network)
+        .client_only()
+        .start()
+        .await
+        .unwrap();
+    let error = client
+        .client::<Durable>()
+        .call_with(
+            "x",
+            Record::plain(),
+            CallOptions::timeout(Duration::from_secs(1)),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, CallError::Persistence { message, .. } if message.contains("message storage")),
+        "{error:?}"
+    );
+    client.shutdown().await;
+}
+
+macro_rules! on_every_backend {
+    ($($test:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    super::$test(super::Backend::Memory).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    super::$test(super::Backend::Postgres).await;
+                }
+            )*
+        }
+    };
+}
+
+on_every_backend!(
+    a_request_sent_while_no_runner_is_up_is_answered_once_a_runner_starts,
+    a_runner_killed_mid_request_leaves_it_to_the_next_owner,
+    a_caller_on_another_runner_gets_the_reply_after_the_owner_dies,
+    a_duplicate_primary_key_returns_the_stored_reply,
+    volatile_messages_are_never_stored,
+    a_scheduled_message_runs_at_its_time,
+    an_undecodable_stored_message_is_answered_and_blocks_nothing,
+    a_message_for_an_unregistered_type_is_held_then_answered,
+    without_message_storage_a_persisted_send_fails_clearly,
+);
