@@ -9,7 +9,7 @@ mod common;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{Hosted, alive, eventually, handler_message, short_tempdir, test_worker_spec};
+use common::{Hosted, alive, eventually, short_tempdir, test_worker_spec, unavailable_message};
 use shoal_worker::{WorkerSpec, is_worker_unavailable};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -36,17 +36,17 @@ async fn a_crash_fails_calls_in_flight_and_the_worker_is_started_again() {
     let crashed = hosted.call("d", "exit", "").await;
 
     // Every call in flight fails, saying the worker exited.
-    let message = handler_message(crashed);
+    let message = unavailable_message(crashed);
     assert!(
         message.starts_with(&format!("worker {} exited: ", hosted.host.name())),
         "{message}"
     );
     for call in stuck {
         match call.await.unwrap() {
-            Err(shoal_sharding::CallError::Handler { message, .. }) => {
+            Err(shoal_sharding::CallError::Persistence { message, .. }) => {
                 assert!(message.contains(" exited: "), "{message}");
                 assert!(is_worker_unavailable(
-                    &shoal_sharding::HandlerError::failed(&message)
+                    &shoal_sharding::HandlerError::unavailable(&message)
                 ));
             }
             other => panic!("expected the call to fail with the worker, got {other:?}"),
@@ -98,7 +98,7 @@ async fn failed_restarts_are_retried_with_backoff_until_the_worker_starts() {
     .await;
     assert!(!hosted.host.is_connected());
     // Calls wait for the worker within their timeout, then fail saying why.
-    let message = handler_message(hosted.call("a", "echo", "x").await);
+    let message = unavailable_message(hosted.call("a", "echo", "x").await);
     assert!(
         message.contains("unavailable: it is restarting and did not come back within 400ms"),
         "{message}"
@@ -122,7 +122,7 @@ async fn a_hung_worker_is_killed_and_started_again() {
     let hung = hosted.pid();
 
     // `freeze` blocks the worker's only thread: heartbeats go unanswered.
-    let message = handler_message(hosted.call("f", "freeze", "").await);
+    let message = unavailable_message(hosted.call("f", "freeze", "").await);
     assert!(
         message.contains("did not answer a heartbeat within 300ms"),
         "{message}"
@@ -197,5 +197,31 @@ async fn a_worker_on_a_socket_is_reconnected_when_it_comes_back() {
     let _worker = start_worker_on(&socket).await;
     assert!(hosted.host.wait_connected(1).await);
     assert_eq!(hosted.call("a", "kv", "get v").await.unwrap(), "1");
+    hosted.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_persisted_request_in_flight_is_delivered_again_to_the_new_worker() {
+    let dir = short_tempdir();
+    let hosted = Hosted::start(test_worker_spec(dir.path(), &[])).await;
+    let first = hosted.pid();
+    let tags = &hosted.host.entity_types()[0].tags;
+    assert!(
+        tags.iter()
+            .any(|t| t.name.to_string() == "crash_once" && t.persisted)
+    );
+
+    // The first delivery crashes the worker; the caller does not see that attempt fail: the
+    // request stays unprocessed and the restarted worker gets it, with the same request id.
+    let marker = dir.path().join("crash-marker");
+    let reply = hosted
+        .call("p", "crash_once", marker.to_str().unwrap())
+        .await
+        .unwrap();
+    let ids: Vec<&str> = reply.split(' ').collect();
+    assert_eq!(ids.len(), 2, "{reply}");
+    assert_eq!(ids[0], ids[1], "the redelivery keeps the request id");
+    assert_eq!(hosted.host.restarts(), 1);
+    assert_ne!(hosted.pid(), first);
     hosted.stop().await;
 }

@@ -250,6 +250,22 @@ fn probe(gauges: Gauges, concurrency: u32, extra_tag: bool) -> EntityType {
             },
         )
         .unary("kv", kv_command)
+        .persisted_unary(
+            "crash_once",
+            |ctx: CallContext, payload: Bytes| async move {
+                // `crash_once MARKER`: the first delivery records its request id in MARKER and
+                // crashes the worker; a redelivery answers with the id it recorded and its own.
+                let marker = text(&payload);
+                match std::fs::read_to_string(&marker) {
+                    Ok(first) => Ok(Bytes::from(format!("{first} {}", ctx.request_id()))),
+                    Err(_) => {
+                        std::fs::write(&marker, ctx.request_id().to_string())
+                            .map_err(|e| Failure::application(format!("{marker}: {e}")))?;
+                        std::process::exit(9);
+                    }
+                }
+            },
+        )
         .stream(
             "ticks",
             |_ctx: CallContext, payload: Bytes, out: ChunkWriter| async move {

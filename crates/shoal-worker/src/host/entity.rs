@@ -18,22 +18,22 @@ use super::{Activation, HostInner, HostState};
 /// session, hung, was restarting past the call's deadline, or answered `FAILURE_CODE_UNAVAILABLE`
 /// — rather than because the handler refused the request.
 ///
-/// These failures are reported as [`HandlerError::failed`] (never `fatal`: the entity's state is
-/// not suspect, the process hosting it is gone), with a message that starts with
-/// `worker <name> exited: ` or `worker <name> unavailable: `. They are **not the handler's
-/// verdict**: for a persisted request, the runtime should not store them as its final reply but
-/// leave the request to be redelivered (to the restarted worker). Until `HandlerError` can say
-/// so itself, this function is how a caller tells them apart.
+/// These failures are [`HandlerError::unavailable`] (transient: the entity's state is not
+/// suspect, the process hosting it is gone), with a message that starts with
+/// `worker <name> exited: ` or `worker <name> unavailable: `. The runtime does not store them as
+/// the final reply of a persisted request: the request stays unprocessed and is delivered again
+/// (to the restarted worker). A volatile caller gets them as
+/// [`CallError::Persistence`](shoal_sharding::CallError::Persistence) (HTTP 503 at the gateway).
 ///
 /// ```
 /// use shoal_sharding::HandlerError;
 /// use shoal_worker::is_worker_unavailable;
 ///
-/// assert!(is_worker_unavailable(&HandlerError::failed("worker python3 w.py exited: it closed the session")));
+/// assert!(is_worker_unavailable(&HandlerError::unavailable("worker python3 w.py exited: it closed the session")));
 /// assert!(!is_worker_unavailable(&HandlerError::failed("insufficient funds")));
 /// ```
 pub fn is_worker_unavailable(error: &HandlerError) -> bool {
-    !error.is_fatal()
+    error.is_transient()
         && error.message().starts_with("worker ")
         && (error.message().contains(" exited: ") || error.message().contains(" unavailable: "))
 }
@@ -152,7 +152,7 @@ impl WorkerEntity {
 
     fn lost(&self, reason: &str) -> Outcome {
         (
-            Err(HandlerError::failed(format!(
+            Err(HandlerError::unavailable(format!(
                 "worker {} exited: {reason}",
                 self.name()
             ))),
@@ -162,7 +162,7 @@ impl WorkerEntity {
 
     fn unavailable(&self, reason: impl std::fmt::Display, outcome: &'static str) -> Outcome {
         (
-            Err(HandlerError::failed(format!(
+            Err(HandlerError::unavailable(format!(
                 "worker {} unavailable: {reason}",
                 self.name()
             ))),

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
-use shoal_protocol::EntityAddress;
+use shoal_protocol::{EntityAddress, EntityType};
 use shoal_sharding::{
     DynamicDefinition, DynamicEntity, EntityContext, EntityOptions, HandlerError,
 };
@@ -177,32 +177,47 @@ impl WorkerHost {
         self.inner
             .types
             .iter()
-            .map(|ty| {
-                let host = self.inner.clone();
-                let factory = move |ctx: EntityContext| {
-                    let host = host.clone();
-                    async move {
-                        let entity: Arc<dyn DynamicEntity> = WorkerEntity::activate(&host, ctx);
-                        Ok::<_, HandlerError>(entity)
-                    }
-                };
-                let concurrency = ty
-                    .concurrency
-                    .unwrap_or(self.inner.shared.options.default_concurrency)
-                    .max(1);
-                let mut definition =
-                    DynamicDefinition::new(ty.name.to_string(), factory).options(EntityOptions {
-                        concurrency: Some(concurrency),
-                        ..EntityOptions::default()
-                    });
-                for tag in &ty.tags {
-                    // Persisted tags are registered like the others until the runtime's
-                    // persisted-message support lands (`DynamicDefinition::persisted_tag`).
-                    definition = definition.tag(tag.name.to_string(), tag.kind);
-                }
-                definition
-            })
+            .map(|ty| self.definition_of(ty))
             .collect()
+    }
+
+    /// The definition of `entity_type`, to register with the sharding runtime (`None` when the
+    /// worker does not implement it). Each call makes a new definition over this host; register
+    /// a type once.
+    pub fn definition(&self, entity_type: &EntityType) -> Option<DynamicDefinition> {
+        self.inner
+            .types
+            .iter()
+            .find(|ty| &ty.name == entity_type)
+            .map(|ty| self.definition_of(ty))
+    }
+
+    fn definition_of(&self, ty: &WorkerEntityType) -> DynamicDefinition {
+        let host = self.inner.clone();
+        let factory = move |ctx: EntityContext| {
+            let host = host.clone();
+            async move {
+                let entity: Arc<dyn DynamicEntity> = WorkerEntity::activate(&host, ctx);
+                Ok::<_, HandlerError>(entity)
+            }
+        };
+        let concurrency = ty
+            .concurrency
+            .unwrap_or(self.inner.shared.options.default_concurrency)
+            .max(1);
+        let mut definition =
+            DynamicDefinition::new(ty.name.to_string(), factory).options(EntityOptions {
+                concurrency: Some(concurrency),
+                ..EntityOptions::default()
+            });
+        for tag in &ty.tags {
+            definition = if tag.persisted {
+                definition.persisted_tag(tag.name.to_string(), tag.kind)
+            } else {
+                definition.tag(tag.name.to_string(), tag.kind)
+            };
+        }
+        definition
     }
 
     /// The entity types the worker implements.

@@ -17,9 +17,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use shoal_launcher::{LaunchConfig, WorkerStderr};
 use shoal_sharding::{
-    CallError, CallOptions, DynamicClient, InProcessNetwork, Sharding, ShardingConfig,
+    CallError, CallOptions, DynamicClient, InProcessNetwork, MessageSettings, Sharding,
+    ShardingConfig,
 };
-use shoal_storage::{EntityKv, MemoryEntityKv, MemoryRunnerStorage};
+use shoal_storage::{EntityKv, MemoryEntityKv, MemoryMessageStorage, MemoryRunnerStorage};
 use shoal_worker::{WorkerError, WorkerHost, WorkerOptions, WorkerSpec};
 use tempfile::TempDir;
 
@@ -100,8 +101,14 @@ impl Hosted {
         let runners = Arc::new(MemoryRunnerStorage::new());
         let kv: Arc<dyn EntityKv> = Arc::new(MemoryEntityKv::new(runners.clone()));
         let (host, definitions) = WorkerHost::start(spec, kv.clone()).await?;
+        let messages = Arc::new(MemoryMessageStorage::new(runners.clone()));
         let mut builder = Sharding::builder(sharding_config())
             .storage(runners)
+            .message_storage(messages)
+            .message_settings(MessageSettings {
+                poll_interval: Duration::from_millis(100),
+                ..MessageSettings::default()
+            })
             .in_process(&InProcessNetwork::new())
             .runner("127.0.0.1:34431".parse().unwrap());
         for definition in definitions {
@@ -203,6 +210,15 @@ pub fn worker_log(dir: &Path) -> String {
 /// A path in `dir`.
 pub fn path_in(dir: &Path, name: &str) -> PathBuf {
     dir.join(name)
+}
+
+/// The message of a call that failed because the worker was unavailable (a transient failure,
+/// which a volatile caller sees as `CallError::Persistence`), or a panic naming what came instead.
+pub fn unavailable_message(result: Result<String, CallError>) -> String {
+    match result {
+        Err(CallError::Persistence { message, .. }) => message,
+        other => panic!("expected the worker to be unavailable, got {other:?}"),
+    }
 }
 
 /// The message of a handler failure, or a panic naming what came instead.
