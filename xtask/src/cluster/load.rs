@@ -77,6 +77,17 @@ struct CallerResult {
     resent: BTreeMap<String, u64>,
     failures: BTreeMap<String, u64>,
     stale_reads: Vec<String>,
+    slowest: Option<Slowest>,
+}
+
+/// The request that took longest, with each attempt, to tell where the time went.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Slowest {
+    pub(crate) elapsed: Duration,
+    /// `increment c12 (key ...)`.
+    pub(crate) what: String,
+    /// Each attempt: gateway, answer, how long it took.
+    pub(crate) attempts: Vec<String>,
 }
 
 /// The load's totals.
@@ -100,6 +111,8 @@ pub(crate) struct LoadResult {
     pub(crate) failures: BTreeMap<String, u64>,
     /// `get` replies below a value an earlier acknowledged increment had returned.
     pub(crate) stale_reads: Vec<String>,
+    /// The request that took longest.
+    pub(crate) slowest: Option<Slowest>,
 }
 
 impl LoadResult {
@@ -223,6 +236,14 @@ impl Load {
             result.gets += c.gets;
             result.gets_unanswered += c.gets_unanswered;
             result.stale_reads.extend(c.stale_reads);
+            if let Some(slow) = c.slowest
+                && result
+                    .slowest
+                    .as_ref()
+                    .is_none_or(|s| s.elapsed < slow.elapsed)
+            {
+                result.slowest = Some(slow);
+            }
             for (into, from) in [
                 (&mut result.resent, c.resent),
                 (&mut result.failures, c.failures),
@@ -344,9 +365,10 @@ impl Caller {
         let first = Instant::now();
         let mut attempt = n;
         let mut backoff = Duration::from_millis(10);
-        loop {
+        let mut trail = Vec::new();
+        let ended = loop {
             if self.counters.stop.load(Ordering::Acquire) {
-                return Ended::Stopped;
+                break Ended::Stopped;
             }
             if first.elapsed() > RESEND_FOR {
                 *self
@@ -359,7 +381,7 @@ impl Caller {
                     ))
                     .or_default() += 1;
                 self.counters.failed.fetch_add(1, Ordering::Relaxed);
-                return Ended::GaveUp;
+                break Ended::GaveUp;
             }
             let Some(gateway) = self.gateways.pick(attempt) else {
                 std::thread::sleep(Duration::from_millis(20));
@@ -368,11 +390,19 @@ impl Caller {
             attempt = attempt.wrapping_add(1);
             let sent = Instant::now();
             let outcome = self.client.call(&gateway, call);
+            let label = match &outcome {
+                Outcome::Ok(_) => "200",
+                Outcome::Refused(l) | Outcome::Unknown(l) | Outcome::Failed(l) => l,
+            };
+            trail.push(format!(
+                "{label} via {gateway} in {}",
+                super::report::fmt_duration(sent.elapsed())
+            ));
             match outcome {
                 Outcome::Ok(body) => {
                     self.out.call_us.push(micros(sent.elapsed()));
                     self.out.request_us.push(micros(first.elapsed()));
-                    return match body.trim().parse::<i64>() {
+                    break match body.trim().parse::<i64>() {
                         Ok(value) => Ended::Value(value),
                         Err(_) => {
                             *self
@@ -392,7 +422,7 @@ impl Caller {
                         .entry(format!("{}: {label}", call.tag))
                         .or_default() += 1;
                     self.counters.failed.fetch_add(1, Ordering::Relaxed);
-                    return Ended::Failed;
+                    break Ended::Failed;
                 }
                 Outcome::Refused(label) | Outcome::Unknown(label) => {
                     *self.out.resent.entry(label).or_default() += 1;
@@ -401,7 +431,24 @@ impl Caller {
                     backoff = (backoff * 2).min(Duration::from_millis(200));
                 }
             }
+        };
+        let elapsed = first.elapsed();
+        if self
+            .out
+            .slowest
+            .as_ref()
+            .is_none_or(|s| s.elapsed < elapsed)
+        {
+            self.out.slowest = Some(Slowest {
+                elapsed,
+                what: match call.key {
+                    Some(key) => format!("{} {} (idempotency key {key})", call.tag, call.id),
+                    None => format!("{} {}", call.tag, call.id),
+                },
+                attempts: trail,
+            });
         }
+        ended
     }
 }
 

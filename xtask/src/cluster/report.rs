@@ -71,6 +71,16 @@ impl Report {
             quantiles(&l.call_us),
             quantiles(&l.request_us)
         );
+        if let Some(slow) = &l.slowest {
+            let _ = writeln!(
+                out,
+                "slowest      {} took {} in {} attempts: {}",
+                slow.what,
+                fmt_duration(slow.elapsed),
+                slow.attempts.len(),
+                slow.attempts.join("; ")
+            );
+        }
         let mut faults = self.faults.clone();
         faults.sort_by(|a, b| a.0.total_cmp(&b.0));
         for (_, fault) in &faults {
