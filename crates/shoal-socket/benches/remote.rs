@@ -282,6 +282,30 @@ struct Figures {
     p50_us: f64,
     p99_us: f64,
     errors: u64,
+    /// CPU time per request in the client and the server process (µs).
+    cpu_us: (f64, f64),
+}
+
+/// User + system CPU time a process used so far, from `/proc/<pid>/stat` (Linux; zero
+/// elsewhere).
+fn cpu_time(pid: u32) -> Duration {
+    const TICKS_PER_SEC: f64 = 100.0;
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return Duration::ZERO;
+    };
+    // Fields after the command name: state is the first, utime the 12th, stime the 13th.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    Duration::from_secs_f64((ticks(11) + ticks(12)) as f64 / TICKS_PER_SEC)
 }
 
 fn us(hist: &Histogram<u64>, q: f64) -> f64 {
@@ -291,6 +315,7 @@ fn us(hist: &Histogram<u64>, q: f64) -> f64 {
 /// Runs `callers` concurrent callers for the warm-up and the measured period; with `rate`, the
 /// callers together are paced at that many requests per second.
 async fn load(
+    server_pid: u32,
     counters: &EntityClient<Counter>,
     ids: &Arc<Vec<String>>,
     callers: usize,
@@ -352,14 +377,21 @@ async fn load(
     tokio::time::sleep(options.warmup).await;
     phase.store(MEASURE, Ordering::Relaxed);
     let started = Instant::now();
+    let cpu_before = (cpu_time(std::process::id()), cpu_time(server_pid));
     tokio::time::sleep(Duration::from_secs_f64(options.secs)).await;
     phase.store(STOP, Ordering::Relaxed);
     let elapsed = started.elapsed();
+    let cpu_after = (cpu_time(std::process::id()), cpu_time(server_pid));
     let mut total = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).unwrap();
     for task in tasks {
         total.add(task.await.unwrap()).unwrap();
     }
+    let requests = total.len().max(1) as f64;
     Figures {
+        cpu_us: (
+            (cpu_after.0 - cpu_before.0).as_secs_f64() * 1e6 / requests,
+            (cpu_after.1 - cpu_before.1).as_secs_f64() * 1e6 / requests,
+        ),
         rate: total.len() as f64 / elapsed.as_secs_f64(),
         p50_us: us(&total, 0.50),
         p99_us: us(&total, 0.99),
@@ -386,8 +418,17 @@ async fn run(options: Options) {
         options.warmup.as_millis()
     );
     println!(
-        "{:<6} {:<6} {:>7} | {:>10} {:>10} {:>10} | {:>10} {:>10} {:>10}",
-        "net", "mode", "callers", "req/s", "p50", "p99", "half req/s", "p50", "p99"
+        "{:<6} {:<6} {:>7} | {:>10} {:>10} {:>10} {:>15} | {:>10} {:>10} {:>10}",
+        "net",
+        "mode",
+        "callers",
+        "req/s",
+        "p50",
+        "p99",
+        "cpu µs/req c+s",
+        "half req/s",
+        "p50",
+        "p99"
     );
     let mut summary = Vec::new();
     for net in &options.nets {
@@ -425,9 +466,20 @@ async fn run(options: Options) {
                 SendMode::Unary => "unary",
             };
             for &callers in &options.callers {
-                let full = load(&counters, &ids, callers, None, &options).await;
+                let pid = server.child.id();
+                let full = load(pid, &counters, &ids, callers, None, &options).await;
                 let half = if options.half {
-                    Some(load(&counters, &ids, callers, Some(full.rate / 2.0), &options).await)
+                    Some(
+                        load(
+                            pid,
+                            &counters,
+                            &ids,
+                            callers,
+                            Some(full.rate / 2.0),
+                            &options,
+                        )
+                        .await,
+                    )
                 } else {
                     None
                 };
@@ -438,10 +490,11 @@ async fn run(options: Options) {
                         (format!("{:.0}", h.rate), fmt_us(h.p50_us), fmt_us(h.p99_us))
                     });
                 println!(
-                    "{net:<6} {mode_name:<6} {callers:>7} | {:>10.0} {:>10} {:>10} | {hr:>10} {h50:>10} {h99:>10}{}",
+                    "{net:<6} {mode_name:<6} {callers:>7} | {:>10.0} {:>10} {:>10} {:>15} | {hr:>10} {h50:>10} {h99:>10}{}",
                     full.rate,
                     fmt_us(full.p50_us),
                     fmt_us(full.p99_us),
+                    format!("{:.1}+{:.1}", full.cpu_us.0, full.cpu_us.1),
                     if errors > 0 {
                         format!("  ({errors} errors)")
                     } else {

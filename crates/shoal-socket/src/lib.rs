@@ -33,6 +33,7 @@
 
 mod auth;
 mod client;
+mod codec;
 mod config;
 mod error;
 mod listen;

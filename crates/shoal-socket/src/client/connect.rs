@@ -14,6 +14,14 @@ use crate::config::SocketConfig;
 /// A connected runner service client.
 pub(crate) type Client = RunnerServiceClient<InterceptedService<Channel, AttachToken>>;
 
+/// A connection to a runner: the generated client for the unary methods, and the raw gRPC client
+/// the batch stream uses with its own codec.
+#[derive(Debug, Clone)]
+pub(crate) struct Connection {
+    pub(crate) client: Client,
+    pub(crate) grpc: tonic::client::Grpc<InterceptedService<Channel, AttachToken>>,
+}
+
 fn endpoint(uri: String, config: &SocketConfig) -> Result<Endpoint, String> {
     Ok(Endpoint::from_shared(uri)
         .map_err(|e| format!("invalid endpoint: {e}"))?
@@ -31,7 +39,7 @@ pub(crate) async fn connect(
     address: &RunnerAddress,
     config: &SocketConfig,
     token: AttachToken,
-) -> Result<Client, String> {
+) -> Result<Connection, String> {
     let channel = match address.endpoint() {
         RunnerEndpoint::Tcp { host, port } => {
             let scheme = if config.tls.is_some() {
@@ -71,9 +79,17 @@ pub(crate) async fn connect(
                 .map_err(|e| format!("connect to unix:{shown} failed: {}", source_chain(&e)))?
         }
     };
-    Ok(RunnerServiceClient::with_interceptor(channel, token)
-        .max_decoding_message_size(config.max_message_size)
-        .max_encoding_message_size(config.max_message_size))
+    let service = InterceptedService::new(channel, token);
+    Ok(Connection {
+        client: RunnerServiceClient::new(service.clone())
+            .max_decoding_message_size(config.max_message_size)
+            .max_encoding_message_size(config.max_message_size),
+        // A batch holds at most `max_message_size` bytes of requests; replies come in batches
+        // the runner limits to four times its own limit.
+        grpc: tonic::client::Grpc::new(service)
+            .max_decoding_message_size(config.max_message_size.saturating_mul(4))
+            .max_encoding_message_size(config.max_message_size.saturating_mul(4)),
+    })
 }
 
 fn source_chain(error: &dyn std::error::Error) -> String {

@@ -6,7 +6,7 @@ mod pipeline;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -19,9 +19,10 @@ use shoal_sharding::{ReplyFrames, Runners, TransportError};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::AttachToken;
+use crate::codec::encode::RequestFrame;
 use crate::config::{SendMode, SocketConfig};
 use crate::error::SocketError;
-use connect::Client;
+use connect::Connection;
 use pipeline::Pipeline;
 
 /// Reaches other runners over gRPC (TCP or Unix sockets).
@@ -37,9 +38,25 @@ pub struct GrpcRunners {
 #[derive(Debug)]
 struct Peer {
     address: RunnerAddress,
-    client: tokio::sync::Mutex<Option<Client>>,
-    pipeline: tokio::sync::Mutex<Option<Arc<Pipeline>>>,
-    last_used: AtomicU64,
+    /// Serializes connecting and opening the batch stream.
+    connecting: tokio::sync::Mutex<()>,
+    connection: Mutex<Option<Connection>>,
+    /// The open batch stream (read without waiting by every request).
+    pipeline: Mutex<Option<Arc<Pipeline>>>,
+    /// Set by every use; the idle sweeper clears it.
+    used: AtomicBool,
+    /// When the sweeper last saw the peer in use (ms since the transport started).
+    seen_ms: AtomicU64,
+}
+
+impl Peer {
+    fn open_pipeline(&self) -> Option<Arc<Pipeline>> {
+        self.pipeline
+            .lock()
+            .as_ref()
+            .filter(|p| !p.is_closed())
+            .cloned()
+    }
 }
 
 fn unreachable(runner: &RunnerAddress, reason: impl Into<String>) -> TransportError {
@@ -117,20 +134,26 @@ impl GrpcRunners {
     }
 
     fn peer(&self, runner: &RunnerAddress) -> Arc<Peer> {
-        let peer = self
-            .peers
-            .lock()
-            .entry(runner.clone())
-            .or_insert_with(|| {
-                Arc::new(Peer {
-                    address: runner.clone(),
-                    client: tokio::sync::Mutex::new(None),
-                    pipeline: tokio::sync::Mutex::new(None),
-                    last_used: AtomicU64::new(0),
-                })
-            })
-            .clone();
-        peer.last_used.store(self.now_ms(), Ordering::Relaxed);
+        let peer = {
+            let mut peers = self.peers.lock();
+            match peers.get(runner) {
+                Some(peer) => peer.clone(),
+                None => peers
+                    .entry(runner.clone())
+                    .or_insert_with(|| {
+                        Arc::new(Peer {
+                            address: runner.clone(),
+                            connecting: tokio::sync::Mutex::new(()),
+                            connection: Mutex::new(None),
+                            pipeline: Mutex::new(None),
+                            used: AtomicBool::new(true),
+                            seen_ms: AtomicU64::new(self.now_ms()),
+                        })
+                    })
+                    .clone(),
+            }
+        };
+        peer.used.store(true, Ordering::Relaxed);
         peer
     }
 
@@ -138,8 +161,11 @@ impl GrpcRunners {
         let idle_ms = self.config.idle_timeout.as_millis() as u64;
         let now = self.now_ms();
         self.peers.lock().retain(|address, peer| {
-            let keep = now.saturating_sub(peer.last_used.load(Ordering::Relaxed)) < idle_ms
-                || Arc::strong_count(peer) > 1;
+            if peer.used.swap(false, Ordering::Relaxed) || Arc::strong_count(peer) > 1 {
+                peer.seen_ms.store(now, Ordering::Relaxed);
+                return true;
+            }
+            let keep = now.saturating_sub(peer.seen_ms.load(Ordering::Relaxed)) < idle_ms;
             if !keep {
                 tracing::debug!(runner = %address, "closing idle connection");
             }
@@ -152,28 +178,44 @@ impl GrpcRunners {
         self.peers.lock().remove(runner);
     }
 
-    async fn client(&self, peer: &Peer) -> Result<Client, TransportError> {
-        let mut slot = peer.client.lock().await;
-        if let Some(client) = slot.as_ref() {
-            return Ok(client.clone());
+    /// The peer's connection, connecting first if needed.
+    async fn connection(&self, peer: &Peer) -> Result<Connection, TransportError> {
+        if let Some(connection) = peer.connection.lock().clone() {
+            return Ok(connection);
         }
-        let client = connect::connect(&peer.address, &self.config, self.token.clone())
-            .await
-            .map_err(|reason| unreachable(&peer.address, reason))?;
-        *slot = Some(client.clone());
-        Ok(client)
+        let _connecting = peer.connecting.lock().await;
+        self.connect_locked(peer).await
     }
 
-    async fn pipeline(&self, peer: &Peer) -> Result<Arc<Pipeline>, TransportError> {
-        let mut slot = peer.pipeline.lock().await;
-        if let Some(pipeline) = slot.as_ref()
-            && !pipeline.is_closed()
-        {
-            return Ok(pipeline.clone());
+    /// Connects unless another caller did meanwhile (`connecting` held).
+    async fn connect_locked(&self, peer: &Peer) -> Result<Connection, TransportError> {
+        if let Some(connection) = peer.connection.lock().clone() {
+            return Ok(connection);
         }
-        let client = self.client(peer).await?;
-        let pipeline = Pipeline::open(client, &peer.address, &self.config).await?;
-        *slot = Some(pipeline.clone());
+        let connection = connect::connect(&peer.address, &self.config, self.token.clone())
+            .await
+            .map_err(|reason| unreachable(&peer.address, reason))?;
+        *peer.connection.lock() = Some(connection.clone());
+        Ok(connection)
+    }
+
+    /// The peer's batch stream: the open one without waiting, else a new one.
+    async fn pipeline(&self, peer: &Peer) -> Result<Arc<Pipeline>, TransportError> {
+        if let Some(pipeline) = peer.open_pipeline() {
+            return Ok(pipeline);
+        }
+        // Opening is rare; boxed so that every request's future stays small.
+        Box::pin(self.open_pipeline(peer)).await
+    }
+
+    async fn open_pipeline(&self, peer: &Peer) -> Result<Arc<Pipeline>, TransportError> {
+        let _connecting = peer.connecting.lock().await;
+        if let Some(pipeline) = peer.open_pipeline() {
+            return Ok(pipeline);
+        }
+        let connection = self.connect_locked(peer).await?;
+        let pipeline = Pipeline::open(connection, &peer.address, &self.config).await?;
+        *peer.pipeline.lock() = Some(pipeline.clone());
         Ok(pipeline)
     }
 
@@ -194,7 +236,7 @@ impl GrpcRunners {
         Ok(())
     }
 
-    async fn with_failures<T>(
+    fn with_failures<T>(
         &self,
         runner: &RunnerAddress,
         result: Result<T, TransportError>,
@@ -207,6 +249,63 @@ impl GrpcRunners {
         }
         result
     }
+
+    async fn send_unary(
+        &self,
+        peer: &Peer,
+        request: &Request,
+    ) -> Result<ReplyFrame, TransportError> {
+        let runner = &peer.address;
+        let mut client = self.connection(peer).await?.client;
+        let reply = client
+            .send(pb::Request::from(request))
+            .await
+            .map_err(|s| status_error(runner, s))?
+            .into_inner();
+        Reply::try_from(reply)
+            .map(|r| r.frame)
+            .map_err(|e| lost(runner, format!("malformed reply: {e}")))
+    }
+
+    async fn send_stream_unary(
+        &self,
+        peer: &Peer,
+        request: &Request,
+    ) -> Result<ReplyFrames, TransportError> {
+        let runner = peer.address.clone();
+        let mut client = self.connection(peer).await?.client;
+        let replies = client
+            .send_stream(pb::Request::from(request))
+            .await
+            .map_err(|s| status_error(&runner, s))?
+            .into_inner();
+        Ok(replies
+            .map(move |item| match item {
+                Ok(reply) => Reply::try_from(reply)
+                    .map(|r| r.frame)
+                    .map_err(|e| lost(&runner, format!("malformed reply: {e}"))),
+                Err(status) => Err(status_error(&runner, status)),
+            })
+            .boxed())
+    }
+
+    async fn notify_unary(
+        &self,
+        peer: &Peer,
+        wire: pb::Notification,
+    ) -> Result<Option<Failure>, TransportError> {
+        let runner = &peer.address;
+        let mut client = self.connection(peer).await?.client;
+        let ack = client
+            .notify(wire)
+            .await
+            .map_err(|s| status_error(runner, s))?
+            .into_inner();
+        ack.failure
+            .map(Failure::try_from)
+            .transpose()
+            .map_err(|e| lost(runner, format!("malformed reply: {e}")))
+    }
 }
 
 #[async_trait]
@@ -214,7 +313,7 @@ impl Runners for GrpcRunners {
     async fn ping(&self, runner: &RunnerAddress) -> Result<(), TransportError> {
         let peer = self.peer(runner);
         let result = async {
-            let mut client = self.client(&peer).await?;
+            let mut client = self.connection(&peer).await?.client;
             client
                 .ping(pb::PingRequest {})
                 .await
@@ -222,7 +321,7 @@ impl Runners for GrpcRunners {
                 .map_err(|s| status_error(runner, s))
         }
         .await;
-        self.with_failures(runner, result).await
+        self.with_failures(runner, result)
     }
 
     async fn send(
@@ -230,31 +329,17 @@ impl Runners for GrpcRunners {
         runner: &RunnerAddress,
         request: Request,
     ) -> Result<ReplyFrame, TransportError> {
-        let wire = pb::Request::from(&request);
-        let size = wire.encoded_len();
-        self.check_size(runner, size)?;
+        let frame = RequestFrame::new(&request, false);
+        self.check_size(runner, frame.request_len())?;
         let peer = self.peer(runner);
         let result = match self.config.mode {
             SendMode::Batch => match self.pipeline(&peer).await {
-                Ok(pipeline) => pipeline.request(wire, size).await,
+                Ok(pipeline) => pipeline.request(&request, frame).await,
                 Err(e) => Err(e),
             },
-            SendMode::Unary => {
-                async {
-                    let mut client = self.client(&peer).await?;
-                    let reply = client
-                        .send(wire)
-                        .await
-                        .map_err(|s| status_error(runner, s))?
-                        .into_inner();
-                    Reply::try_from(reply)
-                        .map(|r| r.frame)
-                        .map_err(|e| lost(runner, format!("malformed reply: {e}")))
-                }
-                .await
-            }
+            SendMode::Unary => Box::pin(self.send_unary(&peer, &request)).await,
         };
-        self.with_failures(runner, result).await
+        self.with_failures(runner, result)
     }
 
     async fn send_stream(
@@ -262,38 +347,16 @@ impl Runners for GrpcRunners {
         runner: &RunnerAddress,
         request: Request,
     ) -> Result<ReplyFrames, TransportError> {
-        let wire = pb::Request::from(&request);
-        let size = wire.encoded_len();
-        self.check_size(runner, size)?;
+        self.check_size(runner, RequestFrame::new(&request, true).request_len())?;
         let peer = self.peer(runner);
         let result = match self.config.mode {
             SendMode::Batch => match self.pipeline(&peer).await {
-                Ok(pipeline) => pipeline.stream(wire, size).await,
+                Ok(pipeline) => pipeline.stream(&request).await,
                 Err(e) => Err(e),
             },
-            SendMode::Unary => {
-                async {
-                    let mut client = self.client(&peer).await?;
-                    let replies = client
-                        .send_stream(wire)
-                        .await
-                        .map_err(|s| status_error(runner, s))?
-                        .into_inner();
-                    let runner = runner.clone();
-                    let frames: ReplyFrames = replies
-                        .map(move |item| match item {
-                            Ok(reply) => Reply::try_from(reply)
-                                .map(|r| r.frame)
-                                .map_err(|e| lost(&runner, format!("malformed reply: {e}"))),
-                            Err(status) => Err(status_error(&runner, status)),
-                        })
-                        .boxed();
-                    Ok(frames)
-                }
-                .await
-            }
+            SendMode::Unary => Box::pin(self.send_stream_unary(&peer, &request)).await,
         };
-        self.with_failures(runner, result).await
+        self.with_failures(runner, result)
     }
 
     async fn notify(
@@ -302,31 +365,16 @@ impl Runners for GrpcRunners {
         notification: Notification,
     ) -> Result<Option<Failure>, TransportError> {
         let wire = pb::Notification::from(&notification);
-        let size = wire.encoded_len();
-        self.check_size(runner, size)?;
+        self.check_size(runner, wire.encoded_len())?;
         let peer = self.peer(runner);
         let result = match self.config.mode {
             SendMode::Batch => match self.pipeline(&peer).await {
-                Ok(pipeline) => pipeline.notify(wire, size).await,
+                Ok(pipeline) => pipeline.notify(wire).await,
                 Err(e) => Err(e),
             },
-            SendMode::Unary => {
-                async {
-                    let mut client = self.client(&peer).await?;
-                    let ack = client
-                        .notify(wire)
-                        .await
-                        .map_err(|s| status_error(runner, s))?
-                        .into_inner();
-                    match ack.failure.map(Failure::try_from).transpose() {
-                        Ok(failure) => Ok(failure),
-                        Err(e) => Err(lost(runner, format!("malformed reply: {e}"))),
-                    }
-                }
-                .await
-            }
+            SendMode::Unary => Box::pin(self.notify_unary(&peer, wire)).await,
         };
-        self.with_failures(runner, result).await
+        self.with_failures(runner, result)
     }
 
     fn runner_left(&self, runner: &RunnerAddress) {

@@ -1,166 +1,200 @@
 //! One batch stream from another runner: many requests in, replies out in completion order.
+//!
+//! The session is the response stream itself: each time the HTTP/2 layer asks for more to send
+//! it reads whatever requests arrived, hands them to the sharding runtime, and returns every reply
+//! that is ready as one encoded `ServerBatch`. It does no work while the caller is not reading
+//! replies (HTTP/2 flow control then stops the caller's requests too).
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use futures::Stream;
 use futures::future::BoxFuture;
 use futures::stream::{BoxStream, FuturesUnordered};
-use futures::{FutureExt, StreamExt};
-use shoal_protocol::proto::runner::v1 as pb;
-use shoal_protocol::{Notification, Reply, ReplyFrame, Request, Snowflake};
+use shoal_protocol::{ErrorCode, Failure, ReplyFrame};
 use shoal_sharding::Sharding;
-use tokio::sync::mpsc;
 use tokio_stream::StreamMap;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
 
 use super::malformed;
+use crate::codec::decode::Inbound;
+use crate::codec::encode::put_reply;
 
-/// Replies waiting to be written before the session stops reading more requests.
-const OUTBOUND_BATCHES: usize = 64;
+/// A request being served: its id and final reply (`None`: nothing to answer).
+type Pending = BoxFuture<'static, Option<(u64, ReplyFrame)>>;
 
-type Pending = BoxFuture<'static, Option<pb::Reply>>;
-
-fn frame_reply(request_id: u64, frame: ReplyFrame) -> pb::Reply {
-    pb::Reply::from(Reply {
-        request_id: Snowflake::from_raw(request_id),
-        frame,
-    })
-}
-
-pub(crate) fn spawn_session(
+/// The replies of one batch stream.
+pub(crate) struct Session {
     sharding: Sharding,
-    inbound: Streaming<pb::ClientBatch>,
+    inbound: Streaming<Vec<Inbound>>,
+    inbound_open: bool,
+    pending: FuturesUnordered<Pending>,
+    streams: StreamMap<u64, BoxStream<'static, ReplyFrame>>,
+    out: BytesMut,
+    out_count: usize,
     max_batch: usize,
     max_message_size: usize,
-) -> ReceiverStream<Result<pb::ServerBatch, Status>> {
-    let (tx, rx) = mpsc::channel(OUTBOUND_BATCHES);
-    let span = tracing::debug_span!("runner.batch_session");
-    tokio::spawn(tracing::Instrument::instrument(
-        run(sharding, inbound, tx, max_batch, max_message_size),
-        span,
-    ));
-    ReceiverStream::new(rx)
 }
 
-async fn run(
-    sharding: Sharding,
-    mut inbound: Streaming<pb::ClientBatch>,
-    tx: mpsc::Sender<Result<pb::ServerBatch, Status>>,
-    max_batch: usize,
-    max_message_size: usize,
-) {
-    let mut pending: FuturesUnordered<Pending> = FuturesUnordered::new();
-    let mut streams: StreamMap<u64, BoxStream<'static, ReplyFrame>> = StreamMap::new();
-    let mut out: Vec<pb::Reply> = Vec::new();
-    let mut inbound_open = true;
-    loop {
-        if !inbound_open && pending.is_empty() && streams.is_empty() {
-            break;
-        }
-        tokio::select! {
-            biased;
-            Some(reply) = pending.next(), if !pending.is_empty() => {
-                out.extend(reply);
-                // Collect every other reply that is ready, to send them together.
-                while out.len() < max_batch {
-                    match pending.next().now_or_never() {
-                        Some(Some(reply)) => out.extend(reply),
-                        _ => break,
-                    }
-                }
-            }
-            Some((id, frame)) = streams.next(), if !streams.is_empty() => {
-                let done = frame.is_final();
-                out.push(frame_reply(id, frame));
-                if done {
-                    streams.remove(&id);
-                }
-            }
-            batch = inbound.message(), if inbound_open => match batch {
-                Ok(Some(batch)) => {
-                    for frame in batch.frames {
-                        accept(&sharding, frame, max_message_size, &mut pending, &mut streams, &mut out);
-                    }
-                }
-                Ok(None) => inbound_open = false,
-                Err(status) => {
-                    // The caller went away (or sent garbage): stop reading, drop what is pending.
-                    tracing::debug!(%status, "batch stream from a runner ended with an error");
-                    return;
-                }
-            },
-        }
-        if !out.is_empty() {
-            let replies = std::mem::take(&mut out);
-            if tx.send(Ok(pb::ServerBatch { replies })).await.is_err() {
-                // The caller stopped reading replies.
-                return;
-            }
-        }
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("pending", &self.pending.len())
+            .field("streams", &self.streams.len())
+            .finish_non_exhaustive()
     }
 }
 
-fn accept(
-    sharding: &Sharding,
-    frame: pb::ClientFrame,
-    max_message_size: usize,
-    pending: &mut FuturesUnordered<Pending>,
-    streams: &mut StreamMap<u64, BoxStream<'static, ReplyFrame>>,
-    out: &mut Vec<pb::Reply>,
-) {
-    use pb::client_frame::Kind;
-    let Some(kind) = frame.kind else {
-        // Without a kind there is no request id to answer; nothing to do.
-        tracing::debug!("ignoring an empty batch frame");
-        return;
-    };
-    match kind {
-        Kind::Request(wire) => {
-            let id = wire.request_id;
-            match Request::try_from(wire) {
-                Err(e) => out.push(frame_reply(id, ReplyFrame::Failure(malformed(e)))),
-                Ok(request) if let Some(failure) = super::too_large(&request, max_message_size) => {
-                    out.push(frame_reply(id, ReplyFrame::Failure(failure)));
-                }
-                Ok(request) if request.streaming => {
-                    streams.insert(id, sharding.handle_stream(request));
-                }
-                Ok(request) => {
-                    let sharding = sharding.clone();
-                    pending.push(Box::pin(async move {
-                        Some(frame_reply(id, sharding.handle_request(request).await))
+impl Session {
+    pub(crate) fn new(
+        sharding: Sharding,
+        inbound: Streaming<Vec<Inbound>>,
+        max_batch: usize,
+        max_message_size: usize,
+    ) -> Self {
+        Self {
+            sharding,
+            inbound,
+            inbound_open: true,
+            pending: FuturesUnordered::new(),
+            streams: StreamMap::new(),
+            out: BytesMut::new(),
+            out_count: 0,
+            max_batch: max_batch.max(1),
+            max_message_size,
+        }
+    }
+
+    /// Adds a reply to the outgoing batch. A value larger than the limit is replaced by a
+    /// failure for its caller (sending it would break the whole stream).
+    fn reply(&mut self, id: u64, frame: ReplyFrame) {
+        let frame = match frame {
+            ReplyFrame::Value(value) if value.len() > self.max_message_size => {
+                ReplyFrame::Failure(Failure::new(
+                    ErrorCode::MessageTooLarge,
+                    format!(
+                        "the reply is {} bytes; the limit is {} bytes (max_message_size)",
+                        value.len(),
+                        self.max_message_size
+                    ),
+                ))
+            }
+            frame => frame,
+        };
+        put_reply(id, frame, &mut self.out);
+        self.out_count += 1;
+    }
+
+    /// Whether the outgoing batch should be sent before collecting more.
+    fn full(&self) -> bool {
+        self.out_count >= self.max_batch || self.out.len() >= self.max_message_size
+    }
+
+    fn accept(&mut self, frame: Inbound) {
+        match frame {
+            Inbound::Request(Err(bad)) => {
+                self.reply(bad.id, ReplyFrame::Failure(malformed(bad.error)));
+            }
+            Inbound::Request(Ok(request)) => {
+                let id = request.id.raw();
+                if let Some(failure) = super::too_large(&request, self.max_message_size) {
+                    self.reply(id, ReplyFrame::Failure(failure));
+                } else if request.streaming {
+                    self.streams
+                        .insert(id, self.sharding.handle_stream(request));
+                } else {
+                    let sharding = self.sharding.clone();
+                    self.pending.push(Box::pin(async move {
+                        Some((id, sharding.handle_request(request).await))
                     }));
                 }
             }
-        }
-        Kind::Notify(wire) => {
-            let request_id = match &wire.kind {
-                Some(pb::notification::Kind::Request(r)) => Some(r.request_id),
-                _ => None,
-            };
-            match Notification::try_from(wire) {
+            Inbound::Notify {
+                request_id,
+                notification,
+            } => match notification {
                 Err(e) => {
                     if let Some(id) = request_id {
-                        out.push(frame_reply(id, ReplyFrame::Failure(malformed(e))));
+                        self.reply(id, ReplyFrame::Failure(malformed(e)));
                     }
                 }
                 Ok(notification) => {
-                    let sharding = sharding.clone();
-                    pending.push(Box::pin(async move {
+                    let sharding = self.sharding.clone();
+                    self.pending.push(Box::pin(async move {
                         let result = sharding.handle_notification(notification).await;
                         request_id.map(|id| {
                             let frame = match result {
-                                Ok(()) => ReplyFrame::Value(bytes::Bytes::new()),
+                                Ok(()) => ReplyFrame::Value(Bytes::new()),
                                 Err(failure) => ReplyFrame::Failure(failure),
                             };
-                            frame_reply(id, frame)
+                            (id, frame)
                         })
                     }));
                 }
-            }
-        }
-        Kind::Cancel(id) => {
+            },
             // A cancelled stream stops. A cancelled single request still completes (its entity
             // may already be working on it); its reply is simply not awaited.
-            streams.remove(&id);
+            Inbound::Cancel(id) => {
+                self.streams.remove(&id);
+            }
+            Inbound::Empty => tracing::debug!("ignoring an empty batch frame"),
         }
+    }
+
+    fn take_batch(&mut self) -> Bytes {
+        self.out_count = 0;
+        self.out.split().freeze()
+    }
+}
+
+impl Stream for Session {
+    type Item = Result<Bytes, Status>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        // New requests first, so that their handling starts in this same pass.
+        while this.inbound_open {
+            match Pin::new(&mut this.inbound).poll_next(cx) {
+                Poll::Ready(Some(Ok(frames))) => {
+                    for frame in frames {
+                        this.accept(frame);
+                    }
+                }
+                Poll::Ready(None) => this.inbound_open = false,
+                Poll::Ready(Some(Err(status))) => {
+                    // The caller went away (or sent garbage): stop, dropping what is pending.
+                    tracing::debug!(%status, "batch stream from a runner ended with an error");
+                    return Poll::Ready(None);
+                }
+                Poll::Pending => break,
+            }
+        }
+        while !this.pending.is_empty() && !this.full() {
+            match Pin::new(&mut this.pending).poll_next(cx) {
+                Poll::Ready(Some(Some((id, frame)))) => this.reply(id, frame),
+                Poll::Ready(Some(None)) => {}
+                Poll::Ready(None) | Poll::Pending => break,
+            }
+        }
+        while !this.streams.is_empty() && !this.full() {
+            match Pin::new(&mut this.streams).poll_next(cx) {
+                Poll::Ready(Some((id, frame))) => {
+                    let done = frame.is_final();
+                    this.reply(id, frame);
+                    if done {
+                        this.streams.remove(&id);
+                    }
+                }
+                Poll::Ready(None) | Poll::Pending => break,
+            }
+        }
+        if this.out_count > 0 {
+            return Poll::Ready(Some(Ok(this.take_batch())));
+        }
+        if !this.inbound_open && this.pending.is_empty() && this.streams.is_empty() {
+            return Poll::Ready(None);
+        }
+        Poll::Pending
     }
 }

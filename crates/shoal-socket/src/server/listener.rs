@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use shoal_protocol::RunnerAddress;
-use shoal_protocol::proto::runner::v1::runner_service_server::RunnerServiceServer;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
@@ -162,10 +161,12 @@ pub(crate) fn serve_on(
     // Batches are limited by the sender to `max_message_size`; each request in them is checked
     // against the limit on its own (so one oversize request fails alone). The decoding limit is
     // looser so that a sender configured with a larger limit does not break the whole stream.
-    let server = RunnerServiceServer::new(service)
-        .max_decoding_message_size(config.max_message_size.saturating_mul(4))
-        .max_encoding_message_size(config.max_message_size.saturating_mul(4));
-    let service = InterceptedService::new(server, RequireToken::new(config.auth_token.as_deref()));
+    let routes = super::Routes::new(
+        service,
+        config.max_message_size.saturating_mul(4),
+        config.max_message_size.saturating_mul(4),
+    );
+    let service = InterceptedService::new(routes, RequireToken::new(config.auth_token.as_deref()));
     let mut builder = Server::builder()
         .initial_stream_window_size(Some(4 * 1024 * 1024))
         .initial_connection_window_size(Some(8 * 1024 * 1024))

@@ -3,9 +3,11 @@
 
 mod batch;
 mod listener;
+mod routes;
 
 pub use listener::{Bound, ServerHandle, serve};
 pub(crate) use listener::{bind, serve_on};
+pub(crate) use routes::Routes;
 
 use futures::StreamExt;
 use futures::stream::BoxStream;
@@ -120,19 +122,15 @@ impl pb::runner_service_server::RunnerService for RunnerServiceImpl {
         }))
     }
 
-    type BatchStream = tokio_stream::wrappers::ReceiverStream<Result<pb::ServerBatch, Status>>;
+    type BatchStream = futures::stream::Empty<Result<pb::ServerBatch, Status>>;
 
+    /// Never called: [`routes::Routes`] serves the batch stream with this crate's own codecs.
     async fn batch(
         &self,
-        request: tonic::Request<Streaming<pb::ClientBatch>>,
+        _request: tonic::Request<Streaming<pb::ClientBatch>>,
     ) -> Result<Response<Self::BatchStream>, Status> {
-        let inbound = request.into_inner();
-        let replies = batch::spawn_session(
-            self.sharding.clone(),
-            inbound,
-            self.max_batch,
-            self.max_message_size,
-        );
-        Ok(Response::new(replies))
+        Err(Status::unimplemented(
+            "the batch stream is served by the transport's own route",
+        ))
     }
 }
