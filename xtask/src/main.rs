@@ -60,8 +60,9 @@ fn main() -> Result<()> {
     }
 }
 
-/// The fault schedule of the short cluster run in `cargo xtask test`.
-const SHORT_CLUSTER_FAULTS: &str = "none";
+/// The fault schedule of the short cluster run in `cargo xtask test`: SIGKILL, SIGTERM and a
+/// replacement runner.
+const SHORT_CLUSTER_FAULTS: &str = "default";
 
 fn test(no_lint: bool, nextest_args: &[String]) -> Result<()> {
     let started = std::time::Instant::now();
@@ -108,7 +109,9 @@ fn test(no_lint: bool, nextest_args: &[String]) -> Result<()> {
     )?;
 
     // A short cluster run on the debug binary the tests already built.
-    println!("\n==> test-cluster (short): 3 runners on Postgres, {SHORT_CLUSTER_FAULTS} faults");
+    println!(
+        "\n==> test-cluster (short): 3 runners on Postgres, 3,000 requests, faults: {SHORT_CLUSTER_FAULTS}"
+    );
     let started_cluster = std::time::Instant::now();
     cluster::run(&cluster::ClusterArgs::short(SHORT_CLUSTER_FAULTS))?;
     println!(

@@ -48,7 +48,7 @@ use verify::check_counts;
 pub(crate) fn run(args: &ClusterArgs) -> Result<()> {
     let faults = options::parse_faults(&args.faults)?;
     options::check_schedule(&faults, args.runners)?;
-    let binary = build(args.profile)?;
+    let binary = build(args.profile, args.no_build)?;
     let dir = std::env::temp_dir().join(format!("shoal-test-cluster-{}", std::process::id()));
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let storage = ClusterStorage::create(args.storage, &dir, args.keep)?;
@@ -83,14 +83,16 @@ pub(crate) fn run(args: &ClusterArgs) -> Result<()> {
     }
 }
 
-/// Builds the `shoal` binary and returns its path.
-fn build(profile: Profile) -> Result<PathBuf> {
-    let mut argv = vec!["cargo", "build"];
-    if profile == Profile::Release {
-        argv.push("--release");
+/// Builds the `shoal` binary (unless `no_build`) and returns its path.
+fn build(profile: Profile, no_build: bool) -> Result<PathBuf> {
+    if !no_build {
+        let mut argv = vec!["cargo", "build"];
+        if profile == Profile::Release {
+            argv.push("--release");
+        }
+        argv.extend(["-p", "shoal-runner", "--locked"]);
+        crate::process::step("build the shoal binary", &argv, &[])?;
     }
-    argv.extend(["-p", "shoal-runner", "--locked"]);
-    crate::process::step("build the shoal binary", &argv, &[])?;
     let out = Command::new("cargo")
         .args(["metadata", "--format-version", "1", "--no-deps"])
         .output()
@@ -105,7 +107,15 @@ fn build(profile: Profile) -> Result<PathBuf> {
     };
     let binary = Path::new(target).join(dir).join("shoal");
     if !binary.exists() {
-        bail!("{} was not built", binary.display());
+        bail!(
+            "{} was not built{}",
+            binary.display(),
+            if no_build {
+                " (build it, or leave out --no-build)"
+            } else {
+                ""
+            }
+        );
     }
     Ok(binary)
 }

@@ -55,6 +55,11 @@ pub(crate) struct ClusterArgs {
     /// Keep the database and the run's directory (runner logs) even when every check passes.
     #[arg(long)]
     pub(crate) keep: bool,
+    /// Use the `shoal` binary already built for --profile instead of building it (`cargo xtask
+    /// test` uses the one its test build made: building the package alone would rebuild crates
+    /// with other features).
+    #[arg(long)]
+    pub(crate) no_build: bool,
 }
 
 impl ClusterArgs {
@@ -71,6 +76,7 @@ impl ClusterArgs {
             lease_ttl: Duration::from_secs(2),
             profile: Profile::Debug,
             keep: false,
+            no_build: true,
         }
     }
 }
