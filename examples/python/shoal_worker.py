@@ -22,6 +22,7 @@ import argparse
 import os
 import queue
 import signal
+import socket
 import stat
 import sys
 import threading
@@ -413,12 +414,22 @@ class Worker:
         args, _ = parser.parse_known_args(argv)
         self.serve(os.path.abspath(args.unix), args.idle_timeout)
 
-    def serve(self, path: str, idle_timeout: float) -> None:
-        # Only a stale socket may be replaced; anything else at the path is an error.
+    def serve(self, path: str, idle_timeout: float, startup_grace: float = 5.0) -> None:
+        """Serves on `path` (the launcher's worker contract, docs/launcher.md): refuses a path
+        held by something else, makes the socket mode 0600, announces `UNIX:<path>`, and stops
+        after `idle_timeout` seconds without a session (counted once `startup_grace` passed),
+        or on SIGTERM/SIGINT, removing the socket if it is still ours."""
         if os.path.lexists(path):
             if not stat.S_ISSOCK(os.lstat(path).st_mode):
-                sys.exit(f"refusing to replace {path}: it is not a socket")
-            os.unlink(path)
+                sys.exit(f"refusing to replace {path}: it exists and is not a socket")
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                probe.connect(path)
+                sys.exit(f"another worker is listening on {path}")
+            except OSError:
+                os.unlink(path)  # Stale: nobody listens.
+            finally:
+                probe.close()
         server = grpc.server(
             ThreadPoolExecutor(max_workers=64, thread_name_prefix="grpc"),
             options=[
@@ -433,19 +444,24 @@ class Worker:
             server.start()
         finally:
             os.umask(old_umask)
+        bound = os.stat(path)
         stop = threading.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: stop.set())
-        # The launcher waits for this line; nothing else may go to stdout afterwards.
+        # The launcher waits for this line and then closes the pipe: nothing more to stdout.
         print(f"UNIX:{path}", flush=True)
         sys.stdout = sys.stderr
-        while not stop.wait(0.5):
-            if idle_timeout > 0 and self._idle_for() >= idle_timeout:
+        started = time.monotonic()
+        while not stop.wait(0.25):
+            past_grace = time.monotonic() - started >= startup_grace
+            if idle_timeout > 0 and past_grace and self._idle_for() >= idle_timeout:
                 break
         server.stop(grace=2).wait()
         self.pool.shutdown(wait=False, cancel_futures=True)
         try:
-            os.unlink(path)
+            now = os.stat(path)
+            if (now.st_dev, now.st_ino) == (bound.st_dev, bound.st_ino):
+                os.unlink(path)
         except FileNotFoundError:
             pass
 

@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{MetricsListen, Role, RunnerConfig};
-use crate::entities::{Builtin, EntityRoutes};
+use crate::entities::{Builtin, EntityRoutes, WorkerEntities, WorkerEntityError};
 use crate::gateway::{self, GatewayOptions};
 use crate::health::Readiness;
 
@@ -53,6 +53,9 @@ pub enum NodeError {
     /// An entity type could not be routed.
     #[error(transparent)]
     Register(#[from] RegisterError),
+    /// A worker entity type (`[[entity]]`) could not be served.
+    #[error(transparent)]
+    Worker(#[from] WorkerEntityError),
 }
 
 /// Where the process ended up listening.
@@ -112,6 +115,7 @@ impl HttpServer {
 #[derive(Debug)]
 pub struct Node {
     runner: SocketRunner,
+    workers: WorkerEntities,
     readiness: Arc<Readiness>,
     gateway: Option<HttpServer>,
     metrics: Option<HttpServer>,
@@ -150,6 +154,13 @@ impl Node {
         let storage = stores.runners.clone();
         let (messages, kv) = (stores.messages.clone(), stores.kv.clone());
 
+        // Worker entities: their workers answer (and describe their types) before the runner
+        // joins the cluster, so a missing or broken worker fails the start.
+        let mut workers = match &config.role {
+            Role::Runner { .. } => WorkerEntities::start(&config.entities, kv.clone()).await?,
+            Role::ClientOnly => WorkerEntities::default(),
+        };
+        let worker_definitions = workers.take_definitions();
         let runner = match &config.role {
             Role::Runner {
                 listen,
@@ -166,14 +177,17 @@ impl Node {
                     storage.clone(),
                     move |builder| {
                         let builder = builder.message_storage(messages).entity_kv(kv);
-                        if builtin {
+                        let builder = if builtin {
                             Builtin::register(builder)
                         } else {
                             builder
-                        }
+                        };
+                        worker_definitions
+                            .into_iter()
+                            .fold(builder, shoal_sharding::ShardingBuilder::entity)
                     },
                 )
-                .await?
+                .await
             }
             Role::ClientOnly => {
                 SocketRunner::client_only_with(
@@ -182,7 +196,14 @@ impl Node {
                     storage.clone(),
                     move |builder| builder.message_storage(messages),
                 )
-                .await?
+                .await
+            }
+        };
+        let runner = match runner {
+            Ok(runner) => runner,
+            Err(error) => {
+                workers.shutdown().await;
+                return Err(error.into());
             }
         };
         let sharding = runner.sharding().clone();
@@ -191,6 +212,7 @@ impl Node {
         } else {
             EntityRoutes::new()
         };
+        let routes = WorkerEntities::routes(&config.entities, routes);
         let readiness = Readiness::new(sharding.clone(), storage);
 
         let upkeep = metrics.clone().map(crate::telemetry::spawn_upkeep);
@@ -246,6 +268,7 @@ impl Node {
             gateway,
             metrics: metrics_server,
             upkeep,
+            workers,
             shutdown_delay: config.shutdown_delay,
             addresses,
         })
@@ -272,6 +295,8 @@ impl Node {
         }
         tracing::info!("handing shards off");
         self.runner.shutdown().await;
+        // After the handoff: the entities served by workers are stopped by now.
+        self.workers.shutdown().await;
         if let Some(gateway) = self.gateway {
             gateway.stop().await;
         }

@@ -185,11 +185,19 @@ fn the_file_refuses_unknown_keys_and_bad_toml() {
     );
     assert!(typo.contains("did you mean `lease_ttl`?"), "{typo}");
 
-    // Tables (like a future [[entity]]) are not settings this version runs.
+    // Other tables are not settings; `[[entity]]` sections refuse keys they do not know.
     let table = Sources::new()
-        .with_file_text(Path::new("shoal.toml"), "[[entity]]\nname = \"x\"")
+        .with_file_text(Path::new("shoal.toml"), "[server]\nport = 1")
         .unwrap_err();
     assert!(matches!(table, ConfigError::UnknownKey { .. }), "{table}");
+    let entity = Sources::new()
+        .with_file_text(Path::new("shoal.toml"), "[[entity]]\nname = \"x\"")
+        .unwrap_err();
+    assert!(matches!(entity, ConfigError::Entity { .. }), "{entity}");
+    assert!(
+        entity.to_string().contains("unknown key `name`"),
+        "{entity}"
+    );
 
     let bad = Sources::new()
         .with_file_text(Path::new("shoal.toml"), "lease_ttl = ")

@@ -47,6 +47,16 @@ pub enum ConfigError {
         /// What was expected.
         reason: String,
     },
+    /// An `[[entity]]` section of the configuration file is refused.
+    #[error("invalid setting {key} in {origin}: {reason}")]
+    Entity {
+        /// The file and section, for example `shoal.toml [[entity]] #2`.
+        origin: String,
+        /// The key at fault (`entity` for the section as a whole).
+        key: &'static str,
+        /// What is wrong and how to fix it.
+        reason: String,
+    },
     /// Values that do not fit together.
     #[error("invalid setting {setting}: {reason}")]
     Conflict {

@@ -20,6 +20,7 @@
 //! # Ok::<(), shoal_runner::config::ConfigError>(())
 //! ```
 
+mod entities;
 mod error;
 mod flags;
 mod parse;
@@ -32,6 +33,7 @@ use shoal_sharding::ShardingConfig;
 use shoal_socket::{ListenAddress, SocketConfig, TlsConfig};
 use shoal_storage::{StorageOptions, TablePrefix};
 
+pub use entities::{WorkerEntityConfig, WorkerEntityOptions, WorkerSourceConfig};
 pub use error::ConfigError;
 pub use flags::{MigrateScope, RunScope, Scope, SettingFlags, StatusScope};
 pub use settings::{Flag, SETTINGS, Scopes, Setting, setting};
@@ -48,6 +50,8 @@ pub struct RunnerConfig {
     pub role: Role,
     /// Whether the built-in demo entities are registered.
     pub builtin_entities: bool,
+    /// Entity types implemented by worker processes (`[[entity]]` sections of the file).
+    pub entities: Vec<WorkerEntityConfig>,
     /// Sharding settings.
     pub sharding: ShardingConfig,
     /// Transport settings (token, TLS, message size).
@@ -248,10 +252,18 @@ impl RunnerConfig {
             _ => metrics,
         };
         let socket = socket_config(&r)?;
+        let builtin_entities = r.req("builtin_entities", parse::boolean)?;
+        let builtin_types: &[&str] = if builtin_entities {
+            crate::entities::BUILTIN_TYPES
+        } else {
+            &[]
+        };
+        entities::check_all(sources.entities(), builtin_types)?;
         Ok(Self {
             storage,
             role,
-            builtin_entities: r.req("builtin_entities", parse::boolean)?,
+            builtin_entities,
+            entities: sources.entities().to_vec(),
             sharding,
             socket,
             gateway,

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use super::entities::WorkerEntityConfig;
 use super::error::ConfigError;
 use super::settings::{SETTINGS, Setting, setting};
 
@@ -67,6 +68,7 @@ pub struct Sources {
     file: BTreeMap<&'static str, Sourced>,
     env: BTreeMap<&'static str, Sourced>,
     flags: BTreeMap<&'static str, Sourced>,
+    entities: Vec<WorkerEntityConfig>,
     warnings: Vec<String>,
 }
 
@@ -94,6 +96,10 @@ impl Sources {
                     message: e.to_string(),
                 })?;
         for (key, value) in table {
+            if key == "entity" {
+                self.entities = super::entities::parse_sections(path, &value)?;
+                continue;
+            }
             let Some(setting) = setting(&key) else {
                 return Err(ConfigError::UnknownKey {
                     path: path.to_path_buf(),
@@ -190,6 +196,11 @@ impl Sources {
                 origin: Origin::Default,
             })
         })
+    }
+
+    /// The `[[entity]]` sections of the file: entity types implemented by worker processes.
+    pub fn entities(&self) -> &[WorkerEntityConfig] {
+        &self.entities
     }
 
     /// Things worth a warning (unknown `SHOAL_*` variables), to log once logging is set up.

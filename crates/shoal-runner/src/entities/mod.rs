@@ -5,11 +5,14 @@
 //! for any other type (see [`EntityRoutes`]).
 
 pub mod counter;
+pub mod workers;
 
 use std::collections::BTreeMap;
 
 use shoal_protocol::EntityType;
 use shoal_sharding::{Entity, GroupSelector, RegisterError, ShardingBuilder};
+
+pub use workers::{WorkerEntities, WorkerEntityError};
 
 /// The entity types the gateway routes, with how each maps ids to shard groups (which must match
 /// the hosts' mapping).
@@ -47,6 +50,9 @@ impl EntityRoutes {
         self.routes.is_empty()
     }
 }
+
+/// The entity types of the built-in demo entities.
+pub const BUILTIN_TYPES: &[&str] = &[counter::Counter::TYPE];
 
 /// The built-in demo entities: registrations (for a runner) and routes (for the gateway).
 #[derive(Debug, Clone, Copy)]
