@@ -13,23 +13,33 @@ const MAX_NAMES: usize = 256;
 #[derive(Debug)]
 struct Names<T> {
     field: &'static str,
+    /// The last name returned (usually the next one asked for).
+    last: Option<T>,
     known: HashMap<Box<str>, T>,
 }
 
 impl<T> Names<T>
 where
-    T: Clone + for<'a> TryFrom<&'a str, Error = InvalidName>,
+    T: Clone + AsRef<str> + for<'a> TryFrom<&'a str, Error = InvalidName>,
 {
     fn new(field: &'static str) -> Self {
         Self {
             field,
+            last: None,
             known: HashMap::new(),
         }
     }
 
     fn get(&mut self, text: &str) -> Result<T, WireError> {
-        if let Some(name) = self.known.get(text) {
+        if let Some(name) = &self.last
+            && name.as_ref() == text
+        {
             return Ok(name.clone());
+        }
+        if let Some(name) = self.known.get(text) {
+            let name = name.clone();
+            self.last = Some(name.clone());
+            return Ok(name);
         }
         let name = T::try_from(text).map_err(|source| WireError::InvalidName {
             field: self.field,
@@ -39,6 +49,7 @@ where
             self.known.clear();
         }
         self.known.insert(text.into(), name.clone());
+        self.last = Some(name.clone());
         Ok(name)
     }
 }

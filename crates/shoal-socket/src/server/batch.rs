@@ -5,6 +5,7 @@
 //! that is ready as one encoded `ServerBatch`. It does no work while the caller is not reading
 //! replies (HTTP/2 flow control then stops the caller's requests too).
 
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -148,20 +149,28 @@ impl Session {
     }
 }
 
-impl Stream for Session {
-    type Item = Result<Bytes, Status>;
+/// Inbound messages read in one pass before replies are collected (then the session asks to be
+/// polled again).
+const INBOUND_PER_PASS: usize = 16;
 
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = self.get_mut();
+impl Session {
+    /// One pass: read requests, collect ready replies.
+    fn poll_pass(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, Status>>> {
         // New requests first, so that their handling starts in this same pass.
-        while this.inbound_open {
-            match Pin::new(&mut this.inbound).poll_next(cx) {
+        let mut read = 0;
+        while self.inbound_open {
+            if read == INBOUND_PER_PASS {
+                cx.waker().wake_by_ref();
+                break;
+            }
+            match Pin::new(&mut self.inbound).poll_next(cx) {
                 Poll::Ready(Some(Ok(frames))) => {
+                    read += 1;
                     for frame in frames {
-                        this.accept(frame);
+                        self.accept(frame);
                     }
                 }
-                Poll::Ready(None) => this.inbound_open = false,
+                Poll::Ready(None) => self.inbound_open = false,
                 Poll::Ready(Some(Err(status))) => {
                     // The caller went away (or sent garbage): stop, dropping what is pending.
                     tracing::debug!(%status, "batch stream from a runner ended with an error");
@@ -170,31 +179,45 @@ impl Stream for Session {
                 Poll::Pending => break,
             }
         }
-        while !this.pending.is_empty() && !this.full() {
-            match Pin::new(&mut this.pending).poll_next(cx) {
-                Poll::Ready(Some(Some((id, frame)))) => this.reply(id, frame),
+        while !self.pending.is_empty() && !self.full() {
+            match Pin::new(&mut self.pending).poll_next(cx) {
+                Poll::Ready(Some(Some((id, frame)))) => self.reply(id, frame),
                 Poll::Ready(Some(None)) => {}
                 Poll::Ready(None) | Poll::Pending => break,
             }
         }
-        while !this.streams.is_empty() && !this.full() {
-            match Pin::new(&mut this.streams).poll_next(cx) {
+        while !self.streams.is_empty() && !self.full() {
+            match Pin::new(&mut self.streams).poll_next(cx) {
                 Poll::Ready(Some((id, frame))) => {
                     let done = frame.is_final();
-                    this.reply(id, frame);
+                    self.reply(id, frame);
                     if done {
-                        this.streams.remove(&id);
+                        self.streams.remove(&id);
                     }
                 }
                 Poll::Ready(None) | Poll::Pending => break,
             }
         }
-        if this.out_count > 0 {
-            return Poll::Ready(Some(Ok(this.take_batch())));
+        if self.out_count > 0 {
+            return Poll::Ready(Some(Ok(self.take_batch())));
         }
-        if !this.inbound_open && this.pending.is_empty() && this.streams.is_empty() {
+        if !self.inbound_open && self.pending.is_empty() && self.streams.is_empty() {
             return Poll::Ready(None);
         }
         Poll::Pending
+    }
+}
+
+impl Stream for Session {
+    type Item = Result<Bytes, Status>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        // Tokio's cooperative budget would stop a pass after ~128 replies and send the session
+        // to the back of the run queue, behind the entities it is waiting for; a pass is bounded
+        // by `max_batch` and `INBOUND_PER_PASS` instead.
+        let mut pass =
+            tokio::task::coop::unconstrained(std::future::poll_fn(|cx| this.poll_pass(cx)));
+        Pin::new(&mut pass).poll(cx)
     }
 }
