@@ -81,3 +81,64 @@ impl FromStr for ListenAddress {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn parses_tcp_ipv6_and_unix_addresses() {
+        assert_eq!(
+            "127.0.0.1:0".parse::<ListenAddress>().unwrap(),
+            ListenAddress::Tcp {
+                host: "127.0.0.1".to_owned(),
+                port: 0
+            }
+        );
+        assert_eq!(
+            "runner-1.internal:7400".parse::<ListenAddress>().unwrap(),
+            ListenAddress::Tcp {
+                host: "runner-1.internal".to_owned(),
+                port: 7400
+            }
+        );
+        let v6: ListenAddress = "[::1]:7400".parse().unwrap();
+        assert_eq!(
+            v6,
+            ListenAddress::Tcp {
+                host: "::1".to_owned(),
+                port: 7400
+            }
+        );
+        assert_eq!(v6.to_string(), "[::1]:7400");
+        let unix: ListenAddress = "unix:/run/shoal/runner.sock".parse().unwrap();
+        assert_eq!(
+            unix,
+            ListenAddress::Unix(PathBuf::from("/run/shoal/runner.sock"))
+        );
+        assert_eq!(unix.to_string(), "unix:/run/shoal/runner.sock");
+    }
+
+    #[test]
+    fn refuses_incomplete_addresses() {
+        for bad in [
+            "",
+            "unix:",
+            "localhost",
+            "host:port",
+            ":7400",
+            "[]:1",
+            "host:70000",
+        ] {
+            assert!(
+                matches!(
+                    bad.parse::<ListenAddress>(),
+                    Err(SocketError::InvalidAddress { .. })
+                ),
+                "{bad:?} was accepted"
+            );
+        }
+    }
+}

@@ -106,6 +106,30 @@ async fn an_oversize_request_fails_alone_and_the_connection_stays_up() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversize_reply_fails_alone_and_the_connection_stays_up() {
+    let limit = 64 * 1024;
+    let socket = SocketConfig {
+        max_message_size: limit,
+        ..SocketConfig::default()
+    };
+    let (runner, client, _) = one_runner(socket).await;
+    let counters = client.sharding().client::<Counter>();
+    let (big, small) = tokio::join!(
+        counters.call("r", Echo { len: 100 * 1024 }),
+        counters.call("s", Echo { len: 10 }),
+    );
+    let err = big.unwrap_err();
+    assert!(matches!(err, CallError::MessageTooLarge { .. }), "{err:?}");
+    assert_eq!(small.unwrap().len(), 10);
+    assert_eq!(
+        counters.call("r", Echo { len: 1000 }).await.unwrap().len(),
+        1000
+    );
+    client.shutdown().await;
+    runner.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_bytes_on_the_socket_do_not_hurt_the_server() {
     let (runner, client, _) = one_runner(SocketConfig::default()).await;
     let counters = client.sharding().client::<Counter>();
@@ -288,6 +312,44 @@ async fn a_runner_that_stops_answering_hits_the_callers_deadline() {
             .unwrap(),
         1
     );
+    client.shutdown().await;
+    runner.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_runner_hits_the_callers_deadline_then_answers_again() {
+    let (runner, client, _) = one_runner(SocketConfig::default()).await;
+    let counters = client.sharding().client::<Counter>();
+    let one = Increment {
+        by: 1,
+        pad: String::new(),
+    };
+    assert_eq!(counters.call("f", one.clone()).await.unwrap(), 1);
+
+    // The runner's only worker thread blocks: its socket stays open but nothing is answered.
+    counters
+        .notify("frozen", Freeze { ms: 2_000 })
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let err = counters
+        .call_with(
+            "f",
+            one.clone(),
+            CallOptions::timeout(Duration::from_millis(300)),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, CallError::Timeout { .. }), "{err:?}");
+    assert!(started.elapsed() < Duration::from_millis(1_500));
+
+    // Once it thaws, the same connection serves again. The abandoned request's outcome is
+    // unknown to its caller: it may have run or have been dropped at its deadline.
+    let value = counters
+        .call_with("f", one, CallOptions::timeout(Duration::from_secs(10)))
+        .await
+        .unwrap();
+    assert!(value == 2 || value == 3, "{value}");
     client.shutdown().await;
     runner.shutdown().await;
 }

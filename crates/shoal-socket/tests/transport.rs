@@ -27,6 +27,14 @@ fn listen(net: Net, dir: &tempfile::TempDir, n: usize) -> ListenAddress {
     }
 }
 
+/// Settings for runners on Postgres storage (a little more time per storage call).
+fn pg_config() -> shoal_sharding::ShardingConfig {
+    fast_config()
+        .storage_timeout(Duration::from_millis(500))
+        .build()
+        .unwrap()
+}
+
 async fn cluster(
     net: Net,
     dir: &tempfile::TempDir,
@@ -39,7 +47,7 @@ async fn cluster(
             RunnerProcess::start(
                 listen(net, dir, n),
                 storage.clone(),
-                fast_config().build().unwrap(),
+                pg_config(),
                 socket.clone(),
             )
             .await
@@ -56,7 +64,7 @@ async fn cluster(
 async fn routes_1000_ids(net: Net) {
     let logs = capture_logs();
     let dir = tempfile::tempdir().unwrap();
-    let storage: Arc<dyn RunnerStorage> = Arc::new(MemoryRunnerStorage::new());
+    let storage = postgres_storage().await;
     let socket = SocketConfig::default();
     let runners = cluster(net, &dir, &storage, &socket).await;
 
@@ -76,7 +84,7 @@ async fn routes_1000_ids(net: Net) {
         assert!(runners.iter().all(|r| !r.address.ends_with(":0")));
     }
 
-    let client = SocketRunner::client_only(fast_config().build().unwrap(), socket, storage)
+    let client = SocketRunner::client_only(pg_config(), socket, storage)
         .await
         .unwrap();
     let counters = client.sharding().client::<Counter>();
@@ -136,10 +144,10 @@ async fn three_runners_route_1000_ids_over_unix_sockets() {
 
 async fn kill_and_recover(net: Net) {
     let dir = tempfile::tempdir().unwrap();
-    let storage: Arc<dyn RunnerStorage> = Arc::new(MemoryRunnerStorage::new());
+    let storage = postgres_storage().await;
     let socket = SocketConfig::default();
     let mut runners = cluster(net, &dir, &storage, &socket).await;
-    let client = SocketRunner::client_only(fast_config().build().unwrap(), socket, storage)
+    let client = SocketRunner::client_only(pg_config(), socket, storage)
         .await
         .unwrap();
     let counters = client.sharding().client::<Counter>();

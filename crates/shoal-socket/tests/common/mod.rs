@@ -64,6 +64,42 @@ impl Handler<WhoAmI> for Counter {
     }
 }
 
+/// Blocks the runner's only worker thread, as a frozen process would: nothing on that runner
+/// answers meanwhile.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Freeze {
+    pub ms: u64,
+}
+
+impl Message for Freeze {
+    const TAG: &'static str = "freeze";
+    type Reply = ();
+}
+
+impl Handler<Freeze> for Counter {
+    async fn handle(&mut self, msg: Freeze, _: &EntityContext) -> Result<(), HandlerError> {
+        std::thread::sleep(Duration::from_millis(msg.ms));
+        Ok(())
+    }
+}
+
+/// Answers with a string of `len` bytes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Echo {
+    pub len: usize,
+}
+
+impl Message for Echo {
+    const TAG: &'static str = "echo";
+    type Reply = String;
+}
+
+impl Handler<Echo> for Counter {
+    async fn handle(&mut self, msg: Echo, _: &EntityContext) -> Result<String, HandlerError> {
+        Ok("y".repeat(msg.len))
+    }
+}
+
 /// Takes its time.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Slow {
@@ -87,6 +123,36 @@ pub fn definition() -> EntityDefinition<Counter> {
         .handle::<Increment>()
         .handle::<WhoAmI>()
         .handle::<Slow>()
+        .handle::<Freeze>()
+        .handle::<Echo>()
+}
+
+/// A Postgres runner storage under a table prefix of its own (`DATABASE_URL`, default
+/// `postgres://postgres@127.0.0.1:5432/test`).
+pub async fn postgres_storage() -> Arc<dyn RunnerStorage> {
+    static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let url = std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let prefix = shoal_storage::TablePrefix::new(&format!(
+        "sock{}_{:x}_{n}",
+        std::process::id(),
+        nanos & 0xff_ffff_ffff
+    ))
+    .unwrap();
+    let options = shoal_storage::StorageOptions::new()
+        .with_table_prefix(prefix)
+        .with_call_timeout(Duration::from_millis(450));
+    let storage = shoal_storage::PostgresRunnerStorage::connect(&url, options)
+        .await
+        .unwrap_or_else(|e| {
+            panic!("Postgres at {url} is required by this test (set DATABASE_URL): {e}")
+        });
+    Arc::new(storage)
 }
 
 /// One runner on 127.0.0.1 and a client-only process, both with `socket` settings.
