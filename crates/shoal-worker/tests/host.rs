@@ -156,13 +156,16 @@ async fn worker_failures_reach_the_caller() {
     let dir2 = short_tempdir();
     let quick = Hosted::start(
         test_worker_spec(dir2.path(), &[])
-            .options(common::fast_options().request_timeout(Duration::from_millis(300))),
+            .options(common::fast_options().request_timeout(Duration::from_secs(1))),
     )
     .await;
     let message = handler_message(quick.call("slow", "forever", "").await);
-    assert!(message.contains("did not reply within 300ms"), "{message}");
+    assert!(message.contains("did not reply within 1s"), "{message}");
     // The worker dropped the cancelled call, and the entity is free again.
-    common::eventually(|| async { quick.call("other", "busy", "").await.unwrap() == "0" }).await;
+    common::eventually(|| async {
+        quick.call("other", "busy", "").await.ok().as_deref() == Some("0")
+    })
+    .await;
     assert_eq!(
         quick.call("slow", "echo", "next").await.unwrap(),
         "probe/slow next []"

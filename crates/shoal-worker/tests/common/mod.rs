@@ -98,6 +98,7 @@ impl Hosted {
 
     /// Like [`Hosted::start`], returning the host's error.
     pub async fn try_start(spec: WorkerSpec) -> Result<Self, WorkerError> {
+        init_logs();
         let runners = Arc::new(MemoryRunnerStorage::new());
         let kv: Arc<dyn EntityKv> = Arc::new(MemoryEntityKv::new(runners.clone()));
         let (host, definitions) = WorkerHost::start(spec, kv.clone()).await?;
@@ -107,6 +108,9 @@ impl Hosted {
             .message_storage(messages)
             .message_settings(MessageSettings {
                 poll_interval: Duration::from_millis(100),
+                // A persisted request whose attempt here failed transiently (the worker died)
+                // stays claimed by this runner until the claim expires; keep that short.
+                claim_timeout: Duration::from_millis(300),
                 ..MessageSettings::default()
             })
             .in_process(&InProcessNetwork::new())
@@ -242,5 +246,16 @@ where
             "condition not met within 20 s"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Logs to the test's output when `RUST_LOG` is set (for example
+/// `RUST_LOG=shoal_worker=debug,shoal_sharding=debug`).
+pub fn init_logs() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
     }
 }
