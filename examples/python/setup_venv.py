@@ -53,11 +53,20 @@ def site_packages(python: Path) -> Path:
 def build(venv: Path) -> None:
     if venv.exists():
         shutil.rmtree(venv)
-    run(sys.executable, "-m", "venv", str(venv))
     python = venv / "bin" / "python"
+    try:
+        run(sys.executable, "-m", "venv", str(venv))
+        pip = [str(python), "-m", "pip"]
+    except subprocess.CalledProcessError:
+        # Debian's python3 without the python3-venv package has no ensurepip: make the
+        # environment without pip and install into it with this interpreter's pip.
+        print("venv with pip failed; trying --without-pip and this python's pip", file=sys.stderr)
+        shutil.rmtree(venv, ignore_errors=True)
+        run(sys.executable, "-m", "venv", "--without-pip", str(venv))
+        pip = [sys.executable, "-m", "pip", "--python", str(python)]
     run(
-        str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-        "--no-input", "-r", str(REQUIREMENTS),
+        *pip, "install", "--quiet", "--disable-pip-version-check", "--no-input",
+        "-r", str(REQUIREMENTS),
     )
     out = site_packages(python)
     run(
