@@ -273,7 +273,7 @@ impl ShardingBuilder {
         if let Some(me) = &sharding.inner.me {
             tracing::info!(runner = %me.address, machine_id = ?sharding.inner.machine_id, "runner registered");
         }
-        crate::persist::start_tasks(&sharding);
+        crate::persist::start_tasks(&sharding).await;
         crate::keeper::start(&sharding).await;
         crate::singleton::start_health_check(&sharding);
         Ok(sharding)

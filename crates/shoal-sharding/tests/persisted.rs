@@ -325,7 +325,7 @@ async fn a_caller_on_another_runner_gets_the_reply_after_the_owner_dies(backend:
                     &id,
                     Record {
                         key: None,
-                        work_ms: 600,
+                        work_ms: 3000,
                         at_ms: None,
                     },
                 )
@@ -336,6 +336,7 @@ async fn a_caller_on_another_runner_gets_the_reply_after_the_owner_dies(backend:
         runs(&id).len() == 1
     })
     .await;
+    // The run on `a` outlasts starting `b`: it dies unfinished.
     let b = cluster.runner(backend).await;
     a.crash();
     let reply = call

@@ -18,7 +18,7 @@ mod settings;
 mod sweeper;
 mod waiter;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -54,9 +54,22 @@ pub(crate) struct Persistence {
     in_flight: Mutex<HashMap<Snowflake, Waiters>>,
     /// In-flight requests whose caller interrupted them (their `interrupted` outcome is final).
     interrupted: Mutex<HashSet<Snowflake>>,
+    /// Requests recently settled here, with their replies: a push and a poll of one request
+    /// that do not overlap in time must not run it twice.
+    settled: Mutex<Settled>,
     /// Wakes the poller.
     pub(crate) wake: Notify,
 }
+
+/// A bounded memory of settled requests.
+#[derive(Default)]
+struct Settled {
+    replies: HashMap<Snowflake, ReplyFrame>,
+    order: VecDeque<Snowflake>,
+}
+
+/// How many settled requests a runner remembers.
+const REMEMBERED_SETTLED: usize = 4096;
 
 impl Persistence {
     pub(crate) fn new(storage: Arc<dyn MessageStorage>, settings: MessageSettings) -> Self {
@@ -65,12 +78,31 @@ impl Persistence {
             settings,
             in_flight: Mutex::new(HashMap::new()),
             interrupted: Mutex::new(HashSet::new()),
+            settled: Mutex::new(Settled::default()),
             wake: Notify::new(),
         }
     }
 
     pub(crate) fn is_in_flight(&self, id: Snowflake) -> bool {
         self.in_flight.lock().contains_key(&id)
+    }
+
+    /// The reply of `id` if it was settled here recently.
+    pub(crate) fn settled_reply(&self, id: Snowflake) -> Option<ReplyFrame> {
+        self.settled.lock().replies.get(&id).cloned()
+    }
+
+    /// Remembers the reply of a request settled here.
+    pub(crate) fn remember_settled(&self, id: Snowflake, frame: &ReplyFrame) {
+        let mut settled = self.settled.lock();
+        if settled.replies.insert(id, frame.clone()).is_none() {
+            settled.order.push_back(id);
+        }
+        while settled.order.len() > REMEMBERED_SETTLED {
+            if let Some(old) = settled.order.pop_front() {
+                settled.replies.remove(&old);
+            }
+        }
     }
 
     /// Records that the caller interrupted `id` (running here).

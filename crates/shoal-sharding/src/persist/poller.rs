@@ -22,12 +22,18 @@ use crate::sharding::Sharding;
 
 /// Starts the poller, the event listener and the retention sweep of a runner with message
 /// storage.
-pub(crate) fn start(sharding: &Sharding) {
+pub(crate) async fn start(sharding: &Sharding) {
     let (Some(persistence), Some(me)) = (&sharding.inner.persistence, sharding.runner_address())
     else {
         return;
     };
     let storage_timeout = sharding.inner.config.storage_timeout();
+    // Claims an earlier process at this address held are void: it is gone. Done before this
+    // runner takes shards, so it never lifts a claim made for this process.
+    let reset = persistence.storage.reset_runner(me);
+    if let Ok(Err(error)) = tokio::time::timeout(storage_timeout, reset).await {
+        tracing::warn!(%error, "resetting this runner's old message claims failed");
+    }
     let poller = Poller {
         sharding: sharding.clone(),
         persistence: persistence.clone(),
@@ -88,12 +94,6 @@ struct Poller {
 
 impl Poller {
     async fn run(self) {
-        let timeout = self.sharding.inner.config.storage_timeout();
-        let reset = self.persistence.storage.reset_runner(&self.me);
-        // Claims an earlier process at this address held are void: it is gone.
-        if let Ok(Err(error)) = tokio::time::timeout(timeout, reset).await {
-            tracing::warn!(%error, "resetting this runner's old message claims failed");
-        }
         let mut next_due: Option<Instant> = None;
         loop {
             let interval = self.persistence.settings.poll_interval;

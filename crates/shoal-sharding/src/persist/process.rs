@@ -70,6 +70,9 @@ impl Sharding {
 
     async fn run_persisted(&self, id: Snowflake, mut out: Outgoing) -> Option<ReplyFrame> {
         let persistence = self.inner.persistence.as_ref()?;
+        if let Some(frame) = persistence.settled_reply(id) {
+            return Some(frame);
+        }
         let waiter = match persistence.in_flight.lock().entry(id) {
             Entry::Occupied(mut running) => {
                 // Already running here (pushed and polled at once): share its outcome.
@@ -86,7 +89,15 @@ impl Sharding {
             return rx.await.ok().flatten();
         }
         let guard = InFlight { persistence, id };
+        // Settled between the check above and taking the slot: do not run it again.
+        if let Some(frame) = persistence.settled_reply(id) {
+            guard.finish(&Some(frame.clone()));
+            return Some(frame);
+        }
         let frame = self.settle(persistence, id, &mut out).await;
+        if let Some(frame) = &frame {
+            persistence.remember_settled(id, frame);
+        }
         persistence.take_interrupted(id);
         guard.finish(&frame);
         frame

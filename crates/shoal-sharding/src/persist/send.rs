@@ -102,7 +102,13 @@ impl Sharding {
         }
         .map(|by| Claim {
             by,
-            duration: persistence.settings.claim_timeout,
+            // Only the shard's owner polls the shard, and it never runs a request twice at once,
+            // so this claim only keeps the owner's poller from racing the push. Keep it short:
+            // if the push never lands (the owner died), the request must not wait long.
+            duration: persistence
+                .settings
+                .claim_timeout
+                .min(persistence.settings.poll_interval * 3),
         });
         let storage_timeout = self.inner.config.storage_timeout();
         let saved = tokio::time::timeout(
@@ -230,10 +236,14 @@ impl Sharding {
     ) -> Option<Result<ReplyValue, CallError>> {
         let request = persisted_wire(id, out, payload, deadline);
         match timeout_at(deadline, self.inner.transport.send(owner, request)).await {
-            Err(_) => Some(Err(CallError::Timeout {
-                address: out.address.clone(),
-                timeout: out.timeout,
-            })),
+            Err(_) => {
+                // The owner may be gone: let whoever holds the shard now deliver it at once.
+                self.release_claim(persistence, id).await;
+                Some(Err(CallError::Timeout {
+                    address: out.address.clone(),
+                    timeout: out.timeout,
+                }))
+            }
             Ok(Ok(ReplyFrame::Failure(failure))) if !is_final(failure.code) => {
                 if failure.code == ErrorCode::DeadlineExceeded {
                     return Some(Err(CallError::Timeout {
