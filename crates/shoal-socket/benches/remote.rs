@@ -19,6 +19,7 @@
 //! | `--net tcp,unix` | `SHOAL_BENCH_NET` | tcp,unix | transports |
 //! | `--mode batch,unary` | `SHOAL_BENCH_MODE` | batch,unary | send modes |
 //! | `--no-half` | `SHOAL_BENCH_NO_HALF=1` | off | skip the half-load rows |
+//! | | `SHOAL_BENCH_MAX_BATCH` | 512 | frames per batch (`SocketConfig::max_batch`) |
 
 #![allow(
     clippy::print_stdout,
@@ -75,6 +76,18 @@ impl Handler<Increment> for Counter {
         self.value += msg.by;
         Ok(self.value)
     }
+}
+
+/// Transport settings; `SHOAL_BENCH_MAX_BATCH` overrides the batch size (both processes).
+fn socket_config() -> SocketConfig {
+    let mut config = SocketConfig::default();
+    if let Some(max_batch) = std::env::var("SHOAL_BENCH_MAX_BATCH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        config.max_batch = max_batch;
+    }
+    config
 }
 
 fn sharding_config() -> ShardingConfig {
@@ -189,7 +202,7 @@ async fn serve(listen: &str, storage_url: &str) {
             listen: listen.parse().expect("listen address"),
             advertise_host: None,
             sharding: config,
-            socket: SocketConfig::default(),
+            socket: socket_config(),
         },
         storage,
         |builder| builder.entity(EntityDefinition::<Counter>::new().handle::<Increment>()),
@@ -456,7 +469,7 @@ async fn run(options: Options) {
         for &mode in &options.modes {
             let socket = SocketConfig {
                 mode,
-                ..SocketConfig::default()
+                ..socket_config()
             };
             let client = SocketRunner::client_only(sharding_config(), socket, storage.clone())
                 .await

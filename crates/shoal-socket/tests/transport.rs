@@ -234,3 +234,47 @@ async fn unary_mode_works_too() {
         r.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv6_loopback_is_logged_and_reached_in_brackets() {
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        // No IPv6 loopback on this machine: nothing to check.
+        return;
+    }
+    let logs = capture_logs();
+    let storage: Arc<dyn RunnerStorage> = Arc::new(MemoryRunnerStorage::new());
+    let runner = RunnerProcess::start(
+        "[::1]:0".parse().unwrap(),
+        storage.clone(),
+        fast_config().build().unwrap(),
+        SocketConfig::default(),
+    )
+    .await
+    .unwrap();
+    assert!(runner.address.starts_with("[::1]:"), "{}", runner.address);
+    let logged = logs.contents();
+    assert!(
+        logged.contains(&format!("Listening on: {}", runner.address)),
+        "missing the bound address in logs:\n{logged}"
+    );
+    eventually(Duration::from_secs(10), "runner holds every shard", || {
+        runner.active_shards() == 60
+    })
+    .await;
+    let client = SocketRunner::client_only(
+        fast_config().build().unwrap(),
+        SocketConfig::default(),
+        storage,
+    )
+    .await
+    .unwrap();
+    let served_by = client
+        .sharding()
+        .client::<Counter>()
+        .call("v6", WhoAmI)
+        .await
+        .unwrap();
+    assert_eq!(served_by, runner.address);
+    client.shutdown().await;
+    runner.shutdown().await;
+}

@@ -181,7 +181,12 @@ pub(crate) fn serve_on(
                     .tls_config(crate::tls::server(tls)?)
                     .map_err(|e| SocketError::Tls(e.to_string()))?;
             }
-            tracing::info!("Listening on: {host}:{}", local.port());
+            // As other runners write it: `host:port`, `[v6]:port`.
+            if host.contains(':') {
+                tracing::info!("Listening on: [{host}]:{}", local.port());
+            } else {
+                tracing::info!("Listening on: {host}:{}", local.port());
+            }
             let incoming = TcpListenerStream::new(listener).map(|stream| {
                 stream.inspect(|s| {
                     let _ = s.set_nodelay(true);
