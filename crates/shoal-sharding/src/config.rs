@@ -307,7 +307,10 @@ impl ShardingConfig {
     }
     /// How long before a lease's conservative expiry the runner stops the shard's entities.
     pub(crate) fn lease_safety_margin(&self) -> Duration {
-        (self.lease_ttl / 10).max(Duration::from_millis(50))
+        // A tenth of the TTL (at least 50 ms) for stopping entities and scheduling delays, plus
+        // one refresh interval: entities stop no later than `TTL - refresh interval` after the
+        // last refresh that could have succeeded before storage failed.
+        (self.lease_ttl / 10).max(Duration::from_millis(50)) + self.effective_refresh_interval()
     }
 }
 
