@@ -155,7 +155,13 @@ impl Sharding {
                 match target {
                     Target::Here => match self.spawn_persisted(id, out.clone_encoded()).await {
                         Ok(Some(frame)) => return frame_result(&out.address, id, frame),
-                        _ => id,
+                        _ => {
+                            // Not settled here (a transient failure, the shard moving): lift
+                            // the claim made at save so the owner's poller takes it again now.
+                            self.release_claim(&persistence, id).await;
+                            persistence.wake.notify_one();
+                            id
+                        }
                     },
                     Target::Owner(owner) => {
                         match self
