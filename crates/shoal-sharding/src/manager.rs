@@ -112,6 +112,20 @@ impl EntityManager {
         self.instances.lock().len()
     }
 
+    /// Requests queued or running over this type's instances.
+    pub(crate) fn pending_requests(&self) -> u64 {
+        self.instances
+            .lock()
+            .values()
+            .map(|h| u64::from(h.flags.pending()))
+            .sum()
+    }
+
+    /// The type's name.
+    pub(crate) fn entity_type(&self) -> &EntityType {
+        &self.entity_type
+    }
+
     fn gauge(&self, len: usize) {
         metrics::gauge!("shoal_entities", "type" => self.entity_type.to_string()).set(len as f64);
     }

@@ -274,6 +274,10 @@ impl ShardingBuilder {
             tracing::info!(runner = %me.address, machine_id = ?sharding.inner.machine_id, "runner registered");
         }
         crate::persist::start_tasks(&sharding).await;
+        if sharding.inner.me.is_some() {
+            let gauges = sharding.clone();
+            sharding.spawn_task(tokio::spawn(async move { gauges.report_mailboxes().await }));
+        }
         crate::keeper::start(&sharding).await;
         crate::singleton::start_health_check(&sharding);
         Ok(sharding)
@@ -476,6 +480,22 @@ impl Sharding {
         self.inner.cancel.cancel();
         self.inner.stopped.cancel();
         tracing::warn!(runner = ?self.runner_address(), "crashed (simulated)");
+    }
+
+    /// Every few seconds, publishes the requests queued or running per entity type
+    /// (`shoal_mailbox_depth{type}`).
+    async fn report_mailboxes(self) {
+        let mut tick = tokio::time::interval(Duration::from_secs(2));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let managers: Vec<Arc<EntityManager>> =
+                self.inner.entities.read().values().cloned().collect();
+            for manager in managers {
+                metrics::gauge!("shoal_mailbox_depth", "type" => manager.entity_type().to_string())
+                    .set(manager.pending_requests() as f64);
+            }
+        }
     }
 
     pub(crate) fn spawn_task(&self, task: JoinHandle<()>) {
