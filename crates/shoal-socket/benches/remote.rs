@@ -354,7 +354,11 @@ async fn load(
             // cost more cache misses than the request itself).
             let mut latencies: Vec<u64> = Vec::with_capacity(1 << 16);
             let mut i = caller;
-            let mut next = Instant::now();
+            // Paced callers are spread evenly over one interval, not sent in bursts.
+            let offset = interval.map_or(Duration::ZERO, |i| {
+                i.mul_f64(caller as f64 / callers as f64)
+            });
+            let mut next = Instant::now() + offset;
             let mut last_phase = WARMUP;
             loop {
                 let now_phase = phase.load(Ordering::Relaxed);
@@ -363,7 +367,7 @@ async fn load(
                 }
                 if now_phase != last_phase {
                     // Pacing restarts with the measurement.
-                    next = Instant::now();
+                    next = Instant::now() + offset;
                     last_phase = now_phase;
                 }
                 if let Some(interval) = interval {
