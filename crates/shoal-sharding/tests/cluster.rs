@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[macro_use]
 mod common;
 
 use std::sync::Arc;
@@ -400,27 +401,6 @@ async fn unreachable_runner_gives_runner_unavailable_then_recovers(backend: Back
     assert_eq!(a.client::<Counter>().call(&id, Get).await.unwrap(), 0);
     a.shutdown().await;
     b.shutdown().await;
-}
-
-macro_rules! on_every_backend {
-    ($($test:ident),* $(,)?) => {
-        mod memory {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $test() {
-                    super::$test(super::Backend::Memory).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $test() {
-                    super::$test(super::Backend::Postgres).await;
-                }
-            )*
-        }
-    };
 }
 
 on_every_backend!(

@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[macro_use]
 mod common;
 
 use std::collections::HashMap;
@@ -231,6 +232,24 @@ fn unique_id(test: &str) -> String {
     format!("{test}-{nanos:x}")
 }
 
+/// Calls `record` on `id` from `sharding` in a task of its own, with a handler taking `work_ms`.
+fn spawn_record(
+    sharding: &Sharding,
+    id: &str,
+    work_ms: u64,
+) -> tokio::task::JoinHandle<Result<String, CallError>> {
+    let sharding = sharding.clone();
+    let id = id.to_owned();
+    tokio::spawn(async move {
+        let record = Record {
+            key: None,
+            work_ms,
+            at_ms: None,
+        };
+        sharding.client::<Durable>().call(&id, record).await
+    })
+}
+
 async fn wait_holding(runner: &Sharding, count: usize) {
     eventually(
         Duration::from_secs(15),
@@ -247,11 +266,7 @@ async fn a_request_sent_while_no_runner_is_up_is_answered_once_a_runner_starts(b
     let client = cluster.client(backend).await;
     let id = unique_id("nobody-up");
     let mut events = cluster.messages.subscribe();
-    let call = {
-        let client = client.clone();
-        let id = id.clone();
-        tokio::spawn(async move { client.client::<Durable>().call(&id, Record::plain()).await })
-    };
+    let call = spawn_record(&client, &id, 0);
     // The request is stored before anyone can run it.
     loop {
         match events.recv().await.unwrap() {
@@ -273,22 +288,7 @@ async fn a_runner_killed_mid_request_leaves_it_to_the_next_owner(backend: Backen
     let a = cluster.runner(backend).await;
     wait_holding(&a, 60).await;
     let id = unique_id("killed");
-    let call = {
-        let a = a.clone();
-        let id = id.clone();
-        tokio::spawn(async move {
-            a.client::<Durable>()
-                .call(
-                    &id,
-                    Record {
-                        key: None,
-                        work_ms: 60_000,
-                        at_ms: None,
-                    },
-                )
-                .await
-        })
-    };
+    let call = spawn_record(&a, &id, 60_000);
     eventually(Duration::from_secs(10), "the handler started on a", || {
         runs(&id).len() == 1
     })
@@ -315,23 +315,7 @@ async fn a_caller_on_another_runner_gets_the_reply_after_the_owner_dies(backend:
     wait_holding(&a, 60).await;
     let client = cluster.client(backend).await;
     let id = unique_id("failover");
-    let call = {
-        let client = client.clone();
-        let id = id.clone();
-        tokio::spawn(async move {
-            client
-                .client::<Durable>()
-                .call(
-                    &id,
-                    Record {
-                        key: None,
-                        work_ms: 3000,
-                        at_ms: None,
-                    },
-                )
-                .await
-        })
-    };
+    let call = spawn_record(&client, &id, 3000);
     eventually(Duration::from_secs(10), "the handler started on a", || {
         runs(&id).len() == 1
     })
@@ -540,27 +524,6 @@ async fn without_message_storage_a_persisted_send_fails_clearly(backend: Backend
         "{error:?}"
     );
     client.shutdown().await;
-}
-
-macro_rules! on_every_backend {
-    ($($test:ident),* $(,)?) => {
-        mod memory {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $test() {
-                    super::$test(super::Backend::Memory).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $test() {
-                    super::$test(super::Backend::Postgres).await;
-                }
-            )*
-        }
-    };
 }
 
 on_every_backend!(

@@ -86,41 +86,12 @@ pub async fn connect_runner_storage(
 /// # Ok::<(), StorageError>(())
 /// # }).unwrap();
 /// ```
-#[cfg_attr(
-    not(any(feature = "sqlite", feature = "postgres")),
-    allow(unused_variables)
-)]
 pub async fn connect_storage(
     url: &str,
     options: StorageOptions,
 ) -> Result<(Arc<dyn RunnerStorage>, Arc<dyn MessageStorage>), StorageError> {
-    let scheme = url.split_once(':').map(|(scheme, _)| scheme);
-    match scheme {
-        Some("memory") if url == "memory:" || url == "memory://" => {
-            let runners = Arc::new(MemoryRunnerStorage::new());
-            let messages = Arc::new(MemoryMessageStorage::new(runners.clone()));
-            Ok((runners, messages))
-        }
-        #[cfg(feature = "sqlite")]
-        Some("sqlite") => {
-            let runners = crate::sqlite::SqliteRunnerStorage::connect(url, options).await?;
-            let messages = crate::sqlite::SqliteMessageStorage::new(runners.inner()).await?;
-            Ok((Arc::new(runners), Arc::new(messages)))
-        }
-        #[cfg(feature = "postgres")]
-        Some("postgres" | "postgresql") => {
-            let runners = crate::postgres::PostgresRunnerStorage::connect(url, options).await?;
-            let messages = crate::postgres::PostgresMessageStorage::new(runners.inner()).await?;
-            Ok((Arc::new(runners), Arc::new(messages)))
-        }
-        // Everything else is refused exactly as `connect_runner_storage` refuses it.
-        _ => connect_runner_storage(url, options).await.and_then(|_| {
-            Err(StorageError::InvalidArgument {
-                operation: "connect",
-                detail: "this storage URL has no message storage".to_owned(),
-            })
-        }),
-    }
+    let storage = connect(url, options).await?;
+    Ok((storage.runners, storage.messages))
 }
 
 #[cfg(not(all(feature = "sqlite", feature = "postgres")))]
@@ -202,6 +173,7 @@ pub async fn connect(url: &str, options: StorageOptions) -> Result<Storage, Stor
                 kv: Arc::new(kv),
             })
         }
+        // Everything else is refused exactly as `connect_runner_storage` refuses it.
         _ => connect_runner_storage(url, options).await.and_then(|_| {
             Err(StorageError::InvalidArgument {
                 operation: "connect",

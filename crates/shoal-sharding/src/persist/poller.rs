@@ -162,20 +162,12 @@ impl Poller {
                     return;
                 }
                 metrics::counter!("shoal_persisted_redeliveries_total").increment(1);
-                let sharding = self.sharding.clone();
-                let persistence = self.persistence.clone();
-                tokio::spawn(async move {
-                    let id = request.id;
-                    let settled = sharding.spawn_persisted(id, incoming(*request)).await;
-                    if !matches!(settled, Ok(Some(_))) {
-                        // Not settled here (mailbox full, type not registered yet, storage
-                        // trouble): let the next poll claim it again.
-                        let timeout = sharding.inner.config.storage_timeout();
-                        let _ =
-                            tokio::time::timeout(timeout, persistence.storage.reset_request(id))
-                                .await;
-                    }
-                });
+                // Not settled (mailbox full, type not registered yet, storage trouble): its
+                // claim is lifted and the next poll takes it again.
+                drop(
+                    self.sharding
+                        .spawn_persisted(request.id, incoming(*request)),
+                );
             }
             ClaimedMessage::Envelope(envelope) => {
                 if envelope.kind != EnvelopeKind::Interrupt {

@@ -53,7 +53,7 @@ impl Sharding {
     /// Runs the stored request `id` on this runner (in a task of its own, so a caller giving up
     /// does not cancel it) and returns its settled final reply, or `None` when it was not settled
     /// here (the shard moved, the runner is stopping, the mailbox was full, storage failed): it
-    /// stays unprocessed and runs again.
+    /// stays unprocessed, its claim is lifted, and it runs again at the owner's next poll.
     pub(crate) fn spawn_persisted(
         &self,
         id: Snowflake,
@@ -63,9 +63,22 @@ impl Sharding {
         let sharding = self.clone();
         tokio::spawn(async move {
             let frame = sharding.run_persisted(id, out).await;
+            if frame.is_none() {
+                sharding.release_claim(id).await;
+            }
             let _ = tx.send(frame);
         });
         rx
+    }
+
+    /// Lifts the claim on `id` (best effort: claims also lapse), so the shard's owner polls it
+    /// again instead of waiting for the claim to expire.
+    pub(super) async fn release_claim(&self, id: Snowflake) {
+        let Some(persistence) = &self.inner.persistence else {
+            return;
+        };
+        let timeout = self.inner.config.storage_timeout();
+        let _ = tokio::time::timeout(timeout, persistence.storage.reset_request(id)).await;
     }
 
     async fn run_persisted(&self, id: Snowflake, mut out: Outgoing) -> Option<ReplyFrame> {

@@ -156,18 +156,14 @@ impl Sharding {
                     Target::Here => match self.spawn_persisted(id, out.clone_encoded()).await {
                         Ok(Some(frame)) => return frame_result(&out.address, id, frame),
                         _ => {
-                            // Not settled here (a transient failure, the shard moving): lift
-                            // the claim made at save so the owner's poller takes it again now.
-                            self.release_claim(&persistence, id).await;
+                            // Not settled here (a transient failure, the shard moving): its claim
+                            // is lifted; let the poller try again now.
                             persistence.wake.notify_one();
                             id
                         }
                     },
                     Target::Owner(owner) => {
-                        match self
-                            .push(&persistence, id, &out, &owner, payload, deadline)
-                            .await
-                        {
+                        match self.push(id, &out, &owner, payload, deadline).await {
                             Some(result) => return result,
                             None => id,
                         }
@@ -209,7 +205,6 @@ impl Sharding {
             }
             Target::Owner(owner) => {
                 let sharding = self.clone();
-                let persistence = persistence.clone();
                 tokio::spawn(async move {
                     let request = persisted_wire(id, &out, payload, deadline);
                     let sent = timeout_at(
@@ -221,7 +216,7 @@ impl Sharding {
                     )
                     .await;
                     if !matches!(sent, Ok(Ok(None))) {
-                        sharding.release_claim(&persistence, id).await;
+                        sharding.release_claim(id).await;
                     }
                 });
             }
@@ -233,7 +228,6 @@ impl Sharding {
     /// wait for its reply in storage).
     async fn push(
         &self,
-        persistence: &Persistence,
         id: Snowflake,
         out: &Outgoing,
         owner: &RunnerAddress,
@@ -244,7 +238,7 @@ impl Sharding {
         match timeout_at(deadline, self.inner.transport.send(owner, request)).await {
             Err(_) => {
                 // The owner may be gone: let whoever holds the shard now deliver it at once.
-                self.release_claim(persistence, id).await;
+                self.release_claim(id).await;
                 Some(Err(CallError::Timeout {
                     address: out.address.clone(),
                     timeout: out.timeout,
@@ -257,7 +251,7 @@ impl Sharding {
                         timeout: out.timeout,
                     }));
                 }
-                self.release_claim(persistence, id).await;
+                self.release_claim(id).await;
                 None
             }
             Ok(Ok(frame)) => Some(frame_result(&out.address, id, frame)),
@@ -265,16 +259,10 @@ impl Sharding {
                 Err(CallError::from_failure(out.address.clone(), *failure, id)),
             ),
             Ok(Err(_)) => {
-                self.release_claim(persistence, id).await;
+                self.release_claim(id).await;
                 None
             }
         }
-    }
-
-    /// Lifts the claim made for a push that did not land, so the shard's owner polls it now.
-    async fn release_claim(&self, persistence: &Persistence, id: Snowflake) {
-        let timeout = self.inner.config.storage_timeout();
-        let _ = tokio::time::timeout(timeout, persistence.storage.reset_request(id)).await;
     }
 }
 

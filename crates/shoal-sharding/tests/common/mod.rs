@@ -1,7 +1,13 @@
 //! Shared fixtures for the sharding integration tests: test entities, cluster helpers and
 //! storage backends.
 
-#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    dead_code,
+    unused_macros,
+    unreachable_pub,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -424,4 +430,27 @@ pub async fn wait_balanced(runners: &[&Sharding], shards: usize) {
         },
     )
     .await;
+}
+
+/// Runs each named `async fn(Backend)` test once on memory and once on Postgres storage
+/// (`memory::name` and `postgres::name`).
+macro_rules! on_every_backend {
+    ($($test:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    super::$test(super::Backend::Memory).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    super::$test(super::Backend::Postgres).await;
+                }
+            )*
+        }
+    };
 }

@@ -133,6 +133,7 @@ pub(crate) fn check_fence(
 
 /// The entries of a put with duplicate keys collapsed (the last one wins), so that every backend
 /// writes each key once.
+#[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
 pub(crate) fn last_wins(entries: &[KvEntry]) -> Vec<&KvEntry> {
     let mut seen = std::collections::HashSet::with_capacity(entries.len());
     let mut out: Vec<&KvEntry> = entries
