@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use shoal_protocol::{EntityAddress, EntityId, EntityType, Headers, Tag};
+use shoal_protocol::{EntityAddress, EntityId, EntityType, Headers, Snowflake, Tag};
 
 use crate::entity::{Entity, GroupSelector, Handler, Message, ReplyValue, StreamHandler};
 use crate::error::CallError;
@@ -132,12 +132,8 @@ impl Sharding {
 }
 
 impl<E: Entity> EntityClient<E> {
-    fn outgoing<M: Message>(
-        &self,
-        id: &str,
-        msg: M,
-        options: CallOptions,
-    ) -> Result<Outgoing, CallError> {
+    /// The address of the entity `id` and the tag of `M`.
+    fn target<M: Message>(&self, id: &str) -> Result<(EntityAddress, Tag), CallError> {
         let entity_id = EntityId::new(id).map_err(|reason| CallError::InvalidEntityId {
             id: id.to_owned(),
             reason,
@@ -154,13 +150,23 @@ impl<E: Entity> EntityClient<E> {
             reason,
         })?;
         let shard = self.sharding.shard_of::<E>(&entity_id);
+        Ok((EntityAddress::new(shard, entity_type, entity_id), tag))
+    }
+
+    fn outgoing<M: Message>(
+        &self,
+        id: &str,
+        msg: M,
+        options: CallOptions,
+    ) -> Result<Outgoing, CallError> {
+        let (address, tag) = self.target::<M>(id)?;
         let persist = M::PERSISTED.then(|| PersistSpec {
             primary_key: msg.primary_key(),
             deliver_at: msg.deliver_at(),
             uninterruptible: M::UNINTERRUPTIBLE,
         });
         Ok(Outgoing {
-            address: EntityAddress::new(shard, entity_type, entity_id),
+            address,
             tag,
             headers: options.headers,
             timeout: options
@@ -210,7 +216,68 @@ impl<E: Entity> EntityClient<E> {
         self.sharding.call_notify(out).await
     }
 
+    /// Stores the persisted message `msg` for the entity `id` and returns its request id as soon
+    /// as it is stored, without waiting for the handler (which runs as for
+    /// [`EntityClient::call`]). Keep the id to interrupt the request
+    /// ([`EntityClient::interrupt`]). A duplicate primary key returns the original's id.
+    /// Volatile messages are refused ([`CallError::NotSupported`]): use
+    /// [`EntityClient::notify`].
+    pub async fn submit<M: Message>(&self, id: &str, msg: M) -> Result<Snowflake, CallError>
+    where
+        E: Handler<M>,
+    {
+        let out = self.outgoing(id, msg, CallOptions::default())?;
+        if out.persist.is_none() {
+            return Err(CallError::NotSupported {
+                address: out.address,
+                tag: M::TAG.to_owned(),
+                action: "submitted (the message is volatile)",
+            });
+        }
+        self.sharding.submit_persisted(out).await
+    }
+
+    /// Interrupts the persisted request `request` (of message type `M`, from
+    /// [`EntityClient::submit`] or [`crate::EntityContext::request_id`]) of the entity `id`.
+    /// The interrupt is stored: the shard's owner stops the handler if it is running, or answers
+    /// the request without running it; either way its reply is [`CallError::Interrupted`] and it
+    /// does not run again. Interrupting a finished request does nothing. Messages declared
+    /// [`Message::UNINTERRUPTIBLE`], and volatile ones, are refused with
+    /// [`CallError::NotSupported`].
+    pub async fn interrupt<M: Message>(
+        &self,
+        id: &str,
+        request: Snowflake,
+    ) -> Result<(), CallError> {
+        let (address, tag) = self.target::<M>(id)?;
+        if !M::PERSISTED || M::UNINTERRUPTIBLE {
+            return Err(CallError::NotSupported {
+                address,
+                tag: M::TAG.to_owned(),
+                action: if M::PERSISTED {
+                    "interrupted (the message is uninterruptible)"
+                } else {
+                    "interrupted by id (the message is volatile)"
+                },
+            });
+        }
+        let out = Outgoing {
+            address,
+            tag,
+            headers: Headers::new(),
+            timeout: self.sharding.config().default_call_timeout(),
+            typed: None,
+            encoded: None,
+            persist: None,
+        };
+        self.sharding.interrupt_persisted(&out, request).await
+    }
+
     /// Sends `msg` and returns the stream of replies.
+    ///
+    /// A persisted stream ([`Message::PERSISTED`]) yields each item once, in order, even when
+    /// its entity's runner dies mid-stream: the shard's next owner resumes it after the items
+    /// already stored (see [`crate::ChunkSink`]).
     pub async fn stream<M: Message>(
         &self,
         id: &str,
@@ -219,7 +286,21 @@ impl<E: Entity> EntityClient<E> {
     where
         E: StreamHandler<M>,
     {
-        let out = self.outgoing(id, msg, CallOptions::default())?;
+        self.stream_with(id, msg, CallOptions::default()).await
+    }
+
+    /// [`EntityClient::stream`] with options. The timeout bounds the wait for the first item of
+    /// a volatile stream, and the wait for each item of a persisted stream.
+    pub async fn stream_with<M: Message>(
+        &self,
+        id: &str,
+        msg: M,
+        options: CallOptions,
+    ) -> Result<BoxStream<'static, Result<M::Reply, CallError>>, CallError>
+    where
+        E: StreamHandler<M>,
+    {
+        let out = self.outgoing(id, msg, options)?;
         let address = out.address.clone();
         let items = self.sharding.call_stream(out).await?;
         Ok(items

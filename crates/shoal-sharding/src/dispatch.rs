@@ -1,8 +1,6 @@
 //! Sending requests to entities: locally when this runner holds the shard, otherwise to the
 //! owner through the transport, retrying routing failures until the call's deadline.
 
-use std::time::Duration;
-
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::BoxStream;
@@ -88,7 +86,13 @@ impl Sharding {
         mode: Mode,
     ) -> Result<ReplyValue, CallError> {
         if out.persist.is_some() {
-            return self.call_persisted(out, mode == Mode::Notify).await;
+            return match mode {
+                Mode::Unary => self.call_persisted(out).await,
+                Mode::Notify => self
+                    .submit_persisted(out)
+                    .await
+                    .map(|_| ReplyValue::Encoded(Bytes::new())),
+            };
         }
         let started = Instant::now();
         let deadline = started + out.timeout;
@@ -252,20 +256,7 @@ impl Sharding {
                 address: out.address.clone(),
                 message,
             })?;
-        Ok(Request {
-            id,
-            address: out.address.clone(),
-            tag: out.tag.clone(),
-            payload,
-            headers: out.headers.clone(),
-            persisted: false,
-            timeout: Some(
-                deadline
-                    .saturating_duration_since(Instant::now())
-                    .max(Duration::from_millis(1)),
-            ),
-            streaming,
-        })
+        Ok(out.wire(id, payload, deadline, false, streaming))
     }
 
     async fn attempt_remote(
@@ -334,14 +325,7 @@ impl Sharding {
     /// error).
     pub(crate) async fn call_stream(&self, mut out: Outgoing) -> Result<ReplyItems, CallError> {
         if out.persist.is_some() {
-            return Err(CallError::Persistence {
-                address: out.address.clone(),
-                message: format!(
-                    "message {:?} is persisted and streams its replies; persisted streams are not \
-                     supported yet (declare it volatile or answer once)",
-                    out.tag.as_str()
-                ),
-            });
+            return self.call_persisted_stream(out).await;
         }
         let started = Instant::now();
         let deadline = started + out.timeout;

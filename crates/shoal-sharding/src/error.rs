@@ -107,6 +107,17 @@ pub enum CallError {
         /// Why.
         message: String,
     },
+    /// The caller tried to interrupt a request of an uninterruptible message
+    /// ([`crate::Message::UNINTERRUPTIBLE`]), or to interrupt or submit a volatile one.
+    #[error("requests of message {tag:?} to {address} cannot be {action}")]
+    NotSupported {
+        /// The entity.
+        address: EntityAddress,
+        /// The message tag.
+        tag: String,
+        /// What was refused ("interrupted", "submitted").
+        action: &'static str,
+    },
     /// This runner is shutting down and no longer sends.
     #[error("cannot call {address}: the runner is shutting down")]
     ShuttingDown {
@@ -163,6 +174,7 @@ impl CallError {
             | Self::Handler { address, .. }
             | Self::Defect { address, .. }
             | Self::Interrupted { address, .. }
+            | Self::NotSupported { address, .. }
             | Self::ShuttingDown { address }
             | Self::MessageTooLarge { address, .. }
             | Self::Timeout { address, .. }
@@ -186,6 +198,7 @@ impl CallError {
             Self::Handler { .. } => ErrorCode::Handler,
             Self::Defect { .. } => ErrorCode::Defect,
             Self::Interrupted { .. } => ErrorCode::Interrupted,
+            Self::NotSupported { .. } => ErrorCode::MalformedMessage,
             Self::ShuttingDown { .. } => ErrorCode::ShuttingDown,
             Self::MessageTooLarge { .. } => ErrorCode::MessageTooLarge,
             Self::Timeout { .. } => ErrorCode::DeadlineExceeded,

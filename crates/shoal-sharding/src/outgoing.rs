@@ -67,6 +67,32 @@ impl Outgoing {
         }
     }
 
+    /// The wire form of this request with an already-encoded `payload`; its timeout is what is
+    /// left until `deadline` (at least 1 ms).
+    pub(crate) fn wire(
+        &self,
+        id: shoal_protocol::Snowflake,
+        payload: Bytes,
+        deadline: tokio::time::Instant,
+        persisted: bool,
+        streaming: bool,
+    ) -> shoal_protocol::Request {
+        shoal_protocol::Request {
+            id,
+            address: self.address.clone(),
+            tag: self.tag.clone(),
+            payload,
+            headers: self.headers.clone(),
+            persisted,
+            timeout: Some(
+                deadline
+                    .saturating_duration_since(tokio::time::Instant::now())
+                    .max(Duration::from_millis(1)),
+            ),
+            streaming,
+        }
+    }
+
     /// The encoded message (encoding it once if needed).
     pub(crate) fn encoded(&mut self) -> Result<Bytes, String> {
         if let Some(bytes) = &self.encoded {

@@ -8,6 +8,7 @@ use tokio::sync::oneshot;
 use crate::entity::{ReplyValue, chunk_channel};
 use crate::instance::ReplyTo;
 use crate::outgoing::Outgoing;
+use crate::persist::StreamRun;
 use crate::sharding::Sharding;
 
 fn refused(request: &Request, code: ErrorCode, message: impl Into<String>) -> Failure {
@@ -92,7 +93,7 @@ impl Sharding {
         if self.inner.persistence.is_none() {
             return ReplyFrame::Failure(no_message_storage(&request));
         }
-        let settled = self.spawn_persisted(request.id, Self::incoming(&request));
+        let settled = self.spawn_persisted(request.id, Self::incoming(&request), None);
         let settled = match request.timeout {
             Some(timeout) => match tokio::time::timeout(timeout, settled).await {
                 Ok(settled) => settled,
@@ -116,10 +117,30 @@ impl Sharding {
         }
     }
 
+    /// Serves a persisted streaming request pushed by its sender (already stored): runs it here
+    /// and forwards each chunk once stored, then the stored final frame. The stream ends without
+    /// a final frame when the run does not settle here; the sender then reads storage.
+    fn handle_persisted_stream(&self, request: Request) -> BoxStream<'static, ReplyFrame> {
+        if self.inner.persistence.is_none() {
+            let failure = no_message_storage(&request);
+            return futures::stream::once(async move { ReplyFrame::Failure(failure) }).boxed();
+        }
+        let (tx, mut rx) = tokio::sync::mpsc::channel(32);
+        let run = StreamRun {
+            resume: 0,
+            live: Some(tx),
+        };
+        drop(self.spawn_persisted(request.id, Self::incoming(&request), Some(run)));
+        futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed()
+    }
+
     /// Serves a streaming request from another runner: chunks, then `End` or a failure.
     pub fn handle_stream(&self, request: Request) -> BoxStream<'static, ReplyFrame> {
         if let Err(failure) = self.admit(&request) {
             return futures::stream::once(async move { ReplyFrame::Failure(failure) }).boxed();
+        }
+        if request.persisted {
+            return self.handle_persisted_stream(request);
         }
         let mut out = Self::incoming(&request);
         let (chunk_tx, mut chunk_rx) = chunk_channel();
@@ -169,7 +190,7 @@ impl Sharding {
                 if self.inner.persistence.is_none() {
                     return Err(no_message_storage(&request));
                 }
-                drop(self.spawn_persisted(request.id, Self::incoming(&request)));
+                drop(self.spawn_persisted(request.id, Self::incoming(&request), None));
                 Ok(())
             }
             Notification::Request(request) => {

@@ -19,8 +19,9 @@ use shoal_protocol::{
     SnowflakeGenerator, Tag,
 };
 use shoal_sharding::{
-    CallError, CallOptions, Entity, EntityContext, EntityDefinition, Handler, HandlerError,
-    InProcessNetwork, Message, MessageSettings, Sharding, ShardingConfig,
+    CallError, CallOptions, ChunkSink, Entity, EntityContext, EntityDefinition, Handler,
+    HandlerError, InProcessNetwork, Message, MessageSettings, Sharding, ShardingConfig,
+    StreamHandler,
 };
 use shoal_storage::{
     Claim, MemoryMessageStorage, MemoryRunnerStorage, MessageEvent, MessageStorage,
@@ -116,8 +117,60 @@ impl Handler<Record> for Durable {
     }
 }
 
+/// A persisted stream of the numbers `0..count`. Its first run stalls (until its runner dies)
+/// after sending `stall_after` numbers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Numbers {
+    count: u64,
+    stall_after: u64,
+    /// Continue from the resume point instead of producing the stored numbers again.
+    seek: bool,
+}
+
+impl Message for Numbers {
+    const TAG: &'static str = "numbers";
+    type Reply = u64;
+    const PERSISTED: bool = true;
+}
+
+/// Per entity id: each run of `Numbers` with its runner and the resume point it was given.
+type StreamRuns = HashMap<String, Vec<(RunnerAddress, u64)>>;
+static STREAM_RUNS: LazyLock<Mutex<StreamRuns>> = LazyLock::new(|| Mutex::new(HashMap::new()));
+
+impl StreamHandler<Numbers> for Durable {
+    async fn handle_stream(
+        &mut self,
+        msg: Numbers,
+        ctx: &EntityContext,
+        out: &mut ChunkSink<u64>,
+    ) -> Result<(), HandlerError> {
+        let id = ctx.address().entity_id.to_string();
+        let runner = ctx.runner_address().cloned().expect("a runner");
+        let first_run = {
+            let mut all = STREAM_RUNS.lock();
+            let list = all.entry(id).or_default();
+            list.push((runner, out.resume_point()));
+            list.len() == 1
+        };
+        let start = if msg.seek {
+            out.skip_to_resume_point()
+        } else {
+            0
+        };
+        for n in start..msg.count {
+            if first_run && n == msg.stall_after {
+                tokio::time::sleep(Duration::from_secs(600)).await;
+            }
+            out.send(n).await?;
+        }
+        Ok(())
+    }
+}
+
 fn durable_definition() -> EntityDefinition<Durable> {
-    EntityDefinition::<Durable>::new().handle::<Record>()
+    EntityDefinition::<Durable>::new()
+        .handle::<Record>()
+        .stream::<Numbers>()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -526,7 +579,131 @@ async fn without_message_storage_a_persisted_send_fails_clearly(backend: Backend
     client.shutdown().await;
 }
 
+/// Streams 0..40 to a caller on another runner; the owner dies after 10 numbers; the next owner
+/// resumes. The caller gets every number once, in order, and one end.
+async fn stream_resumes_after_its_owner_is_killed(backend: Backend, seek: bool) {
+    use futures::StreamExt;
+
+    let mut cluster = Persisted::new(backend).await;
+    let a = cluster.runner(backend).await;
+    wait_holding(&a, 60).await;
+    let client = cluster.client(backend).await;
+    let id = unique_id(if seek { "stream-seek" } else { "stream" });
+    let msg = Numbers {
+        count: 40,
+        stall_after: 10,
+        seek,
+    };
+    let mut stream = client
+        .client::<Durable>()
+        .stream_with(&id, msg, CallOptions::timeout(Duration::from_secs(20)))
+        .await
+        .expect("the stream is stored and started");
+    let mut received = Vec::new();
+    while received.len() < 10 {
+        let item = stream.next().await.expect("an item").expect("no error");
+        received.push(item);
+    }
+    let b = cluster.runner(backend).await;
+    a.crash();
+    while let Some(item) = stream.next().await {
+        received.push(item.expect("the stream goes on after its owner died"));
+    }
+    assert_eq!(
+        received,
+        (0..40).collect::<Vec<u64>>(),
+        "every number once, in order"
+    );
+    let stream_runs = STREAM_RUNS.lock().get(&id).cloned().unwrap_or_default();
+    assert_eq!(stream_runs.len(), 2, "{stream_runs:?}");
+    assert_eq!(&stream_runs[0].0, a.runner_address().unwrap());
+    assert_eq!(stream_runs[0].1, 0);
+    assert_eq!(&stream_runs[1].0, b.runner_address().unwrap());
+    assert_eq!(
+        stream_runs[1].1, 10,
+        "the second run resumes after the 10 stored numbers"
+    );
+    b.shutdown().await;
+    client.shutdown().await;
+}
+
+async fn a_persisted_stream_resumes_after_its_owner_is_killed(backend: Backend) {
+    stream_resumes_after_its_owner_is_killed(backend, false).await;
+}
+
+async fn a_persisted_stream_resumes_where_a_seeking_handler_continues(backend: Backend) {
+    stream_resumes_after_its_owner_is_killed(backend, true).await;
+}
+
+async fn a_caller_interrupts_a_persisted_request(backend: Backend) {
+    let mut cluster = Persisted::new(backend).await;
+    let a = cluster.runner(backend).await;
+    wait_holding(&a, 60).await;
+    let client = cluster.client(backend).await;
+    let durable = client.client::<Durable>();
+    let interrupted = |frame: &ReplyFrame| matches!(frame, ReplyFrame::Failure(failure) if failure.code == ErrorCode::Interrupted);
+
+    // Running: the handler is stopped and the stored reply is `Interrupted`.
+    let id = unique_id("interrupt-running");
+    let running = Record {
+        key: None,
+        work_ms: 60_000,
+        at_ms: None,
+    };
+    let request = durable.submit(&id, running).await.expect("stored");
+    eventually(Duration::from_secs(10), "the handler started", || {
+        runs(&id).len() == 1
+    })
+    .await;
+    durable
+        .interrupt::<Record>(&id, request)
+        .await
+        .expect("the interrupt is stored");
+    let reply = cluster.stored_reply(request).await;
+    assert!(interrupted(&reply), "{reply:?}");
+    assert!(!runs(&id)[0].finished, "the handler was stopped");
+
+    // Not started yet (scheduled for later): answered `Interrupted` without running.
+    let later = unique_id("interrupt-queued");
+    let at_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+        + 60_000;
+    let scheduled = Record {
+        key: None,
+        work_ms: 0,
+        at_ms: Some(at_ms),
+    };
+    let request = durable.submit(&later, scheduled).await.expect("stored");
+    durable
+        .interrupt::<Record>(&later, request)
+        .await
+        .expect("the interrupt is stored");
+    let reply = cluster.stored_reply(request).await;
+    assert!(interrupted(&reply), "{reply:?}");
+    assert!(runs(&later).is_empty(), "it never ran");
+
+    // Volatile messages cannot be submitted or interrupted by id.
+    let counters = client.client::<common::Counter>();
+    let error = counters
+        .interrupt::<Increment>("c", request)
+        .await
+        .unwrap_err();
+    assert!(matches!(error, CallError::NotSupported { .. }), "{error:?}");
+    let error = counters
+        .submit("c", Increment { by: 1, work_ms: 0 })
+        .await
+        .unwrap_err();
+    assert!(matches!(error, CallError::NotSupported { .. }), "{error:?}");
+    a.shutdown().await;
+    client.shutdown().await;
+}
+
 on_every_backend!(
+    a_caller_interrupts_a_persisted_request,
+    a_persisted_stream_resumes_after_its_owner_is_killed,
+    a_persisted_stream_resumes_where_a_seeking_handler_continues,
     a_request_sent_while_no_runner_is_up_is_answered_once_a_runner_starts,
     a_runner_killed_mid_request_leaves_it_to_the_next_owner,
     a_caller_on_another_runner_gets_the_reply_after_the_owner_dies,

@@ -36,7 +36,8 @@ pub trait Message: Clone + Serialize + DeserializeOwned + Send + Sync + 'static 
     /// ([`crate::ShardingBuilder::message_storage`]).
     const PERSISTED: bool = false;
 
-    /// A persisted message that the caller cannot interrupt.
+    /// A persisted message that the caller cannot interrupt:
+    /// [`crate::EntityClient::interrupt`] refuses it.
     const UNINTERRUPTIBLE: bool = false;
 
     /// For persisted messages: the deduplication key. A second send with the same key (to the

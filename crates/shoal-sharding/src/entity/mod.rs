@@ -23,7 +23,7 @@ pub use kv::EntityKvHandle;
 pub use message::Message;
 pub use options::{EntityOptions, GroupSelector};
 pub(crate) use payload::{Payload, ReplyValue};
-pub(crate) use stream::{ChunkSender, chunk_channel};
+pub(crate) use stream::{ChunkReceiver, ChunkSender, chunk_channel, resumed_chunk_channel};
 pub use stream::{ChunkSink, RawChunkSink, StreamClosed};
 
 /// What [`crate::Sharding::register`] accepts: a typed or dynamic entity definition.

@@ -8,6 +8,8 @@
 //! - [`poller`](self::poller): the owner's safety net — claim unprocessed messages of held shards
 //!   when woken (saves, acquisitions), on a timer for the next scheduled message, and
 //!   periodically.
+//! - [`stream`](self::stream): the caller's side of a persisted stream (follow the run, fall back
+//!   to storage, acknowledge chunks).
 //! - [`waiter`](self::waiter): waiting for a stored reply.
 //! - [`sweeper`](self::sweeper): retention.
 
@@ -15,6 +17,7 @@ mod poller;
 mod process;
 mod send;
 mod settings;
+mod stream;
 mod sweeper;
 mod waiter;
 
@@ -28,6 +31,8 @@ use shoal_storage::MessageStorage;
 use tokio::sync::{Notify, oneshot};
 
 pub use settings::MessageSettings;
+
+pub(crate) use process::StreamRun;
 
 pub(crate) use poller::{on_shards_acquired, start as start_tasks};
 

@@ -17,6 +17,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::time::Instant;
 
 use super::Persistence;
+use super::process::StreamRun;
 use crate::outgoing::Outgoing;
 use crate::sharding::Sharding;
 
@@ -157,17 +158,35 @@ impl Poller {
 
     fn start(&self, message: ClaimedMessage) {
         match message {
-            ClaimedMessage::Request { request, .. } => {
+            ClaimedMessage::Request {
+                request,
+                last_acked_chunk,
+            } => {
                 if self.persistence.is_in_flight(request.id) {
                     return;
                 }
                 metrics::counter!("shoal_persisted_redeliveries_total").increment(1);
                 // Not settled (mailbox full, type not registered yet, storage trouble): its
                 // claim is lifted and the next poll takes it again.
-                drop(
-                    self.sharding
-                        .spawn_persisted(request.id, incoming(*request)),
-                );
+                if !request.streaming {
+                    drop(
+                        self.sharding
+                            .spawn_persisted(request.id, incoming(*request), None),
+                    );
+                    return;
+                }
+                let sharding = self.sharding.clone();
+                let persistence = self.persistence.clone();
+                tokio::spawn(async move {
+                    let id = request.id;
+                    match stored_items(&sharding, &persistence, id, last_acked_chunk).await {
+                        Some(resume) => {
+                            let run = StreamRun { resume, live: None };
+                            drop(sharding.spawn_persisted(id, incoming(*request), Some(run)));
+                        }
+                        None => sharding.release_claim(id).await,
+                    }
+                });
             }
             ClaimedMessage::Envelope(envelope) => {
                 if envelope.kind != EnvelopeKind::Interrupt {
@@ -207,6 +226,43 @@ impl Poller {
             }
         }
     }
+}
+
+/// How many items of a persisted stream are stored: the rerun resumes after them. `None` when
+/// storage could not tell.
+async fn stored_items(
+    sharding: &Sharding,
+    persistence: &Persistence,
+    id: shoal_protocol::Snowflake,
+    last_acked: Option<StoredReply>,
+) -> Option<u64> {
+    let end = |reply: &StoredReply| match &reply.kind {
+        StoredReplyKind::Chunk {
+            sequence, values, ..
+        } => u64::from(*sequence) + values.len() as u64,
+        StoredReplyKind::Final(_) => 0,
+    };
+    let timeout = sharding.inner.config.storage_timeout();
+    let unacked = match tokio::time::timeout(timeout, persistence.storage.replies_for(&[id])).await
+    {
+        Ok(Ok(replies)) => replies,
+        Ok(Err(error)) => {
+            tracing::warn!(request = %id, %error, "reading a stream's stored chunks failed");
+            return None;
+        }
+        Err(_) => {
+            tracing::warn!(request = %id, "reading a stream's stored chunks timed out");
+            return None;
+        }
+    };
+    Some(
+        unacked
+            .iter()
+            .chain(last_acked.iter())
+            .map(end)
+            .max()
+            .unwrap_or(0),
+    )
 }
 
 /// A stored request as a local delivery.

@@ -3,12 +3,12 @@
 use std::collections::hash_map::Entry;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use shoal_protocol::{ErrorCode, Failure, ReplyFrame, Snowflake};
+use shoal_protocol::{Chunk, EntityAddress, ErrorCode, Failure, ReplyFrame, Snowflake};
 use shoal_storage::{Fence, StoredReply, StoredReplyKind};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 use super::Persistence;
-use crate::entity::ReplyValue;
+use crate::entity::{ReplyValue, resumed_chunk_channel};
 use crate::instance::ReplyTo;
 use crate::outgoing::Outgoing;
 use crate::sharding::Sharding;
@@ -24,6 +24,22 @@ pub(crate) fn is_final(code: ErrorCode) -> bool {
                 | ErrorCode::DeadlineExceeded
                 | ErrorCode::Persistence
         ))
+}
+
+/// Items per stored chunk at most (a chunk holds whatever the handler produced while the previous
+/// chunk was being saved).
+const CHUNK_ITEMS: usize = 64;
+/// Bytes per stored chunk at most (one larger item still makes a chunk of its own).
+const CHUNK_BYTES: usize = 256 * 1024;
+
+/// How a persisted stream runs here.
+pub(crate) struct StreamRun {
+    /// Items an earlier run already stored: the handler's items before this position are dropped.
+    pub(crate) resume: u64,
+    /// The caller following this run: each chunk once stored, then the final frame once stored.
+    /// Dropped without a final frame when the run does not settle here (the caller then reads
+    /// storage) or when the request is already running or settled on this runner.
+    pub(crate) live: Option<mpsc::Sender<ReplyFrame>>,
 }
 
 /// Removes a request from the in-flight table when processing ends, however it ends, and hands
@@ -58,11 +74,12 @@ impl Sharding {
         &self,
         id: Snowflake,
         out: Outgoing,
+        stream: Option<StreamRun>,
     ) -> oneshot::Receiver<Option<ReplyFrame>> {
         let (tx, rx) = oneshot::channel();
         let sharding = self.clone();
         tokio::spawn(async move {
-            let frame = sharding.run_persisted(id, out).await;
+            let frame = sharding.run_persisted(id, out, stream).await;
             if frame.is_none() {
                 sharding.release_claim(id).await;
             }
@@ -81,7 +98,12 @@ impl Sharding {
         let _ = tokio::time::timeout(timeout, persistence.storage.reset_request(id)).await;
     }
 
-    async fn run_persisted(&self, id: Snowflake, mut out: Outgoing) -> Option<ReplyFrame> {
+    async fn run_persisted(
+        &self,
+        id: Snowflake,
+        mut out: Outgoing,
+        stream: Option<StreamRun>,
+    ) -> Option<ReplyFrame> {
         let persistence = self.inner.persistence.as_ref()?;
         if let Some(frame) = persistence.settled_reply(id) {
             return Some(frame);
@@ -99,6 +121,8 @@ impl Sharding {
             }
         };
         if let Some(rx) = waiter {
+            // A caller following this (pushed) stream reads storage instead: let it know now.
+            drop(stream);
             return rx.await.ok().flatten();
         }
         let guard = InFlight { persistence, id };
@@ -107,7 +131,7 @@ impl Sharding {
             guard.finish(&Some(frame.clone()));
             return Some(frame);
         }
-        let frame = self.settle(persistence, id, &mut out).await;
+        let frame = self.settle(persistence, id, &mut out, stream).await;
         if let Some(frame) = &frame {
             persistence.remember_settled(id, frame);
         }
@@ -121,9 +145,18 @@ impl Sharding {
         persistence: &Persistence,
         id: Snowflake,
         out: &mut Outgoing,
+        stream: Option<StreamRun>,
     ) -> Option<ReplyFrame> {
+        let streaming = stream.is_some();
+        let (chunk_tx, chunk_rx, mut live) = match stream {
+            Some(run) => {
+                let (tx, rx) = resumed_chunk_channel(run.resume);
+                (Some(tx), Some((rx, run.resume)), run.live)
+            }
+            None => (None, None, None),
+        };
         let (tx, rx) = oneshot::channel();
-        let frame = match self.deliver_local(out, id, None, ReplyTo::Caller(tx)) {
+        let frame = match self.deliver_local(out, id, chunk_tx, ReplyTo::Caller(tx)) {
             Err(failure) if failure.code == ErrorCode::UnknownEntityType => {
                 // The type may not be registered yet (a rolling deploy): hold the message until
                 // the registration timeout, then answer it.
@@ -138,26 +171,36 @@ impl Sharding {
             }
             Err(failure) if !is_final(failure.code) => return None,
             Err(failure) => ReplyFrame::Failure(failure),
-            Ok(()) => match rx.await {
-                // The instance went away with the request (stopped, aborted): not settled.
-                Err(_) => return None,
-                Ok(Err(failure))
-                    if failure.code == ErrorCode::Interrupted
-                        && persistence.take_interrupted(id) =>
+            Ok(()) => {
+                if let Some((chunk_rx, resume)) = chunk_rx
+                    && !self
+                        .store_chunks(persistence, id, &out.address, chunk_rx, resume, &mut live)
+                        .await
                 {
-                    ReplyFrame::Failure(failure)
+                    return None;
                 }
-                Ok(Err(failure)) if !is_final(failure.code) => return None,
-                Ok(Err(failure)) => ReplyFrame::Failure(failure),
-                Ok(Ok(ReplyValue::Encoded(bytes))) => ReplyFrame::Value(bytes),
-                Ok(Ok(ReplyValue::Local(_))) => ReplyFrame::Failure(
-                    Failure::new(
-                        ErrorCode::Defect,
-                        "the entity answered a persisted request with an unencoded value",
-                    )
-                    .with_address(out.address.clone()),
-                ),
-            },
+                match rx.await {
+                    // The instance went away with the request (stopped, aborted): not settled.
+                    Err(_) => return None,
+                    Ok(Err(failure))
+                        if failure.code == ErrorCode::Interrupted
+                            && persistence.take_interrupted(id) =>
+                    {
+                        ReplyFrame::Failure(failure)
+                    }
+                    Ok(Err(failure)) if !is_final(failure.code) => return None,
+                    Ok(Err(failure)) => ReplyFrame::Failure(failure),
+                    Ok(Ok(_)) if streaming => ReplyFrame::End,
+                    Ok(Ok(ReplyValue::Encoded(bytes))) => ReplyFrame::Value(bytes),
+                    Ok(Ok(ReplyValue::Local(_))) => ReplyFrame::Failure(
+                        Failure::new(
+                            ErrorCode::Defect,
+                            "the entity answered a persisted request with an unencoded value",
+                        )
+                        .with_address(out.address.clone()),
+                    ),
+                }
+            }
         };
         let epoch = self.inner.shards.epoch(&out.address.shard)?;
         let fence = Fence {
@@ -177,6 +220,9 @@ impl Sharding {
         match saved {
             Ok(Ok(())) => {
                 metrics::counter!("shoal_persisted_replies_total").increment(1);
+                if let Some(live) = live {
+                    let _ = live.send(frame.clone()).await;
+                }
                 Some(frame)
             }
             Ok(Err(error)) => {
@@ -188,5 +234,96 @@ impl Sharding {
                 None
             }
         }
+    }
+
+    /// Stores the items of a persisted stream as they come, in chunks fenced by the shard's
+    /// lease, and passes each stored chunk to the live caller. `false` when a chunk could not be
+    /// stored (the shard moved, storage failed): the run stops here and the request reruns,
+    /// resuming after the chunks already stored.
+    async fn store_chunks(
+        &self,
+        persistence: &Persistence,
+        id: Snowflake,
+        address: &EntityAddress,
+        mut items: crate::entity::ChunkReceiver,
+        mut next: u64,
+        live: &mut Option<mpsc::Sender<ReplyFrame>>,
+    ) -> bool {
+        let storage_timeout = self.inner.config.storage_timeout();
+        while let Some(first) = items.recv().await {
+            let mut values = vec![encoded_item(first)];
+            let mut bytes = values[0].len();
+            while values.len() < CHUNK_ITEMS && bytes < CHUNK_BYTES {
+                match items.try_recv() {
+                    Ok(item) => {
+                        let item = encoded_item(item);
+                        bytes += item.len();
+                        values.push(item);
+                    }
+                    Err(_) => break,
+                }
+            }
+            let Ok(sequence) = u32::try_from(next) else {
+                tracing::warn!(request = %id, %address, "a persisted stream passed 2^32 items; it stops here");
+                return false;
+            };
+            let Some(epoch) = self.inner.shards.epoch(&address.shard) else {
+                return false;
+            };
+            let fence = Fence {
+                shard: address.shard.clone(),
+                epoch,
+            };
+            let reply = StoredReply {
+                id: self.inner.ids.next_id(),
+                request_id: id,
+                kind: StoredReplyKind::Chunk {
+                    sequence,
+                    values,
+                    acked: false,
+                },
+            };
+            let saved = tokio::time::timeout(
+                storage_timeout,
+                persistence.storage.save_reply(&reply, &fence),
+            )
+            .await;
+            match saved {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => {
+                    tracing::warn!(request = %id, %address, %error, "saving a stream chunk failed; the stream will resume elsewhere");
+                    return false;
+                }
+                Err(_) => {
+                    tracing::warn!(request = %id, %address, "saving a stream chunk timed out; the stream will resume elsewhere");
+                    return false;
+                }
+            }
+            let StoredReplyKind::Chunk { values, .. } = reply.kind else {
+                return false;
+            };
+            next += values.len() as u64;
+            metrics::counter!("shoal_persisted_chunks_total").increment(1);
+            if let Some(tx) = live {
+                let chunk = Chunk {
+                    reply_id: reply.id,
+                    sequence,
+                    values,
+                };
+                if tx.send(ReplyFrame::Chunk(chunk)).await.is_err() {
+                    // The caller went away; the stream goes on in storage.
+                    *live = None;
+                }
+            }
+        }
+        true
+    }
+}
+
+/// The bytes of a streamed item (persisted requests travel encoded, so replies are encoded).
+fn encoded_item(item: ReplyValue) -> bytes::Bytes {
+    match item {
+        ReplyValue::Encoded(bytes) => bytes,
+        ReplyValue::Local(_) => bytes::Bytes::new(),
     }
 }

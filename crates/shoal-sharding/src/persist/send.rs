@@ -1,11 +1,14 @@
 //! The caller's side of a persisted request: save it, hand it to its owner (or run it here), and
 //! wait for its reply.
 
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use shoal_protocol::{ErrorCode, Notification, ReplyFrame, Request, RunnerAddress, Snowflake};
-use shoal_storage::{Claim, PersistedRequest, SaveResult, StoredReplyKind, message_key};
+use shoal_storage::{
+    Claim, EnvelopeKind, PersistedEnvelope, PersistedRequest, SaveResult, StoredReplyKind,
+    message_key,
+};
 use tokio::time::{Instant, timeout_at};
 
 use super::Persistence;
@@ -17,8 +20,19 @@ use crate::outgoing::Outgoing;
 use crate::runners::TransportError;
 use crate::sharding::Sharding;
 
+/// A persisted request just saved.
+pub(super) struct Saved {
+    /// Its id (a duplicate's original has another: see `result`).
+    pub(super) id: Snowflake,
+    /// The encoded message.
+    pub(super) payload: Bytes,
+    /// Who runs it first.
+    pub(super) target: Target,
+    pub(super) result: SaveResult,
+}
+
 /// Who processes a request just saved.
-enum Target {
+pub(super) enum Target {
     /// This runner holds the shard.
     Here,
     /// Another runner holds it: push the request to it.
@@ -28,7 +42,10 @@ enum Target {
 }
 
 impl Sharding {
-    fn persistence_of(&self, out: &Outgoing) -> Result<&std::sync::Arc<Persistence>, CallError> {
+    pub(super) fn persistence_of(
+        &self,
+        out: &Outgoing,
+    ) -> Result<&std::sync::Arc<Persistence>, CallError> {
         self.inner
             .persistence
             .as_ref()
@@ -55,21 +72,19 @@ impl Sharding {
         }
     }
 
-    /// Sends a persisted request: once this returns `Ok` (or a timeout), the request is stored
-    /// and will be processed. `notify` returns as soon as it is stored.
-    pub(crate) async fn call_persisted(
+    /// Stores a persisted request (claimed for the runner that will run it first) and decides
+    /// who runs it.
+    pub(super) async fn save_persisted(
         &self,
-        mut out: Outgoing,
-        notify: bool,
-    ) -> Result<ReplyValue, CallError> {
-        let persistence = self.persistence_of(&out)?.clone();
+        persistence: &Persistence,
+        out: &mut Outgoing,
+        streaming: bool,
+    ) -> Result<Saved, CallError> {
         if self.is_shutting_down() {
             return Err(CallError::ShuttingDown {
                 address: out.address.clone(),
             });
         }
-        let started = Instant::now();
-        let deadline = started + out.timeout;
         let payload = out
             .encoded()
             .map_err(|message| CallError::MalformedMessage {
@@ -91,10 +106,10 @@ impl Sharding {
                 .as_deref()
                 .map(|key| message_key(&out.address, &out.tag, key)),
             deliver_at: spec.deliver_at,
-            streaming: false,
+            streaming,
             uninterruptible: spec.uninterruptible,
         };
-        let target = self.target(&out, spec.deliver_at);
+        let target = self.target(out, spec.deliver_at);
         let claim = match &target {
             Target::Here => self.runner_address().cloned(),
             Target::Owner(owner) => Some(owner.clone()),
@@ -116,7 +131,7 @@ impl Sharding {
             persistence.storage.save_request(&request, claim.as_ref()),
         )
         .await;
-        let saved = match saved {
+        let result = match saved {
             Ok(Ok(saved)) => saved,
             Ok(Err(error)) => {
                 return Err(CallError::Persistence {
@@ -134,12 +149,97 @@ impl Sharding {
             }
         };
         metrics::counter!("shoal_persisted_requests_total").increment(1);
+        if matches!(result, SaveResult::Duplicate { .. }) {
+            metrics::counter!("shoal_persisted_duplicates_total").increment(1);
+        }
+        Ok(Saved {
+            id,
+            payload,
+            target,
+            result,
+        })
+    }
+
+    /// Stores a persisted request and hands it to its owner without waiting for its reply;
+    /// returns its id (a duplicate's: the original's) once it is stored.
+    pub(crate) async fn submit_persisted(&self, mut out: Outgoing) -> Result<Snowflake, CallError> {
+        let persistence = self.persistence_of(&out)?.clone();
+        let deadline = Instant::now() + out.timeout;
+        let Saved {
+            id,
+            payload,
+            target,
+            result,
+        } = self.save_persisted(&persistence, &mut out, false).await?;
+        match result {
+            SaveResult::Duplicate { original_id, .. } => Ok(original_id),
+            SaveResult::Saved => {
+                self.hand_over(&persistence, id, out, target, payload, deadline);
+                Ok(id)
+            }
+        }
+    }
+
+    /// Stores an interrupt of the persisted request `request_id` of the entity at `address`:
+    /// the shard's owner stops the request if it is running (its reply is `Interrupted`) or
+    /// answers it `Interrupted` without running it. An interrupt of a finished request does
+    /// nothing.
+    pub(crate) async fn interrupt_persisted(
+        &self,
+        out: &Outgoing,
+        request_id: Snowflake,
+    ) -> Result<(), CallError> {
+        let persistence = self.persistence_of(out)?;
+        let envelope = PersistedEnvelope {
+            id: self.inner.ids.next_id(),
+            request_id,
+            address: out.address.clone(),
+            kind: EnvelopeKind::Interrupt,
+        };
+        let storage_timeout = self.inner.config.storage_timeout();
+        match tokio::time::timeout(
+            storage_timeout,
+            persistence.storage.save_envelope(&envelope),
+        )
+        .await
+        {
+            Ok(Ok(())) => {
+                // The owner's poller is woken by the save's event (across processes where the
+                // backend has notifications); wake this runner's at once in case it is here.
+                persistence.wake.notify_one();
+                Ok(())
+            }
+            Ok(Err(error)) => Err(CallError::Persistence {
+                address: out.address.clone(),
+                message: format!("the interrupt was not stored: {error}"),
+            }),
+            Err(_) => Err(CallError::Persistence {
+                address: out.address.clone(),
+                message: format!(
+                    "the interrupt was not stored: storage did not answer within {storage_timeout:?}"
+                ),
+            }),
+        }
+    }
+
+    /// Sends a persisted request and waits for its reply: once this returns `Ok` (or a
+    /// timeout), the request is stored and will be processed.
+    pub(crate) async fn call_persisted(&self, mut out: Outgoing) -> Result<ReplyValue, CallError> {
+        let persistence = self.persistence_of(&out)?.clone();
+        let started = Instant::now();
+        let deadline = started + out.timeout;
+        let storage_timeout = self.inner.config.storage_timeout();
+        let Saved {
+            id,
+            payload,
+            target,
+            result: saved,
+        } = self.save_persisted(&persistence, &mut out, false).await?;
         let wait_for = match saved {
             SaveResult::Duplicate {
                 original_id,
                 last_reply,
             } => {
-                metrics::counter!("shoal_persisted_duplicates_total").increment(1);
                 if let Some(reply) = last_reply
                     && let StoredReplyKind::Final(frame) = reply.kind
                 {
@@ -148,12 +248,9 @@ impl Sharding {
                 original_id
             }
             SaveResult::Saved => {
-                if notify {
-                    self.hand_over(&persistence, id, out, target, payload, deadline);
-                    return Ok(ReplyValue::Encoded(Bytes::new()));
-                }
                 match target {
-                    Target::Here => match self.spawn_persisted(id, out.clone_encoded()).await {
+                    Target::Here => match self.spawn_persisted(id, out.clone_encoded(), None).await
+                    {
                         Ok(Some(frame)) => return frame_result(&out.address, id, frame),
                         _ => {
                             // Not settled here (a transient failure, the shard moving): its claim
@@ -175,9 +272,6 @@ impl Sharding {
                 }
             }
         };
-        if notify {
-            return Ok(ReplyValue::Encoded(Bytes::new()));
-        }
         persistence
             .wait_reply(
                 &out.address,
@@ -201,12 +295,12 @@ impl Sharding {
     ) {
         match target {
             Target::Here => {
-                drop(self.spawn_persisted(id, out));
+                drop(self.spawn_persisted(id, out, None));
             }
             Target::Owner(owner) => {
                 let sharding = self.clone();
                 tokio::spawn(async move {
-                    let request = persisted_wire(id, &out, payload, deadline);
+                    let request = persisted_wire(id, &out, payload, deadline, false);
                     let sent = timeout_at(
                         deadline,
                         sharding
@@ -234,7 +328,7 @@ impl Sharding {
         payload: Bytes,
         deadline: Instant,
     ) -> Option<Result<ReplyValue, CallError>> {
-        let request = persisted_wire(id, out, payload, deadline);
+        let request = persisted_wire(id, out, payload, deadline, false);
         match timeout_at(deadline, self.inner.transport.send(owner, request)).await {
             Err(_) => {
                 // The owner may be gone: let whoever holds the shard now deliver it at once.
@@ -267,19 +361,12 @@ impl Sharding {
 }
 
 /// The wire form of a stored request pushed to its owner.
-fn persisted_wire(id: Snowflake, out: &Outgoing, payload: Bytes, deadline: Instant) -> Request {
-    Request {
-        id,
-        address: out.address.clone(),
-        tag: out.tag.clone(),
-        payload,
-        headers: out.headers.clone(),
-        persisted: true,
-        timeout: Some(
-            deadline
-                .saturating_duration_since(Instant::now())
-                .max(Duration::from_millis(1)),
-        ),
-        streaming: false,
-    }
+pub(super) fn persisted_wire(
+    id: Snowflake,
+    out: &Outgoing,
+    payload: Bytes,
+    deadline: Instant,
+    streaming: bool,
+) -> Request {
+    out.wire(id, payload, deadline, true, streaming)
 }
