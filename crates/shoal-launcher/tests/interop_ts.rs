@@ -25,7 +25,7 @@ const PACKAGE: &str = "@query-farm/vgi-rpc@0.25.4";
 
 /// Computes hashes, socket paths and the default state dir with the TypeScript functions.
 const HASH_SCRIPT: &str = r#"
-import { readFileSync } from "node:fs";
+import { readFileSync, writeFileSync } from "node:fs";
 import * as vgi from "@query-farm/vgi-rpc";
 const input = JSON.parse(readFileSync(0, "utf8"));
 const results = [];
@@ -33,19 +33,19 @@ for (const c of input.cases) {
   const hash = await vgi.launcherComputeHash(c.argv, c.cwd, c.env);
   results.push({ hash, paths: vgi.socketPaths(input.stateDir, hash) });
 }
-console.log(JSON.stringify({ results, defaultStateDir: vgi.defaultStateDir() }));
+writeFileSync(input.out, JSON.stringify({ results, defaultStateDir: vgi.defaultStateDir() }));
 "#;
 
 /// `launch` with the TypeScript launcher from node's working directory.
 const LAUNCH_SCRIPT: &str = r#"
-import { readFileSync } from "node:fs";
+import { readFileSync, writeFileSync } from "node:fs";
 import * as vgi from "@query-farm/vgi-rpc";
 const input = JSON.parse(readFileSync(0, "utf8"));
 const socket = await vgi.launch({
   workerArgv: input.argv, stateDir: input.stateDir, idleTimeout: 60, workerStartupTimeout: 30,
 });
 const rows = await vgi.statusRows(input.stateDir);
-console.log(JSON.stringify({ socket, rows }));
+writeFileSync(input.out, JSON.stringify({ socket, rows }));
 // The TypeScript launcher keeps node alive as long as the worker runs; leave explicitly.
 process.exit(0);
 "#;
@@ -126,13 +126,18 @@ async fn package_dir() -> PathBuf {
     dir
 }
 
-/// Runs `node <script>` with `input` on stdin and returns its stdout as JSON.
+/// Runs `node <script>` with `input` on stdin and returns the JSON it writes to the file named
+/// by `input.out` (a file rather than stdout, so that nothing else node or a worker it spawns
+/// prints can mix with the result).
 async fn node_json(
     script: &Path,
     cwd: &Path,
     env: &[(&str, Option<&Path>)],
-    input: serde_json::Value,
+    mut input: serde_json::Value,
 ) -> serde_json::Value {
+    let scratch = tempfile::tempdir().unwrap();
+    let out = scratch.path().join("out.json");
+    input["out"] = json!(out);
     let mut command = Command::new("node");
     command
         .arg(script)
@@ -161,7 +166,15 @@ async fn node_json(
         "node {script:?} failed: {}",
         String::from_utf8_lossy(&output.stderr)
     );
-    serde_json::from_slice(&output.stdout).unwrap()
+    let written = std::fs::read(&out).unwrap_or_default();
+    serde_json::from_slice(&written).unwrap_or_else(|error| {
+        panic!(
+            "node {script:?} wrote no JSON to {out:?} ({error}): {:?}\nstdout: {:?}\nstderr: {}",
+            String::from_utf8_lossy(&written),
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })
 }
 
 #[tokio::test]
