@@ -392,9 +392,11 @@ impl MessageStorage for MemoryMessageStorage {
                 },
             );
         }
-        self.publish([MessageEvent::Saved {
-            shard: request.address.shard.clone(),
-        }]);
+        if claim.is_none() {
+            self.publish([MessageEvent::Saved {
+                shard: request.address.shard.clone(),
+            }]);
+        }
         Ok(SaveResult::Saved)
     }
 

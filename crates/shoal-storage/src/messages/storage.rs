@@ -14,7 +14,10 @@ use crate::error::StorageError;
 /// Something changed in message storage (for wake-ups; polling stays the safety net).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MessageEvent {
-    /// A request or envelope was saved for this shard.
+    /// A message of this shard became claimable: a request or interrupt was saved without a
+    /// claim, or claims were lifted. A request saved claimed (pushed to the runner that holds
+    /// the claim) publishes nothing: no poller could take it, and waking the shard's owner for
+    /// every pushed request would have it poll storage continuously under load.
     Saved {
         /// The shard.
         shard: ShardId,

@@ -278,15 +278,21 @@ impl Writer {
         let deliver_at: Vec<Option<i64>> = order.iter().map(|r| r.deliver_at_ms).collect();
         let claimed_by: Vec<Option<&str>> = order.iter().map(|r| r.claimed_by.as_deref()).collect();
         let claim_ms: Vec<Option<i64>> = order.iter().map(|r| r.claim_ms).collect();
-        let shards: BTreeSet<&ShardId> = rows.iter().map(|r| &r.shard).collect();
-        let notifications = payloads(&self.origin, shards.iter().map(|s| saved_line(s)));
+        // Only unclaimed rows wake the shard's owner (see `MessageEvent::Saved`); a batch of
+        // pushed requests sends no notification at all.
+        let claimable: BTreeSet<&ShardId> = rows
+            .iter()
+            .filter(|r| r.claimed_by.is_none())
+            .map(|r| &r.shard)
+            .collect();
+        let notifications = payloads(&self.origin, claimable.iter().map(|s| saved_line(s)));
 
         let (inserted, originals) = call(
             BACKEND,
             &self.pool,
             self.timeout,
             "save_request",
-            shards.len(),
+            rows.iter().map(|r| &r.shard).collect::<BTreeSet<_>>().len(),
             async |conn| {
                 let inserted: HashSet<i64> =
                     sqlx::query_as::<_, (i64, Option<i64>)>(self.sql.save_requests.clone())
@@ -330,7 +336,7 @@ impl Writer {
 
         let saved: BTreeSet<&ShardId> = rows
             .iter()
-            .filter(|r| inserted.contains(&r.id))
+            .filter(|r| r.claimed_by.is_none() && inserted.contains(&r.id))
             .map(|r| &r.shard)
             .collect();
         for shard in saved {

@@ -249,7 +249,7 @@ impl Writer {
         let saves = save_results(&request_rows, &inserted, originals);
         let mut saved_shards = BTreeSet::new();
         for ((index, row), result) in requests.iter().zip(saves) {
-            if matches!(result, Ok(SaveResult::Saved)) {
+            if matches!(result, Ok(SaveResult::Saved)) && row.claimed_by.is_none() {
                 saved_shards.insert(row.shard.clone());
             }
             results[*index] = Some(result.map(Done::Request));

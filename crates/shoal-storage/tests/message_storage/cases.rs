@@ -747,6 +747,26 @@ pub async fn events_are_published(env: &Env) {
     claim_ids(s, &[8], 1).await;
     s.reset_request(r2.id).await.unwrap();
     expect_event(&mut rx, MessageEvent::Saved { shard: shard(8) }).await;
+    // A request saved claimed (pushed to its runner) wakes nobody: the next event is the
+    // unclaimed save that follows it.
+    let pushed = request(id(), &address(9, "c"));
+    s.save_request(&pushed, Some(&claim(1, LONG)))
+        .await
+        .unwrap();
+    saved(s, &request(id(), &address(10, "d"))).await;
+    next_event(&mut rx, MessageEvent::Saved { shard: shard(10) }).await;
+}
+
+/// Asserts that the next event of `rx` is `want`.
+pub async fn next_event(
+    rx: &mut tokio::sync::broadcast::Receiver<MessageEvent>,
+    want: MessageEvent,
+) {
+    let got = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .unwrap_or_else(|_| panic!("no {want:?} within 10 s"))
+        .unwrap();
+    assert_eq!(got, want);
 }
 
 pub async fn concurrent_saves_get_their_own_results(env: &Env) {
