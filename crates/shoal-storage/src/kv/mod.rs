@@ -22,6 +22,8 @@ mod limits;
 mod memory;
 #[cfg(feature = "postgres")]
 mod postgres;
+#[cfg(feature = "postgres")]
+mod postgres_puts;
 mod query;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 mod rows;

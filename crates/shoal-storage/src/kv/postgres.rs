@@ -1,6 +1,6 @@
 //! [`PostgresEntityKv`]: entity KV in Postgres, fenced by the leases table of the same prefix.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -9,6 +9,7 @@ use sqlx::postgres::{PgPool, PgRow};
 use sqlx::{AssertSqlSafe, Row, SqlSafeStr, SqlStr};
 
 use super::limits::{check_fence, check_keys, check_put, check_query, check_range, last_wins};
+use super::postgres_puts::{self, PutOp};
 use super::query::{KvEntry, KvQuery};
 use super::rows::{Rows, fenced, values_in_order};
 use super::storage::EntityKv;
@@ -17,7 +18,8 @@ use crate::messages::Fence;
 use crate::options::StorageOptions;
 use crate::postgres::PostgresRunnerStorage;
 use crate::prefix::TablePrefix;
-use crate::sql::call::call;
+use crate::sql::call::{call, with_deadline};
+use crate::sql::group_commit::GroupCommit;
 
 const BACKEND: &str = "postgres";
 
@@ -26,7 +28,9 @@ const BACKEND: &str = "postgres";
 ///
 /// Each write is **one statement**: a common table expression reads the shard's lease row
 /// `FOR SHARE` (so no `acquire` can change its epoch until the statement commits) and the write
-/// applies only if the lease has no newer epoch than the caller's fence. Every call runs under
+/// applies only if the lease has no newer epoch than the caller's fence. Concurrent `put`s are
+/// group-committed: one statement (and one commit) per batch, each put fenced on its own, batches
+/// written one at a time so puts commit in the order they were made. Every call runs under
 /// [`StorageOptions::call_timeout`] and closes its connection when it fails or times out.
 ///
 /// The table is created by the runner storage's migrations (`0010_entity_kv.sql`), so build
@@ -47,6 +51,8 @@ pub struct PostgresEntityKv {
     pool: PgPool,
     options: StorageOptions,
     sql: Arc<Queries>,
+    /// The put batch writer, started on the runtime of the first put.
+    puts: Arc<OnceLock<GroupCommit<PutOp, ()>>>,
 }
 
 impl PostgresEntityKv {
@@ -62,6 +68,7 @@ impl PostgresEntityKv {
             sql: Arc::new(Queries::new(&options.table_prefix)),
             pool,
             options,
+            puts: Arc::new(OnceLock::new()),
         }
     }
 
@@ -84,6 +91,25 @@ impl PostgresEntityKv {
             work,
         )
         .await
+    }
+
+    /// The put batch writer, started on first use.
+    fn puts(&self) -> Result<&GroupCommit<PutOp, ()>, StorageError> {
+        if self.puts.get().is_none() {
+            let writer = postgres_puts::spawn(
+                self.pool.clone(),
+                &self.options.table_prefix,
+                self.options.call_timeout,
+            )?;
+            // Another put may have won the race: its writer is used, this one stops unused.
+            let _ = self.puts.set(writer);
+        }
+        self.puts
+            .get()
+            .ok_or_else(|| StorageError::InvalidArgument {
+                operation: "kv_put",
+                detail: "the put writer could not be started".to_owned(),
+            })
     }
 
     /// Runs a fenced write statement whose only row is the shard's current epoch (or NULL).
@@ -132,6 +158,7 @@ impl EntityKv for PostgresEntityKv {
         let rows = self
             .call("kv_get", async |conn| {
                 sqlx::query(sql)
+                    .persistent(false)
                     .bind(entity.entity_type.as_str())
                     .bind(entity.entity_id.as_str())
                     .bind(&list)
@@ -157,6 +184,7 @@ impl EntityKv for PostgresEntityKv {
         let rows = self
             .call("kv_list", async |conn| {
                 let mut q = sqlx::query(sql)
+                    .persistent(false)
                     .bind(entity.entity_type.as_str())
                     .bind(entity.entity_id.as_str())
                     .bind(bounds.start.as_ref())
@@ -179,16 +207,18 @@ impl EntityKv for PostgresEntityKv {
         check_fence("kv_put", entity, fence)?;
         check_put("kv_put", entries)?;
         let entries = last_wins(entries);
-        let keys: Vec<&[u8]> = entries.iter().map(|e| e.key.as_ref()).collect();
-        let values: Vec<&[u8]> = entries.iter().map(|e| e.value.as_ref()).collect();
-        let statement = sqlx::query(self.sql.put.clone())
-            .bind(entity.entity_type.as_str())
-            .bind(entity.entity_id.as_str())
-            .bind(fence.shard.to_string())
-            .bind(epoch_param(fence))
-            .bind(keys)
-            .bind(values);
-        self.fenced_write("kv_put", fence, statement).await
+        let op = PutOp {
+            entity_type: entity.entity_type.to_string(),
+            entity_id: entity.entity_id.to_string(),
+            fence: fence.clone(),
+            keys: entries.iter().map(|e| e.key.clone()).collect(),
+            values: entries.iter().map(|e| e.value.clone()).collect(),
+        };
+        let puts = self.puts()?;
+        with_deadline(BACKEND, "kv_put", 1, self.options.call_timeout, async {
+            puts.submit("kv_put", op).await
+        })
+        .await
     }
 
     async fn delete(
@@ -201,6 +231,7 @@ impl EntityKv for PostgresEntityKv {
         check_keys("kv_delete", keys)?;
         let list: Vec<&[u8]> = keys.iter().map(|k| k.as_ref()).collect();
         let statement = sqlx::query(self.sql.delete.clone())
+            .persistent(false)
             .bind(entity.entity_type.as_str())
             .bind(entity.entity_id.as_str())
             .bind(fence.shard.to_string())
@@ -219,6 +250,7 @@ impl EntityKv for PostgresEntityKv {
         check_fence("kv_delete_range", entity, fence)?;
         check_range("kv_delete_range", start, end)?;
         let statement = sqlx::query(self.sql.delete_range.clone())
+            .persistent(false)
             .bind(entity.entity_type.as_str())
             .bind(entity.entity_id.as_str())
             .bind(fence.shard.to_string())
@@ -231,6 +263,7 @@ impl EntityKv for PostgresEntityKv {
     async fn drop_all(&self, entity: &EntityAddress, fence: &Fence) -> Result<(), StorageError> {
         check_fence("kv_drop", entity, fence)?;
         let statement = sqlx::query(self.sql.drop.clone())
+            .persistent(false)
             .bind(entity.entity_type.as_str())
             .bind(entity.entity_id.as_str())
             .bind(fence.shard.to_string())
@@ -250,7 +283,6 @@ struct Queries {
     get: SqlStr,
     /// `[bounded][reverse]`.
     list: [[SqlStr; 2]; 2],
-    put: SqlStr,
     delete: SqlStr,
     delete_range: SqlStr,
     drop: SqlStr,
@@ -302,16 +334,6 @@ impl Queries {
                 [list(false, false), list(false, true)],
                 [list(true, false), list(true, true)],
             ],
-            // $5 keys, $6 values (parallel arrays, keys unique).
-            put: fenced_sql(
-                prefix,
-                "INSERT INTO {prefix}_entity_kv (entity_type, entity_id, key, value, updated_at) \
-                 SELECT $1, $2, t.k, t.v, now() FROM unnest($5::bytea[], $6::bytea[]) AS t(k, v) \
-                 WHERE (SELECT ok FROM allowed) \
-                 ON CONFLICT (entity_type, entity_id, key) DO UPDATE \
-                   SET value = EXCLUDED.value, updated_at = EXCLUDED.updated_at \
-                 RETURNING 1",
-            ),
             // $5 keys.
             delete: fenced_sql(
                 prefix,

@@ -228,7 +228,9 @@ impl PostgresMessageStorage {
         let shards = self
             .call(operation, 0, async |conn| {
                 use sqlx::Row;
-                let rows = bind(sqlx::query(sql)).fetch_all(&mut *conn).await?;
+                let rows = bind(sqlx::query(sql).persistent(false))
+                    .fetch_all(&mut *conn)
+                    .await?;
                 let mut shards = BTreeSet::new();
                 for row in rows {
                     shards.insert(row.try_get::<String, _>(0)?);
@@ -237,6 +239,7 @@ impl PostgresMessageStorage {
                     let lines = shards.iter().map(|s| format!("s:{s}"));
                     let payloads = payloads(&wakeups.origin, lines);
                     sqlx::query(notify)
+                        .persistent(false)
                         .bind(&*wakeups.channel)
                         .bind(&payloads)
                         .execute(&mut *conn)
@@ -296,6 +299,7 @@ impl Writer {
             async |conn| {
                 let inserted: HashSet<i64> =
                     sqlx::query_as::<_, (i64, Option<i64>)>(self.sql.save_requests.clone())
+                        .persistent(false)
                         .bind(&ids)
                         .bind(&keys)
                         .bind(&shard_ids)
@@ -322,6 +326,7 @@ impl Writer {
                     let keys: Vec<&str> = missing.iter().filter_map(|r| r.key.as_deref()).collect();
                     let ids: Vec<i64> = missing.iter().map(|r| r.id).collect();
                     sqlx::query_as::<_, OriginalRow>(self.sql.originals.clone())
+                        .persistent(false)
                         .bind(&keys)
                         .bind(&ids)
                         .fetch_all(&mut *conn)
@@ -391,6 +396,7 @@ impl Writer {
                     sqlx::query_as::<_, (Vec<i64>, Vec<i64>, i64, Option<i64>)>(
                         self.sql.save_replies.clone(),
                     )
+                    .persistent(false)
                     .bind(&ids)
                     .bind(&request_ids)
                     .bind(&kinds)
@@ -462,6 +468,7 @@ impl MessageStorage for PostgresMessageStorage {
                 let sql = self.inner.sql.ack_chunk.clone();
                 self.call("save_envelope", 0, async |conn| {
                     sqlx::query(sql)
+                        .persistent(false)
                         .bind(db_id(reply_id))
                         .bind(db_id(envelope.request_id))
                         .execute(conn)
@@ -480,6 +487,7 @@ impl MessageStorage for PostgresMessageStorage {
                 let pending = self
                     .call("save_envelope", 1, async |conn| {
                         sqlx::query_as::<_, (bool, i64)>(sql)
+                            .persistent(false)
                             .bind(db_id(envelope.id))
                             .bind(db_id(envelope.request_id))
                             .bind(envelope.address.shard.to_string())
@@ -525,6 +533,7 @@ impl MessageStorage for PostgresMessageStorage {
         let rows = self
             .call("replies_for", 0, async |conn| {
                 sqlx::query_as::<_, ReplyRow>(sql)
+                    .persistent(false)
                     .bind(&ids)
                     .fetch_all(conn)
                     .await
@@ -550,6 +559,7 @@ impl MessageStorage for PostgresMessageStorage {
         let rows = self
             .call("claim_unprocessed", texts.len(), async |conn| {
                 sqlx::query_as::<_, MessageRow>(sql)
+                    .persistent(false)
                     .bind(&texts)
                     .bind(limit)
                     .bind(&by)
@@ -573,6 +583,7 @@ impl MessageStorage for PostgresMessageStorage {
         let ms = self
             .call("next_deliver_at", texts.len(), async |conn| {
                 sqlx::query_scalar::<_, Option<i64>>(sql)
+                    .persistent(false)
                     .bind(&texts)
                     .fetch_one(conn)
                     .await
@@ -636,6 +647,7 @@ impl MessageStorage for PostgresMessageStorage {
         let sql = self.inner.sql.clear_address.clone();
         self.call("clear_address", 0, async |conn| {
             sqlx::query(sql)
+                .persistent(false)
                 .bind(address.entity_type.as_str())
                 .bind(address.entity_id.as_str())
                 .execute(conn)
@@ -655,6 +667,7 @@ impl MessageStorage for PostgresMessageStorage {
         let deleted = self
             .call("sweep", 0, async |conn| {
                 sqlx::query_scalar::<_, i64>(sql)
+                    .persistent(false)
                     .bind(age)
                     .bind(limit)
                     .fetch_one(conn)

@@ -46,6 +46,7 @@ macro_rules! conformance {
             unleased_shards_fence_nothing,
             fence_must_name_the_entity_shard,
             concurrent_writers_keep_every_key,
+            concurrent_puts_are_fenced_one_by_one,
             $($extra),*
         );
     };
