@@ -144,7 +144,7 @@ async fn bench(storage: &str, options: &Options) {
     )
     .await
     .unwrap_or_else(|e| panic!("cannot open {storage} storage: {e}"));
-    let (_server, runner) = start_server(&url, &prefix);
+    let (server, runner) = start_server(&url, &prefix);
     let messages = stores.messages.clone();
     let client = SocketRunner::client_only_with(
         ShardingConfig::default(),
@@ -257,6 +257,29 @@ async fn bench(storage: &str, options: &Options) {
         ms(lateness.max()),
     );
     client.shutdown().await;
+    drop(server);
+    if storage == "postgres" {
+        drop_tables(&url, &prefix).await;
+    }
+}
+
+/// Drops the bench's tables (`{prefix}_*`) so runs leave nothing behind in the database.
+async fn drop_tables(url: &str, prefix: &str) {
+    use sqlx::{Connection, Executor};
+    let Ok(mut conn) = sqlx::PgConnection::connect(url).await else {
+        eprintln!("could not connect to drop the tables {prefix}_*");
+        return;
+    };
+    let drop = format!(
+        "DO $$ DECLARE t text; BEGIN \
+           FOR t IN SELECT tablename FROM pg_tables \
+             WHERE schemaname = current_schema() AND starts_with(tablename, '{prefix}_') LOOP \
+             EXECUTE format('DROP TABLE IF EXISTS %I CASCADE', t); \
+           END LOOP; END $$"
+    );
+    if let Err(error) = conn.execute(sqlx::AssertSqlSafe(drop)).await {
+        eprintln!("could not drop the tables {prefix}_*: {error}");
+    }
 }
 
 fn main() {
