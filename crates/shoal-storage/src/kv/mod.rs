@@ -24,11 +24,15 @@ mod memory;
 mod postgres;
 #[cfg(feature = "postgres")]
 mod postgres_puts;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+mod put_op;
 mod query;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 mod rows;
 #[cfg(feature = "sqlite")]
 mod sqlite;
+#[cfg(feature = "sqlite")]
+mod sqlite_puts;
 mod storage;
 
 pub use limits::{DEFAULT_LIST_LIMIT, MAX_KEY_SIZE, MAX_KEYS, MAX_PUT_PAYLOAD, MAX_VALUE_SIZE};

@@ -9,7 +9,8 @@ use sqlx::postgres::{PgPool, PgRow};
 use sqlx::{AssertSqlSafe, Row, SqlSafeStr, SqlStr};
 
 use super::limits::{check_fence, check_keys, check_put, check_query, check_range, last_wins};
-use super::postgres_puts::{self, PutOp};
+use super::postgres_puts;
+use super::put_op::PutOp;
 use super::query::{KvEntry, KvQuery};
 use super::rows::{Rows, fenced, values_in_order};
 use super::storage::EntityKv;
@@ -207,13 +208,7 @@ impl EntityKv for PostgresEntityKv {
         check_fence("kv_put", entity, fence)?;
         check_put("kv_put", entries)?;
         let entries = last_wins(entries);
-        let op = PutOp {
-            entity_type: entity.entity_type.to_string(),
-            entity_id: entity.entity_id.to_string(),
-            fence: fence.clone(),
-            keys: entries.iter().map(|e| e.key.clone()).collect(),
-            values: entries.iter().map(|e| e.value.clone()).collect(),
-        };
+        let op = PutOp::new(entity, &entries, fence);
         let puts = self.puts()?;
         with_deadline(BACKEND, "kv_put", 1, self.options.call_timeout, async {
             puts.submit("kv_put", op).await

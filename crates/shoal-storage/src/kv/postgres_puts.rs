@@ -12,13 +12,12 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use sqlx::postgres::PgPool;
 use sqlx::{AssertSqlSafe, SqlSafeStr, SqlStr};
 
+use super::put_op::PutOp;
 use super::rows::fenced;
 use crate::error::StorageError;
-use crate::messages::Fence;
 use crate::prefix::TablePrefix;
 use crate::sql::call::call;
 use crate::sql::group_commit::{BatchResult, GroupCommit};
@@ -27,16 +26,6 @@ const BACKEND: &str = "postgres";
 
 /// Most puts in one statement.
 const MAX_BATCH: usize = 512;
-
-/// One entity's put: its entries already checked and de-duplicated (last wins).
-#[derive(Debug)]
-pub(super) struct PutOp {
-    pub(super) entity_type: String,
-    pub(super) entity_id: String,
-    pub(super) fence: Fence,
-    pub(super) keys: Vec<Bytes>,
-    pub(super) values: Vec<Bytes>,
-}
 
 /// The batch writer's side: the pool, the statement and the call deadline.
 #[derive(Debug)]

@@ -1,6 +1,6 @@
 //! [`SqliteEntityKv`]: entity KV in SQLite, fenced by the leases table of the same prefix.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -9,6 +9,7 @@ use sqlx::sqlite::{SqliteConnection, SqlitePool, SqliteRow};
 use sqlx::{AssertSqlSafe, Connection, Row, SqlSafeStr, SqlStr};
 
 use super::limits::{check_fence, check_keys, check_put, check_query, check_range, last_wins};
+use super::put_op::PutOp;
 use super::query::{KvEntry, KvQuery};
 use super::rows::{Rows, entries, fenced, values_in_order};
 use super::storage::EntityKv;
@@ -16,7 +17,8 @@ use crate::error::StorageError;
 use crate::messages::Fence;
 use crate::options::StorageOptions;
 use crate::prefix::TablePrefix;
-use crate::sql::call::call;
+use crate::sql::call::{call, with_deadline};
+use crate::sql::group_commit::GroupCommit;
 use crate::sqlite::SqliteRunnerStorage;
 
 const BACKEND: &str = "sqlite";
@@ -29,8 +31,10 @@ const NOW_MS: &str = "CAST(round(unixepoch('subsec') * 1000) AS INTEGER)";
 ///
 /// Each write is a `BEGIN IMMEDIATE` transaction (it holds SQLite's write lock from the start):
 /// read the shard's lease epoch, refuse when it is newer than the caller's fence, write, commit —
-/// no `acquire` can slip in between. Every call runs under [`StorageOptions::call_timeout`] and
-/// closes its connection when it fails or times out.
+/// no `acquire` can slip in between. Concurrent `put`s share one such transaction per batch
+/// (each fenced on its own; batches written one at a time, so puts commit in the order they were
+/// made) instead of queueing one by one on the write lock. Every call runs under
+/// [`StorageOptions::call_timeout`] and closes its connection when it fails or times out.
 ///
 /// The table is created by the runner storage's migrations (`0010_entity_kv.sql`), so build this
 /// from a migrated [`SqliteRunnerStorage`]; it shares that storage's pool (and, for an in-memory
@@ -53,6 +57,8 @@ const NOW_MS: &str = "CAST(round(unixepoch('subsec') * 1000) AS INTEGER)";
 pub struct SqliteEntityKv {
     runners: SqliteRunnerStorage,
     sql: Arc<Queries>,
+    /// The put batch writer, started on the runtime of the first put.
+    puts: Arc<OnceLock<GroupCommit<PutOp, ()>>>,
 }
 
 impl SqliteEntityKv {
@@ -61,6 +67,7 @@ impl SqliteEntityKv {
         Self {
             sql: Arc::new(Queries::new(&runners.options().table_prefix)),
             runners: runners.clone(),
+            puts: Arc::new(OnceLock::new()),
         }
     }
 
@@ -71,6 +78,26 @@ impl SqliteEntityKv {
 
     fn pool(&self) -> &SqlitePool {
         self.runners.pool()
+    }
+
+    /// The put batch writer, started on first use.
+    fn puts(&self) -> Result<&GroupCommit<PutOp, ()>, StorageError> {
+        if self.puts.get().is_none() {
+            let writer = super::sqlite_puts::spawn(
+                self.pool().clone(),
+                self.sql.lease.clone(),
+                self.sql.put.clone(),
+                self.options().call_timeout,
+            )?;
+            // Another put may have won the race: its writer is used, this one stops unused.
+            let _ = self.puts.set(writer);
+        }
+        self.puts
+            .get()
+            .ok_or_else(|| StorageError::InvalidArgument {
+                operation: "kv_put",
+                detail: "the put writer could not be started".to_owned(),
+            })
     }
 
     async fn call<T>(
@@ -208,19 +235,10 @@ impl EntityKv for SqliteEntityKv {
     ) -> Result<(), StorageError> {
         check_fence("kv_put", entity, fence)?;
         check_put("kv_put", entries)?;
-        let entries = last_wins(entries);
-        let sql = self.sql.put.clone();
-        self.fenced_write("kv_put", fence, async |conn| {
-            for entry in entries {
-                sqlx::query(sql.clone())
-                    .bind(entity.entity_type.as_str())
-                    .bind(entity.entity_id.as_str())
-                    .bind(entry.key.as_ref())
-                    .bind(entry.value.as_ref())
-                    .execute(&mut *conn)
-                    .await?;
-            }
-            Ok(())
+        let op = PutOp::new(entity, &last_wins(entries), fence);
+        let puts = self.puts()?;
+        with_deadline(BACKEND, "kv_put", 1, self.options().call_timeout, async {
+            puts.submit("kv_put", op).await
         })
         .await
     }
