@@ -11,7 +11,8 @@
 //! keeps doing so as they grow (measured: a batch of 59 replies took 36 ms against 1,900
 //! messages, nested loops over a sequential scan, and the cost grew with the backlog). Planning
 //! a batch statement costs far less than one such mistake. The leases and runners tables keep a
-//! fixed size, so their statements stay prepared.
+//! fixed size, so their statements stay prepared, and so does the claim, whose cached plan
+//! measured better (see `claim_unprocessed`).
 
 mod listener;
 mod message_queries;
