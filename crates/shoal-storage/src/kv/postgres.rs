@@ -1,6 +1,6 @@
 //! [`PostgresEntityKv`]: entity KV in Postgres, fenced by the leases table of the same prefix.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -10,7 +10,7 @@ use sqlx::{AssertSqlSafe, Row, SqlSafeStr, SqlStr};
 
 use super::limits::{check_fence, check_keys, check_put, check_query, check_range, last_wins};
 use super::postgres_puts;
-use super::put_op::PutOp;
+use super::put_op::{PutOp, PutWriter};
 use super::query::{KvEntry, KvQuery};
 use super::rows::{Rows, fenced, values_in_order};
 use super::storage::EntityKv;
@@ -20,7 +20,6 @@ use crate::options::StorageOptions;
 use crate::postgres::PostgresRunnerStorage;
 use crate::prefix::TablePrefix;
 use crate::sql::call::{call, with_deadline};
-use crate::sql::group_commit::GroupCommit;
 
 const BACKEND: &str = "postgres";
 
@@ -52,8 +51,8 @@ pub struct PostgresEntityKv {
     pool: PgPool,
     options: StorageOptions,
     sql: Arc<Queries>,
-    /// The put batch writer, started on the runtime of the first put.
-    puts: Arc<OnceLock<GroupCommit<PutOp, ()>>>,
+    /// The put batch writer.
+    puts: PutWriter,
 }
 
 impl PostgresEntityKv {
@@ -69,7 +68,7 @@ impl PostgresEntityKv {
             sql: Arc::new(Queries::new(&options.table_prefix)),
             pool,
             options,
-            puts: Arc::new(OnceLock::new()),
+            puts: PutWriter::default(),
         }
     }
 
@@ -92,25 +91,6 @@ impl PostgresEntityKv {
             work,
         )
         .await
-    }
-
-    /// The put batch writer, started on first use.
-    fn puts(&self) -> Result<&GroupCommit<PutOp, ()>, StorageError> {
-        if self.puts.get().is_none() {
-            let writer = postgres_puts::spawn(
-                self.pool.clone(),
-                &self.options.table_prefix,
-                self.options.call_timeout,
-            )?;
-            // Another put may have won the race: its writer is used, this one stops unused.
-            let _ = self.puts.set(writer);
-        }
-        self.puts
-            .get()
-            .ok_or_else(|| StorageError::InvalidArgument {
-                operation: "kv_put",
-                detail: "the put writer could not be started".to_owned(),
-            })
     }
 
     /// Runs a fenced write statement whose only row is the shard's current epoch (or NULL).
@@ -209,7 +189,13 @@ impl EntityKv for PostgresEntityKv {
         check_put("kv_put", entries)?;
         let entries = last_wins(entries);
         let op = PutOp::new(entity, &entries, fence);
-        let puts = self.puts()?;
+        let puts = self.puts.get_or_start(|| {
+            postgres_puts::spawn(
+                self.pool.clone(),
+                &self.options.table_prefix,
+                self.options.call_timeout,
+            )
+        })?;
         with_deadline(BACKEND, "kv_put", 1, self.options.call_timeout, async {
             puts.submit("kv_put", op).await
         })

@@ -6,7 +6,8 @@
 //! statement share-locks the lease rows of every shard in the batch, refuses the puts whose
 //! fence is older than their shard's lease, and upserts the entries of the others. Batches are
 //! written **one at a time**, so puts commit in the order they were submitted, across batches
-//! too.
+//! too. The price: a batch that waits (on a lease row an `acquire` holds) holds up the puts
+//! queued behind it, for at most the call deadline, after which its connection is closed.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -29,7 +30,7 @@ const MAX_BATCH: usize = 512;
 
 /// The batch writer's side: the pool, the statement and the call deadline.
 #[derive(Debug)]
-pub(super) struct PutWriter {
+pub(super) struct Writer {
     pool: PgPool,
     statement: SqlStr,
     timeout: Duration,
@@ -46,7 +47,7 @@ pub(super) fn spawn(
             operation: "kv_put",
             detail: "PostgresEntityKv writes must run inside a tokio runtime".to_owned(),
         })?;
-    let writer = Arc::new(PutWriter {
+    let writer = Arc::new(Writer {
         pool,
         statement: AssertSqlSafe(Arc::<str>::from(prefix.substitute(PUT_BATCH))).into_sql_str(),
         timeout,
@@ -99,7 +100,7 @@ const PUT_BATCH: &str = "WITH input AS ( \
        ARRAY(SELECT epoch FROM fenced ORDER BY op) AS fenced_epoch, \
        (SELECT count(*) FROM written) AS written";
 
-impl PutWriter {
+impl Writer {
     async fn write(&self, ops: Vec<PutOp>) -> BatchResult<()> {
         let entries: usize = ops.iter().map(|op| op.keys.len()).sum();
         let mut op_ords = Vec::with_capacity(entries);

@@ -1,8 +1,13 @@
-//! [`PutOp`]: one entity's put as the SQL backends' batch writers take it.
+//! [`PutOp`]: one entity's put as the SQL backends' batch writers take it, and [`PutWriter`],
+//! the lazily started writer a backend hands them to.
+
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 
+use crate::error::StorageError;
 use crate::messages::Fence;
+use crate::sql::group_commit::GroupCommit;
 
 /// One entity's put: its entries already checked and de-duplicated (last wins), as parallel
 /// key and value lists.
@@ -29,5 +34,27 @@ impl PutOp {
             keys: entries.iter().map(|e| e.key.clone()).collect(),
             values: entries.iter().map(|e| e.value.clone()).collect(),
         }
+    }
+}
+
+/// A backend's put batch writer, started by the first put (on that put's tokio runtime) and
+/// shared by the clones of the backend.
+#[derive(Debug, Clone, Default)]
+pub(super) struct PutWriter(Arc<OnceLock<GroupCommit<PutOp, ()>>>);
+
+impl PutWriter {
+    /// The writer, started with `start` if no put has started it yet.
+    pub(super) fn get_or_start(
+        &self,
+        start: impl FnOnce() -> Result<GroupCommit<PutOp, ()>, StorageError>,
+    ) -> Result<&GroupCommit<PutOp, ()>, StorageError> {
+        if self.0.get().is_none() {
+            // Another put may win the race: its writer is used, this one stops unused.
+            let _ = self.0.set(start()?);
+        }
+        self.0.get().ok_or_else(|| StorageError::InvalidArgument {
+            operation: "kv_put",
+            detail: "the put writer could not be started".to_owned(),
+        })
     }
 }

@@ -1,6 +1,6 @@
 //! [`SqliteEntityKv`]: entity KV in SQLite, fenced by the leases table of the same prefix.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -9,7 +9,7 @@ use sqlx::sqlite::{SqliteConnection, SqlitePool, SqliteRow};
 use sqlx::{AssertSqlSafe, Connection, Row, SqlSafeStr, SqlStr};
 
 use super::limits::{check_fence, check_keys, check_put, check_query, check_range, last_wins};
-use super::put_op::PutOp;
+use super::put_op::{PutOp, PutWriter};
 use super::query::{KvEntry, KvQuery};
 use super::rows::{Rows, entries, fenced, values_in_order};
 use super::storage::EntityKv;
@@ -18,7 +18,6 @@ use crate::messages::Fence;
 use crate::options::StorageOptions;
 use crate::prefix::TablePrefix;
 use crate::sql::call::{call, with_deadline};
-use crate::sql::group_commit::GroupCommit;
 use crate::sqlite::SqliteRunnerStorage;
 
 const BACKEND: &str = "sqlite";
@@ -57,8 +56,8 @@ const NOW_MS: &str = "CAST(round(unixepoch('subsec') * 1000) AS INTEGER)";
 pub struct SqliteEntityKv {
     runners: SqliteRunnerStorage,
     sql: Arc<Queries>,
-    /// The put batch writer, started on the runtime of the first put.
-    puts: Arc<OnceLock<GroupCommit<PutOp, ()>>>,
+    /// The put batch writer.
+    puts: PutWriter,
 }
 
 impl SqliteEntityKv {
@@ -67,7 +66,7 @@ impl SqliteEntityKv {
         Self {
             sql: Arc::new(Queries::new(&runners.options().table_prefix)),
             runners: runners.clone(),
-            puts: Arc::new(OnceLock::new()),
+            puts: PutWriter::default(),
         }
     }
 
@@ -78,26 +77,6 @@ impl SqliteEntityKv {
 
     fn pool(&self) -> &SqlitePool {
         self.runners.pool()
-    }
-
-    /// The put batch writer, started on first use.
-    fn puts(&self) -> Result<&GroupCommit<PutOp, ()>, StorageError> {
-        if self.puts.get().is_none() {
-            let writer = super::sqlite_puts::spawn(
-                self.pool().clone(),
-                self.sql.lease.clone(),
-                self.sql.put.clone(),
-                self.options().call_timeout,
-            )?;
-            // Another put may have won the race: its writer is used, this one stops unused.
-            let _ = self.puts.set(writer);
-        }
-        self.puts
-            .get()
-            .ok_or_else(|| StorageError::InvalidArgument {
-                operation: "kv_put",
-                detail: "the put writer could not be started".to_owned(),
-            })
     }
 
     async fn call<T>(
@@ -236,7 +215,14 @@ impl EntityKv for SqliteEntityKv {
         check_fence("kv_put", entity, fence)?;
         check_put("kv_put", entries)?;
         let op = PutOp::new(entity, &last_wins(entries), fence);
-        let puts = self.puts()?;
+        let puts = self.puts.get_or_start(|| {
+            super::sqlite_puts::spawn(
+                self.pool().clone(),
+                self.sql.lease.clone(),
+                self.sql.put.clone(),
+                self.options().call_timeout,
+            )
+        })?;
         with_deadline(BACKEND, "kv_put", 1, self.options().call_timeout, async {
             puts.submit("kv_put", op).await
         })

@@ -27,7 +27,7 @@ const MAX_BATCH: usize = 256;
 
 /// The batch writer's side: the pool, the statements and the call deadline.
 #[derive(Debug)]
-pub(super) struct PutWriter {
+pub(super) struct Writer {
     pool: SqlitePool,
     /// `?1` shard: the lease epoch, if the shard was ever leased.
     lease: SqlStr,
@@ -48,7 +48,7 @@ pub(super) fn spawn(
             operation: "kv_put",
             detail: "SqliteEntityKv writes must run inside a tokio runtime".to_owned(),
         })?;
-    let writer = Arc::new(PutWriter {
+    let writer = Arc::new(Writer {
         pool,
         lease,
         put,
@@ -66,7 +66,7 @@ pub(super) fn spawn(
     ))
 }
 
-impl PutWriter {
+impl Writer {
     async fn write(&self, ops: Vec<PutOp>) -> BatchResult<()> {
         let shards: BTreeSet<String> = ops.iter().map(|op| op.fence.shard.to_string()).collect();
         let epochs = call(
