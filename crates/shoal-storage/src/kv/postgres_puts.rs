@@ -16,7 +16,7 @@ use std::time::Duration;
 use sqlx::postgres::PgPool;
 use sqlx::{AssertSqlSafe, SqlSafeStr, SqlStr};
 
-use super::put_op::PutOp;
+use super::put_op::{PutOp, spawn_writer};
 use super::rows::fenced;
 use crate::error::StorageError;
 use crate::prefix::TablePrefix;
@@ -36,32 +36,21 @@ pub(super) struct Writer {
     timeout: Duration,
 }
 
-/// Starts the group-commit writer of puts on the current tokio runtime.
+/// Starts the put batch writer on the current tokio runtime.
 pub(super) fn spawn(
     pool: PgPool,
     prefix: &TablePrefix,
     timeout: Duration,
 ) -> Result<GroupCommit<PutOp, ()>, StorageError> {
-    let runtime =
-        tokio::runtime::Handle::try_current().map_err(|_| StorageError::InvalidArgument {
-            operation: "kv_put",
-            detail: "PostgresEntityKv writes must run inside a tokio runtime".to_owned(),
-        })?;
     let writer = Arc::new(Writer {
         pool,
         statement: AssertSqlSafe(Arc::<str>::from(prefix.substitute(PUT_BATCH))).into_sql_str(),
         timeout,
     });
-    Ok(GroupCommit::spawn(
-        &runtime,
-        "kv_put",
-        MAX_BATCH,
-        1,
-        move |ops| {
-            let writer = writer.clone();
-            async move { writer.write(ops).await }
-        },
-    ))
+    spawn_writer("PostgresEntityKv", MAX_BATCH, move |ops| {
+        let writer = writer.clone();
+        async move { writer.write(ops).await }
+    })
 }
 
 /// `$1` op ordinals, `$2` entity types, `$3` entity ids, `$4` keys, `$5` values (one element per

@@ -7,7 +7,7 @@ use bytes::Bytes;
 
 use crate::error::StorageError;
 use crate::messages::Fence;
-use crate::sql::group_commit::GroupCommit;
+use crate::sql::group_commit::{BatchResult, GroupCommit};
 
 /// One entity's put: its entries already checked and de-duplicated (last wins), as parallel
 /// key and value lists.
@@ -57,4 +57,24 @@ impl PutWriter {
             detail: "the put writer could not be started".to_owned(),
         })
     }
+}
+
+/// Starts a put batch writer on the current tokio runtime: batches of at most `max_batch` puts,
+/// written one at a time by `write` (so puts commit in the order they were made). `kv` names the
+/// backend's type in the error returned outside a runtime.
+pub(super) fn spawn_writer<W, Fut>(
+    kv: &str,
+    max_batch: usize,
+    write: W,
+) -> Result<GroupCommit<PutOp, ()>, StorageError>
+where
+    W: Fn(Vec<PutOp>) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = BatchResult<()>> + Send + 'static,
+{
+    let runtime =
+        tokio::runtime::Handle::try_current().map_err(|_| StorageError::InvalidArgument {
+            operation: "kv_put",
+            detail: format!("{kv} writes must run inside a tokio runtime"),
+        })?;
+    Ok(GroupCommit::spawn(&runtime, "kv_put", max_batch, 1, write))
 }

@@ -14,7 +14,7 @@ use std::time::Duration;
 use sqlx::sqlite::SqlitePool;
 use sqlx::{Connection, SqlStr};
 
-use super::put_op::PutOp;
+use super::put_op::{PutOp, spawn_writer};
 use super::rows::fenced;
 use crate::error::StorageError;
 use crate::sql::call::call;
@@ -36,34 +36,23 @@ pub(super) struct Writer {
     timeout: Duration,
 }
 
-/// Starts the group-commit writer of puts on the current tokio runtime.
+/// Starts the put batch writer on the current tokio runtime.
 pub(super) fn spawn(
     pool: SqlitePool,
     lease: SqlStr,
     put: SqlStr,
     timeout: Duration,
 ) -> Result<GroupCommit<PutOp, ()>, StorageError> {
-    let runtime =
-        tokio::runtime::Handle::try_current().map_err(|_| StorageError::InvalidArgument {
-            operation: "kv_put",
-            detail: "SqliteEntityKv writes must run inside a tokio runtime".to_owned(),
-        })?;
     let writer = Arc::new(Writer {
         pool,
         lease,
         put,
         timeout,
     });
-    Ok(GroupCommit::spawn(
-        &runtime,
-        "kv_put",
-        MAX_BATCH,
-        1,
-        move |ops| {
-            let writer = writer.clone();
-            async move { writer.write(ops).await }
-        },
-    ))
+    spawn_writer("SqliteEntityKv", MAX_BATCH, move |ops| {
+        let writer = writer.clone();
+        async move { writer.write(ops).await }
+    })
 }
 
 impl Writer {
