@@ -156,6 +156,7 @@ impl From<pb::ErrorCode> for ErrorCode {
             W::DeadlineExceeded => Self::DeadlineExceeded,
             W::RunnerUnavailable => Self::RunnerUnavailable,
             W::Unauthenticated => Self::Unauthenticated,
+            W::OutcomeUnknown => Self::OutcomeUnknown,
             W::Unspecified => Self::Unknown,
         }
     }
@@ -180,6 +181,7 @@ impl From<ErrorCode> for pb::ErrorCode {
             D::DeadlineExceeded => Self::DeadlineExceeded,
             D::RunnerUnavailable => Self::RunnerUnavailable,
             D::Unauthenticated => Self::Unauthenticated,
+            D::OutcomeUnknown => Self::OutcomeUnknown,
             D::Unknown => Self::Unspecified,
         }
     }

@@ -37,6 +37,9 @@ pub use message::{
     Request,
 };
 pub use name::{EntityId, EntityType, InvalidName, ShardGroup, Tag};
-pub use runner::{MachineId, ParseRunnerAddressError, Runner, RunnerAddress, RunnerEndpoint};
+pub use runner::{
+    Incarnation, MachineId, ParseRunnerAddressError, Runner, RunnerAddress, RunnerEndpoint,
+    RunnerId,
+};
 pub use shard::{ParseShardIdError, ShardId};
-pub use snowflake::{EPOCH_MILLIS, Snowflake, SnowflakeGenerator};
+pub use snowflake::{EPOCH_MILLIS, IdsExhausted, Snowflake, SnowflakeGenerator};

@@ -114,6 +114,9 @@ pub enum ErrorCode {
     RunnerUnavailable,
     /// The caller did not present valid credentials.
     Unauthenticated,
+    /// A write may or may not have been applied (storage did not answer in time): whether the
+    /// request was stored is unknown. Retrying with the same primary key is safe.
+    OutcomeUnknown,
     /// A code this version does not know (sent by a newer peer).
     Unknown,
 }
@@ -137,6 +140,7 @@ impl ErrorCode {
             Self::DeadlineExceeded => "deadline_exceeded",
             Self::RunnerUnavailable => "runner_unavailable",
             Self::Unauthenticated => "unauthenticated",
+            Self::OutcomeUnknown => "outcome_unknown",
             Self::Unknown => "unknown",
         }
     }

@@ -274,14 +274,90 @@ impl Runner {
     }
 }
 
-/// A runner's machine id, assigned by storage at registration. Unique in a cluster and never
-/// reused; it seeds the runner's [`crate::SnowflakeGenerator`].
+/// A process's machine id: the 10 bits it stamps into the [`crate::Snowflake`] ids it makes.
+/// Leased from storage (the lowest id no live process holds) and renewed while the process
+/// lives, so no two live processes, runners or client-only, share one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct MachineId(pub i64);
 
 impl fmt::Display for MachineId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.fmt(f)
+    }
+}
+
+/// One start of a process: a random 64-bit value made when the runtime starts. A runner is
+/// identified by its advertised address *and* its incarnation, so that a restarted process, or a
+/// second process given the same address, is never mistaken for the one before it: a lease is
+/// "ours" only for the incarnation that took it.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Incarnation(u64);
+
+impl Incarnation {
+    /// A fresh incarnation: random, never 0.
+    pub fn random() -> Self {
+        use std::hash::{BuildHasher, RandomState};
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        // `RandomState` is seeded from the operating system's randomness; the time, the process
+        // id and a counter make values in one process differ too.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let value = RandomState::new().hash_one((
+            nanos,
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed),
+        ));
+        Self(value.max(1))
+    }
+
+    /// Wraps a raw value (for example read back from storage).
+    pub const fn from_raw(raw: u64) -> Self {
+        Self(raw)
+    }
+
+    /// The raw value.
+    pub const fn raw(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for Incarnation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+impl fmt::Debug for Incarnation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Incarnation({self})")
+    }
+}
+
+/// A running process of a runner: its advertised address and the incarnation serving it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RunnerId {
+    /// Where other runners reach it.
+    pub address: RunnerAddress,
+    /// Which start of the process.
+    pub incarnation: Incarnation,
+}
+
+impl RunnerId {
+    /// The runner at `address` in its `incarnation`.
+    pub fn new(address: RunnerAddress, incarnation: Incarnation) -> Self {
+        Self {
+            address,
+            incarnation,
+        }
+    }
+}
+
+impl fmt::Display for RunnerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (incarnation {})", self.address, self.incarnation)
     }
 }
 
@@ -358,6 +434,15 @@ mod tests {
             "unix:rel.sock".parse::<RunnerAddress>(),
             Err(E::RelativeUnixPath(_))
         ));
+    }
+
+    #[test]
+    fn incarnations_differ() {
+        let all: std::collections::HashSet<Incarnation> =
+            (0..1000).map(|_| Incarnation::random()).collect();
+        assert_eq!(all.len(), 1000);
+        assert!(all.iter().all(|i| i.raw() != 0));
+        assert_eq!(Incarnation::from_raw(255).to_string(), "00000000000000ff");
     }
 
     #[test]

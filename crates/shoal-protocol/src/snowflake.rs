@@ -86,26 +86,53 @@ impl<'de> Deserialize<'de> for Snowflake {
     }
 }
 
+/// Why a [`SnowflakeGenerator`] handed out no id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "no request id can be made: this process's machine id {machine} is reserved only up to \
+     {reserved_until} ms after the Snowflake epoch, and storage has not extended it (is storage \
+     reachable?)"
+)]
+pub struct IdsExhausted {
+    /// The machine bits of the generator.
+    pub machine: u16,
+    /// The end of its reservation, in milliseconds since [`EPOCH_MILLIS`].
+    pub reserved_until: u64,
+}
+
 /// Makes Snowflake ids for one machine. Thread-safe and lock-free.
 ///
 /// Ids never go backwards (a clock that steps back is ignored until it catches up) and never
 /// repeat within the generator; after 4096 ids in one millisecond it moves on to the next
 /// millisecond.
 ///
+/// Two generators never make the same id when their machine bits differ, or when their
+/// timestamps fall in disjoint ranges. A runtime leases its machine id from storage with a
+/// *reservation*: a range of milliseconds that nobody else will stamp with that machine id
+/// ([`SnowflakeGenerator::reserved`]). The generator refuses to make an id past the end of its
+/// reservation ([`IdsExhausted`]) until the reservation is extended
+/// ([`SnowflakeGenerator::extend`]), and a later holder of the same machine id starts after it.
+/// [`SnowflakeGenerator::new`] makes an unbounded generator, for a process that owns its machine
+/// id for sure (tests, a single process).
+///
 /// ```
 /// use shoal_protocol::{MachineId, SnowflakeGenerator};
 ///
 /// let ids = SnowflakeGenerator::new(MachineId(7));
-/// let a = ids.next_id();
-/// let b = ids.next_id();
+/// let a = ids.next_id()?;
+/// let b = ids.next_id()?;
 /// assert!(b > a);
 /// assert_eq!(a.machine(), 7);
+/// # Ok::<(), shoal_protocol::IdsExhausted>(())
 /// ```
 #[derive(Debug)]
 pub struct SnowflakeGenerator {
-    machine: u64,
-    /// `timestamp << SEQUENCE_BITS | sequence` of the last id handed out.
+    /// The last id handed out (or the floor a new reservation starts above). Its machine bits
+    /// say which reservation it belongs to.
     last: AtomicU64,
+    /// `reserved_until << MACHINE_BITS | machine`: ids of this machine may carry timestamps up to
+    /// `reserved_until` (milliseconds since the Snowflake epoch).
+    reservation: AtomicU64,
     clock: fn() -> u64,
 }
 
@@ -117,50 +144,157 @@ fn system_millis() -> u64 {
     unix.saturating_sub(EPOCH_MILLIS)
 }
 
+/// The largest timestamp an id can carry.
+const MAX_TIMESTAMP: u64 = (1 << (64 - TIMESTAMP_SHIFT)) - 1;
+
+fn compose(timestamp: u64, machine: u64, sequence: u64) -> u64 {
+    (timestamp << TIMESTAMP_SHIFT) | (machine << SEQUENCE_BITS) | sequence
+}
+
+fn reservation(machine: u64, until: u64) -> u64 {
+    (until.min(MAX_TIMESTAMP) << MACHINE_BITS) | machine
+}
+
 impl SnowflakeGenerator {
-    /// A generator for `machine` (only its low 10 bits are used).
+    /// An unbounded generator for `machine` (only its low 10 bits are used).
     pub fn new(machine: MachineId) -> Self {
         Self::with_clock(machine, system_millis)
     }
 
-    /// A generator reading milliseconds since [`EPOCH_MILLIS`] from `clock` (for tests).
+    /// An unbounded generator reading milliseconds since [`EPOCH_MILLIS`] from `clock` (for
+    /// tests).
     pub fn with_clock(machine: MachineId, clock: fn() -> u64) -> Self {
+        Self::reserved_with_clock(machine, 0, MAX_TIMESTAMP, clock)
+    }
+
+    /// A generator for `machine` that stamps timestamps after `floor` and up to
+    /// `reserved_until`, both in milliseconds since the Unix epoch (as storage keeps them).
+    pub fn reserved(machine: MachineId, floor: u64, reserved_until: u64) -> Self {
+        Self::reserved_with_clock(
+            machine,
+            floor.saturating_sub(EPOCH_MILLIS),
+            reserved_until.saturating_sub(EPOCH_MILLIS),
+            system_millis,
+        )
+    }
+
+    /// [`SnowflakeGenerator::reserved`] with a clock and bounds in milliseconds since
+    /// [`EPOCH_MILLIS`] (for tests).
+    pub fn reserved_with_clock(
+        machine: MachineId,
+        floor: u64,
+        reserved_until: u64,
+        clock: fn() -> u64,
+    ) -> Self {
+        let machine = (machine.0 as u64) & MACHINE_MASK;
         Self {
-            machine: (machine.0 as u64) & MACHINE_MASK,
-            last: AtomicU64::new(0),
+            last: AtomicU64::new(compose(floor.min(MAX_TIMESTAMP), machine, SEQUENCE_MASK)),
+            reservation: AtomicU64::new(reservation(machine, reserved_until)),
             clock,
         }
     }
 
     /// The machine bits this generator stamps into ids.
     pub fn machine(&self) -> u16 {
-        self.machine as u16
+        (self.reservation.load(Ordering::Acquire) & MACHINE_MASK) as u16
     }
 
-    /// The next id.
-    pub fn next_id(&self) -> Snowflake {
-        let now = (self.clock)() << SEQUENCE_BITS;
-        let mut last = self.last.load(Ordering::Relaxed);
+    /// The end of the reservation, in milliseconds since [`EPOCH_MILLIS`].
+    pub fn reserved_until(&self) -> u64 {
+        self.reservation.load(Ordering::Acquire) >> MACHINE_BITS
+    }
+
+    /// The timestamp of the last id handed out (or of the floor), in milliseconds since
+    /// [`EPOCH_MILLIS`]: no id made so far carries a later one.
+    pub fn last_timestamp(&self) -> u64 {
+        self.last.load(Ordering::Acquire) >> TIMESTAMP_SHIFT
+    }
+
+    /// Extends the reservation of `machine` to `reserved_until` (milliseconds since the Unix
+    /// epoch). Never shortens it, and does nothing if the generator has moved to another
+    /// machine id meanwhile.
+    pub fn extend(&self, machine: MachineId, reserved_until: u64) {
+        let machine = (machine.0 as u64) & MACHINE_MASK;
+        let until = reserved_until.saturating_sub(EPOCH_MILLIS);
+        let _ = self
+            .reservation
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |current| {
+                let same = current & MACHINE_MASK == machine;
+                (same && current >> MACHINE_BITS < until.min(MAX_TIMESTAMP))
+                    .then(|| reservation(machine, until))
+            });
+    }
+
+    /// Moves to another machine id with its own reservation (timestamps after `floor`, up to
+    /// `reserved_until`, milliseconds since the Unix epoch): after the old machine id's lease
+    /// was lost. Ids made under the old reservation stay unique (their range is the old
+    /// holder's), and no id mixes the two.
+    pub fn switch(&self, machine: MachineId, floor: u64, reserved_until: u64) {
+        let machine = (machine.0 as u64) & MACHINE_MASK;
+        let floor = floor.saturating_sub(EPOCH_MILLIS).min(MAX_TIMESTAMP);
+        // The floor first: a thread that sees the new machine bits in `last` with the old
+        // reservation retries until the reservation follows.
+        self.last
+            .store(compose(floor, machine, SEQUENCE_MASK), Ordering::Release);
+        self.reservation.store(
+            reservation(machine, reserved_until.saturating_sub(EPOCH_MILLIS)),
+            Ordering::Release,
+        );
+    }
+
+    /// Stops making ids (at shutdown, before the machine id is released): every later call
+    /// fails. Returns the timestamp (milliseconds since the Unix epoch) of the last id made.
+    pub fn close(&self) -> u64 {
+        let machine = self.reservation.load(Ordering::Acquire) & MACHINE_MASK;
+        self.reservation
+            .store(reservation(machine, 0), Ordering::Release);
+        self.last_timestamp() + EPOCH_MILLIS
+    }
+
+    /// The next id, or [`IdsExhausted`] when the reservation ends before the next timestamp.
+    pub fn next_id(&self) -> Result<Snowflake, IdsExhausted> {
+        let mut last = self.last.load(Ordering::Acquire);
+        let mut mismatches = 0u32;
         loop {
-            let next = if now > last {
-                now
-            } else if last & SEQUENCE_MASK < SEQUENCE_MASK {
-                last + 1
+            let reserved = self.reservation.load(Ordering::Acquire);
+            let machine = reserved & MACHINE_MASK;
+            let until = reserved >> MACHINE_BITS;
+            if (last >> SEQUENCE_BITS) & MACHINE_MASK != machine {
+                // A switch to another machine id is under way (its two stores are consecutive).
+                mismatches += 1;
+                if mismatches > 1_000 {
+                    return Err(IdsExhausted {
+                        machine: machine as u16,
+                        reserved_until: until,
+                    });
+                }
+                std::hint::spin_loop();
+                last = self.last.load(Ordering::Acquire);
+                continue;
+            }
+            let now = (self.clock)().min(MAX_TIMESTAMP);
+            let last_timestamp = last >> TIMESTAMP_SHIFT;
+            let last_sequence = last & SEQUENCE_MASK;
+            let (timestamp, sequence) = if now > last_timestamp {
+                (now, 0)
+            } else if last_sequence < SEQUENCE_MASK {
+                (last_timestamp, last_sequence + 1)
             } else {
                 // Sequence spent (or the clock went back): borrow the next millisecond.
-                (last | SEQUENCE_MASK) + 1
+                (last_timestamp + 1, 0)
             };
+            if timestamp > until {
+                return Err(IdsExhausted {
+                    machine: machine as u16,
+                    reserved_until: until,
+                });
+            }
+            let next = compose(timestamp, machine, sequence);
             match self
                 .last
-                .compare_exchange_weak(last, next, Ordering::Relaxed, Ordering::Relaxed)
+                .compare_exchange_weak(last, next, Ordering::AcqRel, Ordering::Acquire)
             {
-                Ok(_) => {
-                    let timestamp = next >> SEQUENCE_BITS;
-                    let sequence = next & SEQUENCE_MASK;
-                    return Snowflake(
-                        (timestamp << TIMESTAMP_SHIFT) | (self.machine << SEQUENCE_BITS) | sequence,
-                    );
-                }
+                Ok(_) => return Ok(Snowflake(next)),
                 Err(seen) => last = seen,
             }
         }
@@ -176,17 +310,17 @@ mod tests {
     #[test]
     fn layout() {
         let ids = SnowflakeGenerator::with_clock(MachineId(1025), || 5);
-        let a = ids.next_id();
+        let a = ids.next_id().unwrap();
         assert_eq!(a.machine(), 1);
         assert_eq!(a.sequence(), 0);
         assert_eq!(a.unix_millis(), EPOCH_MILLIS + 5);
-        assert_eq!(ids.next_id().sequence(), 1);
+        assert_eq!(ids.next_id().unwrap().sequence(), 1);
     }
 
     #[test]
     fn moves_to_next_millisecond_when_sequence_is_spent() {
         let ids = SnowflakeGenerator::with_clock(MachineId(3), || 100);
-        let all: Vec<Snowflake> = (0..5000).map(|_| ids.next_id()).collect();
+        let all: Vec<Snowflake> = (0..5000).map(|_| ids.next_id().unwrap()).collect();
         assert!(all.windows(2).all(|w| w[1] > w[0]));
         assert_eq!(all[4095].unix_millis(), EPOCH_MILLIS + 100);
         assert_eq!(all[4096].unix_millis(), EPOCH_MILLIS + 101);
@@ -199,9 +333,9 @@ mod tests {
         use std::sync::atomic::AtomicU64;
         static NOW: AtomicU64 = AtomicU64::new(1_000);
         let ids = SnowflakeGenerator::with_clock(MachineId(0), || NOW.load(Ordering::SeqCst));
-        let a = ids.next_id();
+        let a = ids.next_id().unwrap();
         NOW.store(10, Ordering::SeqCst);
-        let b = ids.next_id();
+        let b = ids.next_id().unwrap();
         assert!(b > a);
         assert_eq!(b.unix_millis(), EPOCH_MILLIS + 1_000);
     }
@@ -212,7 +346,11 @@ mod tests {
         let handles: Vec<_> = (0..4)
             .map(|_| {
                 let ids = ids.clone();
-                std::thread::spawn(move || (0..20_000).map(|_| ids.next_id()).collect::<Vec<_>>())
+                std::thread::spawn(move || {
+                    (0..20_000)
+                        .map(|_| ids.next_id().unwrap())
+                        .collect::<Vec<_>>()
+                })
             })
             .collect();
         let mut seen = HashSet::new();
@@ -222,6 +360,39 @@ mod tests {
             }
         }
         assert_eq!(seen.len(), 80_000);
+    }
+
+    #[test]
+    fn a_reserved_generator_stops_at_the_end_of_its_reservation() {
+        let ids = SnowflakeGenerator::reserved_with_clock(MachineId(5), 100, 101, || 50);
+        // Below the floor: ids start right after it.
+        let a = ids.next_id().unwrap();
+        assert_eq!(a.unix_millis(), EPOCH_MILLIS + 101);
+        assert_eq!(a.machine(), 5);
+        for _ in 0..4095 {
+            ids.next_id().unwrap();
+        }
+        let exhausted = ids.next_id().unwrap_err();
+        assert_eq!(exhausted.reserved_until, 101);
+        ids.extend(MachineId(5), EPOCH_MILLIS + 102);
+        assert_eq!(ids.next_id().unwrap().unix_millis(), EPOCH_MILLIS + 102);
+        // Another machine's extension does not apply; a shorter one does nothing.
+        ids.extend(MachineId(6), EPOCH_MILLIS + 500);
+        ids.extend(MachineId(5), EPOCH_MILLIS + 1);
+        assert_eq!(ids.reserved_until(), 102);
+    }
+
+    #[test]
+    fn switching_machines_never_mixes_two_reservations() {
+        let ids = SnowflakeGenerator::reserved_with_clock(MachineId(1), 0, 1_000, || 10);
+        let before = ids.next_id().unwrap();
+        ids.switch(MachineId(2), EPOCH_MILLIS + 600, EPOCH_MILLIS + 2_000);
+        let after = ids.next_id().unwrap();
+        assert_eq!(before.machine(), 1);
+        assert_eq!(after.machine(), 2);
+        assert_eq!(after.unix_millis(), EPOCH_MILLIS + 601);
+        assert_eq!(ids.close(), EPOCH_MILLIS + 601);
+        assert!(ids.next_id().is_err());
     }
 
     #[test]

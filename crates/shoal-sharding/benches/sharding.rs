@@ -135,6 +135,7 @@ fn assignment_cost(shards: u32, runners: usize) {
                 [ShardGroup::default_group()],
                 NonZeroU32::MIN,
             ),
+            incarnation: shoal_protocol::Incarnation::from_raw(i as u64 + 1),
             healthy: true,
         })
         .collect();
@@ -154,6 +155,7 @@ fn assignment_cost(shards: u32, runners: usize) {
             owner.map(|owner| ShardLease {
                 shard,
                 owner: owner.clone(),
+                incarnation: shoal_protocol::Incarnation::from_raw(1),
                 epoch: Epoch(1),
             })
         })

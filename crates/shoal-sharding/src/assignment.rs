@@ -254,6 +254,7 @@ mod tests {
                 groups.iter().map(|g| ShardGroup::new(g).unwrap()),
                 NonZeroU32::new(weight).unwrap(),
             ),
+            incarnation: shoal_protocol::Incarnation::from_raw(i as u64 + 1),
             healthy: true,
         }
     }
@@ -273,6 +274,7 @@ mod tests {
                 owner.map(|owner| ShardLease {
                     shard,
                     owner: owner.clone(),
+                    incarnation: shoal_protocol::Incarnation::from_raw(1),
                     epoch: Epoch(1),
                 })
             })

@@ -21,6 +21,11 @@ impl Clock {
         self.base.elapsed().as_millis() as u64
     }
 
+    /// The milliseconds of `at` on this clock (0 before its start).
+    pub(crate) fn ms_at(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.base).as_millis() as u64
+    }
+
     pub(crate) fn instant_at(&self, ms: u64) -> Instant {
         self.base + Duration::from_millis(ms)
     }

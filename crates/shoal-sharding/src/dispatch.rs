@@ -34,6 +34,17 @@ enum Mode {
 }
 
 impl Sharding {
+    /// A new request id for `out`.
+    pub(crate) fn new_id(&self, out: &Outgoing) -> Result<Snowflake, CallError> {
+        self.inner
+            .identity
+            .next_id()
+            .map_err(|error| CallError::NoRequestId {
+                address: out.address.clone(),
+                message: error.to_string(),
+            })
+    }
+
     fn check_open(&self, out: &Outgoing) -> Result<(), CallError> {
         if self.is_shutting_down() {
             return Err(CallError::ShuttingDown {
@@ -96,7 +107,8 @@ impl Sharding {
         }
         let started = Instant::now();
         let deadline = started + out.timeout;
-        let id = self.inner.ids.next_id();
+        self.check_open(&out)?;
+        let id = self.new_id(&out)?;
         loop {
             self.check_open(&out)?;
             let attempt = if self.inner.shards.is_active(&out.address.shard) {
@@ -178,14 +190,28 @@ impl Sharding {
         Attempt::Done(Err(error))
     }
 
-    /// Puts the request in the local entity's mailbox.
+    /// Puts the request in the local entity's mailbox; returns the lease epoch of the instance
+    /// that will run it.
     pub(crate) fn deliver_local(
         &self,
         out: &mut Outgoing,
         id: Snowflake,
         chunks: Option<crate::entity::ChunkSender>,
         reply: ReplyTo,
-    ) -> Result<(), Failure> {
+    ) -> Result<shoal_storage::Epoch, Failure> {
+        self.deliver_reserved(out, id, chunks, reply, None)
+    }
+
+    /// [`Sharding::deliver_local`] into a mailbox slot reserved beforehand (a persisted request
+    /// that waited for room), if the instance it was reserved in is still the entity's.
+    pub(crate) fn deliver_reserved(
+        &self,
+        out: &mut Outgoing,
+        id: Snowflake,
+        chunks: Option<crate::entity::ChunkSender>,
+        reply: ReplyTo,
+        reserved: Option<crate::manager::Reserved>,
+    ) -> Result<shoal_storage::Epoch, Failure> {
         let Some(manager) = self.manager(&out.address.entity_type) else {
             return Err(Failure::new(
                 ErrorCode::UnknownEntityType,
@@ -231,10 +257,11 @@ impl Sharding {
         match manager.deliver(
             &out.address,
             Delivery { call, reply },
+            reserved,
             &self.inner.shards,
             self,
         ) {
-            Ok(()) => Ok(()),
+            Ok(epoch) => Ok(epoch),
             Err(refused) => {
                 let (failure, delivery) = *refused;
                 out.restore(delivery.call.payload);
@@ -329,7 +356,8 @@ impl Sharding {
         }
         let started = Instant::now();
         let deadline = started + out.timeout;
-        let id = self.inner.ids.next_id();
+        self.check_open(&out)?;
+        let id = self.new_id(&out)?;
         loop {
             self.check_open(&out)?;
             let attempt = if self.inner.shards.is_active(&out.address.shard) {

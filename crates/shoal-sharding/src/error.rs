@@ -140,6 +140,25 @@ pub enum CallError {
         /// The deadline.
         timeout: Duration,
     },
+    /// Storage may or may not have stored the request (it did not answer in time, or the
+    /// connection broke mid-write): whether it will run is unknown. Retrying with the same
+    /// primary key (the gateway's `Idempotency-Key`) is safe.
+    #[error("the outcome is unknown for {address}: {message}")]
+    OutcomeUnknown {
+        /// The entity.
+        address: EntityAddress,
+        /// What happened.
+        message: String,
+    },
+    /// This process cannot make request ids: its machine id lease has not been renewed for
+    /// longer than it lasts (storage unreachable, or the process was frozen).
+    #[error("cannot send to {address}: {message}")]
+    NoRequestId {
+        /// The entity.
+        address: EntityAddress,
+        /// Why.
+        message: String,
+    },
     /// The runner owning the entity refused this process's credentials (runner token).
     #[error("the runner owning {address} refused the call: {message}")]
     Unauthenticated {
@@ -167,6 +186,8 @@ impl CallError {
             | Self::MailboxFull { address }
             | Self::RunnerUnavailable { address, .. }
             | Self::Persistence { address, .. }
+            | Self::OutcomeUnknown { address, .. }
+            | Self::NoRequestId { address, .. }
             | Self::MalformedMessage { address, .. }
             | Self::AlreadyProcessing { address, .. }
             | Self::UnknownEntityType { address, .. }
@@ -191,6 +212,8 @@ impl CallError {
             Self::MailboxFull { .. } => ErrorCode::MailboxFull,
             Self::RunnerUnavailable { .. } => ErrorCode::RunnerUnavailable,
             Self::Persistence { .. } => ErrorCode::Persistence,
+            Self::OutcomeUnknown { .. } => ErrorCode::OutcomeUnknown,
+            Self::NoRequestId { .. } => ErrorCode::RunnerUnavailable,
             Self::MalformedMessage { .. } => ErrorCode::MalformedMessage,
             Self::AlreadyProcessing { .. } => ErrorCode::AlreadyProcessing,
             Self::UnknownEntityType { .. } => ErrorCode::UnknownEntityType,
@@ -221,6 +244,7 @@ impl CallError {
                 request_id,
             },
             ErrorCode::Persistence => Self::Persistence { address, message },
+            ErrorCode::OutcomeUnknown => Self::OutcomeUnknown { address, message },
             ErrorCode::MalformedMessage => Self::MalformedMessage { address, message },
             ErrorCode::UnknownEntityType => Self::UnknownEntityType {
                 entity_type: address.entity_type.to_string(),

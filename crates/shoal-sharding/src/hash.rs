@@ -11,6 +11,9 @@ use std::num::NonZeroU32;
 use shoal_protocol::{EntityId, ShardGroup, ShardId};
 use xxhash_rust::xxh3::xxh3_64;
 
+/// The name of this function in the cluster parameters: every process of a cluster must use it.
+pub(crate) const SHARD_HASH: &str = "xxh3-64";
+
 /// The 1-based shard index of `entity_id` among `shards_per_group` shards.
 pub(crate) fn shard_index(entity_id: &str, shards_per_group: NonZeroU32) -> NonZeroU32 {
     let index = xxh3_64(entity_id.as_bytes()) % u64::from(shards_per_group.get());

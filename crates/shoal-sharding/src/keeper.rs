@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::future::Future;
 use std::time::Duration;
 
-use shoal_protocol::{RunnerAddress, ShardId};
+use shoal_protocol::{RunnerAddress, RunnerId, ShardId};
 use shoal_storage::{Epoch, StorageError};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior, interval, sleep_until, timeout_at};
@@ -28,6 +28,9 @@ use crate::sharding::{ClusterView, Sharding};
 pub(crate) async fn start(sharding: &Sharding) {
     let (released_tx, released_rx) = mpsc::unbounded_channel();
     let mut keeper = Keeper {
+        id: sharding
+            .runner_address()
+            .map(|address| RunnerId::new(address.clone(), sharding.inner.identity.incarnation())),
         sharding: sharding.clone(),
         outage: Outage::default(),
         held: BTreeMap::new(),
@@ -77,6 +80,8 @@ impl Outage {
 
 struct Keeper {
     sharding: Sharding,
+    /// This runner (its address and incarnation); `None` in client-only mode.
+    id: Option<RunnerId>,
     outage: Outage,
     /// Shards held and active, with their lease epochs.
     held: BTreeMap<ShardId, Epoch>,
@@ -177,7 +182,7 @@ impl Keeper {
                 _ = sleep_until(drain_deadline), if self.draining.is_some() => {}
             }
         }
-        if let Some(me) = self.me().cloned() {
+        if let Some(me) = self.id.clone() {
             let _ = self
                 .call("release_all", inner.storage.release_all(&me))
                 .await;
@@ -238,35 +243,54 @@ impl Keeper {
             .routes
             .replace(RouteTable::build(&assignment, &leases));
 
-        let Some(me) = self.me().cloned() else {
+        let Some(id) = self.id.clone() else {
             *inner.view.lock() = ClusterView { runners, leases };
             return;
         };
+        let me = id.address.clone();
+        let ours = |lease: &shoal_storage::ShardLease| {
+            lease.owner == id.address && lease.incarnation == id.incarnation
+        };
 
         // Missing from storage (heartbeat lapsed while storage was unreachable): join again.
-        if !runners.iter().any(|r| r.runner.address == me) && !self.sharding.is_shutting_down() {
+        let registered = runners
+            .iter()
+            .any(|r| r.runner.address == me && r.incarnation == id.incarnation);
+        if !registered && !self.sharding.is_shutting_down() {
             tracing::warn!(
                 "this runner is not registered in storage (its heartbeat lapsed?); registering again"
             );
-            if let Some(runner) = inner.me.clone()
-                && let Err(e) = self
-                    .call(
-                        "register",
-                        inner
-                            .storage
-                            .register(&runner, true, self.config().lease_ttl()),
-                    )
-                    .await
-            {
-                tracing::warn!(error = %e, "registering again failed");
+            if let Some(runner) = inner.me.clone() {
+                let register = inner.storage.register(
+                    &runner,
+                    id.incarnation,
+                    true,
+                    self.config().lease_ttl(),
+                );
+                match self.call("register", register).await {
+                    Ok(()) => {}
+                    Err(error @ shoal_storage::StorageError::AddressInUse { .. }) => {
+                        // Another process registered at this address while this one was away
+                        // (frozen, cut off): it is the runner at this address now. This process
+                        // must not serve anything any more.
+                        tracing::error!(%error, "another process took this runner's address; stopping");
+                        metrics::counter!("shoal_runner_superseded_total").increment(1);
+                        let all = self.all_shards();
+                        self.force_stop(all, "another process took this runner's address");
+                        inner.cancel.cancel();
+                        return;
+                    }
+                    Err(error) => tracing::warn!(%error, "registering again failed"),
+                }
             }
         }
 
-        // A held shard whose live lease shows another owner was lost: stop at once.
+        // A held shard whose live lease shows another owner (another runner, or another process
+        // at this address) was lost: stop at once.
         let stolen: Vec<ShardId> = leases
             .iter()
             .filter(|l| {
-                l.owner != me
+                !ours(l)
                     && (self.held.contains_key(&l.shard) || self.releasing.contains_key(&l.shard))
             })
             .map(|l| l.shard.clone())
@@ -292,7 +316,7 @@ impl Keeper {
 
         let taken: HashSet<&ShardId> = leases
             .iter()
-            .filter(|l| l.owner != me)
+            .filter(|l| !ours(l))
             .map(|l| &l.shard)
             .collect();
         let to_acquire: Vec<ShardId> = mine
@@ -306,14 +330,14 @@ impl Keeper {
             .collect();
         *inner.view.lock() = ClusterView { runners, leases };
         if !to_acquire.is_empty() {
-            self.acquire(&me, to_acquire).await;
+            self.acquire(&id, to_acquire).await;
         }
         if !self.unreleased.is_empty() {
             self.release_in_storage().await;
         }
     }
 
-    async fn acquire(&mut self, me: &RunnerAddress, shards: Vec<ShardId>) {
+    async fn acquire(&mut self, me: &RunnerId, shards: Vec<ShardId>) {
         let inner = self.sharding.inner.clone();
         let ttl = self.config().lease_ttl();
         let sent = Instant::now();
@@ -326,7 +350,7 @@ impl Keeper {
                     return;
                 }
                 if self.held.is_empty() && self.releasing.is_empty() {
-                    self.valid_until = Some(sent + ttl);
+                    self.confirmed(sent + ttl);
                 }
                 let mut new = Vec::with_capacity(acquired.len());
                 for held in acquired {
@@ -348,8 +372,18 @@ impl Keeper {
         }
     }
 
+    /// The leases are confirmed until `valid_until` (by the local clock, conservatively).
+    fn confirmed(&mut self, valid_until: Instant) {
+        self.valid_until = Some(valid_until);
+        let margin = self.config().lease_safety_margin();
+        self.sharding
+            .inner
+            .shards
+            .confirm_until(valid_until.checked_sub(margin).unwrap_or(valid_until));
+    }
+
     async fn refresh(&mut self) {
-        let Some(me) = self.me().cloned() else { return };
+        let Some(me) = self.id.clone() else { return };
         let inner = self.sharding.inner.clone();
         let shards = self.all_shards();
         let ttl = self.config().lease_ttl();
@@ -359,7 +393,11 @@ impl Keeper {
             .await
         {
             Ok(still) => {
-                self.valid_until = (!shards.is_empty()).then_some(sent + ttl);
+                if shards.is_empty() {
+                    self.valid_until = None;
+                } else {
+                    self.confirmed(sent + ttl);
+                }
                 if still.len() < shards.len() {
                     let kept: HashSet<ShardId> = still.into_iter().map(|h| h.shard).collect();
                     let lost: Vec<ShardId> =
@@ -392,6 +430,7 @@ impl Keeper {
         let all = self.all_shards();
         self.force_stop(all, "lease storage unreachable");
         self.valid_until = None;
+        self.sharding.inner.shards.unconfirm();
     }
 
     /// Aborts the entities of `shards` at once and forgets the shards.
@@ -461,7 +500,7 @@ impl Keeper {
     }
 
     async fn release_in_storage(&mut self) {
-        let Some(me) = self.me().cloned() else { return };
+        let Some(me) = self.id.clone() else { return };
         if self.unreleased.is_empty() {
             return;
         }
@@ -492,7 +531,7 @@ impl Keeper {
             + self.config().entity_termination_timeout()
             + self.config().storage_timeout() * 2;
         self.draining = Some(deadline);
-        if let Some(me) = self.me().cloned()
+        if let Some(me) = self.id.clone()
             && let Err(e) = self.call("unregister", inner.storage.unregister(&me)).await
         {
             tracing::warn!(error = %e, "unregistering failed; other runners will drop this runner when its heartbeat lapses");

@@ -67,6 +67,7 @@ mod entity;
 mod error;
 mod hash;
 mod health;
+mod identity;
 mod in_process;
 mod instance;
 mod keeper;
@@ -92,6 +93,7 @@ pub use entity::{
 pub use error::{CallError, RegisterError};
 pub use hash::shard_for;
 pub use health::{NoopHealth, PingHealth, RunnerHealth};
+pub use identity::MACHINE_ID_TTL;
 pub use in_process::InProcessNetwork;
 pub use persist::MessageSettings;
 pub use runners::{ReplyFrames, Runners, TransportError};

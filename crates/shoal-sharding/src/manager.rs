@@ -9,13 +9,16 @@ use parking_lot::Mutex;
 use shoal_protocol::{
     EntityAddress, EntityId, EntityType, ErrorCode, Failure, ShardGroup, ShardId, Snowflake, Tag,
 };
+use shoal_storage::Epoch;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::clock::Clock;
 use crate::entity::{BehaviorFactory, EntityContext, GroupSelector, InstanceFlags, TagInfo};
 use crate::instance::InstanceSettings;
-use crate::instance::{Control, Delivery, InstanceTask, spawn_instance};
+use crate::instance::{
+    CONTROL_CAPACITY, Control, Delivery, Done, InstanceTask, Retirement, spawn_instance,
+};
 use crate::residency::Residency;
 use crate::sharding::Sharding;
 use crate::shards::ShardStates;
@@ -25,11 +28,38 @@ const EVICTION_SAMPLE: usize = 32;
 
 struct Handle {
     tx: mpsc::Sender<Delivery>,
-    control: mpsc::UnboundedSender<Control>,
+    /// Interrupts. Dropping the handle closes it, which tells the instance to stop.
+    control: mpsc::Sender<Control>,
     flags: Arc<InstanceFlags>,
     shard: ShardId,
+    /// The lease epoch the instance started under (its storage writes carry it).
+    epoch: Epoch,
     generation: u64,
+    /// Resolves once the instance's task has ended (deactivated, or aborted).
+    done: Done,
     task: JoinHandle<()>,
+}
+
+/// Whether a full mailbox has room again.
+#[derive(Debug)]
+pub(crate) enum Room {
+    /// A slot in the mailbox of the instance of this generation, held for the next delivery.
+    Reserved(Reserved),
+    /// The instance is gone (deliver again: a new one starts).
+    Gone,
+    /// No instance to wait for: the runner's resident cap refused a new one.
+    NoInstance,
+    /// The deadline passed first.
+    TimedOut,
+}
+
+/// A mailbox slot reserved for one delivery. Holding it (rather than giving it back and trying
+/// again) matters: a slot given back goes to the next waiter, and waiters passing it on would
+/// keep it from ever being used.
+#[derive(Debug)]
+pub(crate) struct Reserved {
+    permit: mpsc::OwnedPermit<Delivery>,
+    generation: u64,
 }
 
 /// A stopped instance whose task may still be finishing.
@@ -47,6 +77,10 @@ pub(crate) struct EntityManager {
     settings: InstanceSettings,
     mailbox_capacity: usize,
     instances: Mutex<HashMap<EntityId, Handle>>,
+    /// Instances removed from `instances` whose task has not ended yet (deactivating): a new
+    /// instance of the same id waits for the old one before it activates, so it never loads
+    /// state the old one has not saved yet. An entry goes when the old task ends.
+    retiring: Mutex<HashMap<EntityId, (u64, Done)>>,
     next_generation: AtomicU64,
     residency: Arc<Residency>,
     clock: Clock,
@@ -85,6 +119,7 @@ impl EntityManager {
             settings: parts.settings,
             mailbox_capacity: parts.mailbox_capacity,
             instances: Mutex::new(HashMap::new()),
+            retiring: Mutex::new(HashMap::new()),
             next_generation: AtomicU64::new(1),
             residency: parts.residency,
             clock: parts.clock,
@@ -130,21 +165,32 @@ impl EntityManager {
         metrics::gauge!("shoal_entities", "type" => self.entity_type.to_string()).set(len as f64);
     }
 
-    /// Puts `delivery` in the mailbox of the entity at `address`, activating it if needed.
-    /// On refusal the delivery comes back with the failure (boxed: refusals are rare), so the
-    /// caller can retry it.
+    /// Puts `delivery` in the mailbox of the entity at `address`, activating it if needed, and
+    /// returns the lease epoch of the instance that will run it. On refusal the delivery comes
+    /// back with the failure (boxed: refusals are rare), so the caller can retry it.
     pub(crate) fn deliver(
         &self,
         address: &EntityAddress,
         delivery: Delivery,
+        reserved: Option<Reserved>,
         shards: &ShardStates,
         sharding: &Sharding,
-    ) -> Result<(), Box<(Failure, Delivery)>> {
+    ) -> Result<Epoch, Box<(Failure, Delivery)>> {
         let mut instances = self.instances.lock();
         // Checked under the lock: a shard release marks the shard first and then takes this lock
-        // to stop its instances, so no delivery slips in behind it.
-        if !shards.is_active(&address.shard) {
-            return Err(Box::new((not_assigned(address), delivery)));
+        // to stop its instances, so no delivery slips in behind it. A shard whose lease this
+        // runner has not confirmed in time (after a freeze) is not served either.
+        let epoch = match shards.epoch(&address.shard) {
+            Some(epoch) if shards.is_serving(&address.shard) => epoch,
+            _ => return Err(Box::new((not_assigned(address), delivery))),
+        };
+        if let Some(reserved) = reserved
+            && let Some(handle) = instances.get(&address.entity_id)
+            && handle.generation == reserved.generation
+        {
+            handle.flags.add_pending();
+            reserved.permit.send(delivery);
+            return Ok(handle.epoch);
         }
         let mut delivery = delivery;
         for _ in 0..2 {
@@ -159,7 +205,7 @@ impl EntityManager {
                         delivery,
                     )));
                 }
-                let handle = self.spawn(address, sharding);
+                let handle = self.spawn(address, epoch, sharding);
                 instances.insert(address.entity_id.clone(), handle);
                 self.gauge(instances.len());
             }
@@ -170,7 +216,7 @@ impl EntityManager {
             // runs again.
             handle.flags.add_pending();
             match handle.tx.try_send(delivery) {
-                Ok(()) => return Ok(()),
+                Ok(()) => return Ok(handle.epoch),
                 Err(mpsc::error::TrySendError::Full(d)) => {
                     handle.flags.undo_pending();
                     return Err(Box::new((
@@ -197,13 +243,42 @@ impl EntityManager {
         )))
     }
 
-    fn spawn(&self, address: &EntityAddress, sharding: &Sharding) -> Handle {
+    /// Waits until the mailbox of the entity `id` has room, at most until `deadline` (for
+    /// persisted requests: they are stored, so their delivery can wait instead of failing).
+    pub(crate) async fn wait_for_room(
+        &self,
+        id: &EntityId,
+        deadline: tokio::time::Instant,
+    ) -> Room {
+        let waited = self
+            .instances
+            .lock()
+            .get(id)
+            .map(|handle| (handle.tx.clone(), handle.generation));
+        let Some((tx, generation)) = waited else {
+            return Room::NoInstance;
+        };
+        match tokio::time::timeout_at(deadline, tx.reserve_owned()).await {
+            Ok(Ok(permit)) => Room::Reserved(Reserved { permit, generation }),
+            Ok(Err(_)) => Room::Gone,
+            Err(_) => Room::TimedOut,
+        }
+    }
+
+    fn spawn(&self, address: &EntityAddress, epoch: Epoch, sharding: &Sharding) -> Handle {
         let (tx, mailbox) = mpsc::channel(self.mailbox_capacity);
-        let (control_tx, control) = mpsc::unbounded_channel();
+        let (control_tx, control) = mpsc::channel(CONTROL_CAPACITY);
         let flags = Arc::new(InstanceFlags::default());
         flags.touch(self.clock.now_ms());
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
-        let ctx = EntityContext::new(address.clone(), sharding.clone(), flags.clone());
+        let ctx = EntityContext::new(address.clone(), epoch, sharding.clone(), flags.clone());
+        let previous = self
+            .retiring
+            .lock()
+            .remove(&address.entity_id)
+            .map(|(_, done)| done);
+        let (retirement, done) =
+            Retirement::new(self.this.clone(), address.entity_id.clone(), generation);
         let task = spawn_instance(InstanceTask {
             id: address.entity_id.clone(),
             generation,
@@ -215,14 +290,37 @@ impl EntityManager {
             settings: self.settings,
             manager: self.this.clone(),
             clock: self.clock,
+            previous,
+            _retirement: retirement,
         });
         Handle {
             tx,
             control: control_tx,
             flags,
             shard: address.shard.clone(),
+            epoch,
             generation,
+            done,
             task,
+        }
+    }
+
+    /// Keeps the signal of a removed instance that is still finishing, so that a new instance
+    /// of the same id waits for it.
+    fn retire(&self, id: &EntityId, handle: &Handle) {
+        if !handle.task.is_finished() {
+            self.retiring
+                .lock()
+                .insert(id.clone(), (handle.generation, handle.done.clone()));
+        }
+    }
+
+    /// Called when an instance's task ends (however it ends): it no longer needs to be waited
+    /// for.
+    pub(crate) fn retired(&self, id: &EntityId, generation: u64) {
+        let mut retiring = self.retiring.lock();
+        if retiring.get(id).is_some_and(|(g, _)| *g == generation) {
+            retiring.remove(id);
         }
     }
 
@@ -238,7 +336,8 @@ impl EntityManager {
             return false;
         };
         if let Some(handle) = instances.remove(&id) {
-            let _ = handle.control.send(Control::Stop);
+            // Dropping the handle closes its control channel: the instance deactivates.
+            self.retire(&id, &handle);
             tracing::debug!(entity_type = %self.entity_type, entity_id = %id, "passivated to make room under the resident cap");
         }
         // The victim's slot is reused by the caller's new instance.
@@ -252,7 +351,9 @@ impl EntityManager {
             .get(id)
             .is_some_and(|h| h.generation == generation && h.flags.is_idle());
         if removable {
-            instances.remove(id);
+            if let Some(handle) = instances.remove(id) {
+                self.retire(id, &handle);
+            }
             self.residency.release(1);
             self.gauge(instances.len());
         }
@@ -272,10 +373,17 @@ impl EntityManager {
         }
     }
 
-    /// Interrupts a request (queued or running) of the entity `id`.
+    /// Interrupts a request (queued or running) of the entity `id`. Dropped when the
+    /// instance's control channel is full (it holds [`CONTROL_CAPACITY`] interrupts not yet
+    /// read): a flood of interrupts never grows the runner's memory.
     pub(crate) fn interrupt(&self, id: &EntityId, request: Snowflake) {
-        if let Some(handle) = self.instances.lock().get(id) {
-            let _ = handle.control.send(Control::Interrupt(request));
+        if let Some(handle) = self.instances.lock().get(id)
+            && handle
+                .control
+                .try_send(Control::Interrupt(request))
+                .is_err()
+        {
+            tracing::debug!(entity_type = %self.entity_type, entity_id = %id, %request, "interrupt dropped: the instance's control channel is full");
         }
     }
 
@@ -310,7 +418,8 @@ impl EntityManager {
                 if abort {
                     handle.task.abort();
                 } else {
-                    let _ = handle.control.send(Control::Stop);
+                    // Dropping the handle's channels tells the instance to stop.
+                    self.retire(&id, &handle);
                 }
                 stopping.push(Stopping { task: handle.task });
             }

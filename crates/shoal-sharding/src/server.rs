@@ -25,10 +25,84 @@ impl Sharding {
                 "the runner is shutting down",
             ));
         }
-        if !self.inner.shards.is_active(&request.address.shard) {
+        if !self.inner.shards.is_serving(&request.address.shard) {
             return Err(crate::manager::not_assigned(&request.address));
         }
         Ok(())
+    }
+
+    /// The stored request a pushed persisted `request` names: the owner runs what storage holds
+    /// for that id, never what the pusher sent (anything that reaches the port could push a
+    /// victim's id with its own payload). `Err` with the failure to answer when there is nothing
+    /// to run: no pending request under that id, or one for another entity or message.
+    async fn stored_push(&self, request: &Request) -> Result<Outgoing, Failure> {
+        let persistence = self
+            .inner
+            .persistence
+            .as_ref()
+            .ok_or_else(|| no_message_storage(request))?;
+        let timeout = self.inner.config.storage_timeout();
+        let stored = match tokio::time::timeout(
+            timeout,
+            persistence.storage.pending_request(request.id),
+        )
+        .await
+        {
+            Ok(Ok(stored)) => stored,
+            Ok(Err(error)) => {
+                tracing::debug!(request = %request.id, %error, "reading a pushed request failed");
+                None
+            }
+            Err(_) => None,
+        };
+        let Some(stored) = stored else {
+            // Settled already, or storage could not tell: the request (if stored) is delivered
+            // by polling, and its caller reads the stored reply.
+            if let Some(frame) = persistence.settled_reply(request.id) {
+                return Err(match frame {
+                    ReplyFrame::Failure(failure) => failure,
+                    _ => refused(
+                        request,
+                        ErrorCode::EntityNotAssigned,
+                        "the request is settled; its reply is stored",
+                    ),
+                });
+            }
+            return Err(refused(
+                request,
+                ErrorCode::EntityNotAssigned,
+                "no pending request with this id is stored here; a stored request is delivered \
+                 by polling",
+            ));
+        };
+        if stored.address != request.address
+            || stored.tag != request.tag
+            || stored.streaming != request.streaming
+        {
+            tracing::warn!(
+                request = %request.id,
+                pushed = %request.address,
+                stored = %stored.address,
+                "refused a pushed persisted request that does not match the stored one"
+            );
+            metrics::counter!("shoal_persisted_forged_pushes_total").increment(1);
+            return Err(refused(
+                request,
+                ErrorCode::MalformedMessage,
+                "the pushed request does not match the stored request with this id; refused",
+            ));
+        }
+        if stored
+            .deliver_at
+            .is_some_and(|at| at > std::time::SystemTime::now())
+        {
+            return Err(refused(
+                request,
+                ErrorCode::EntityNotAssigned,
+                "the request is scheduled for later; it is delivered then",
+            ));
+        }
+        Ok(crate::persist::incoming(stored))
     }
 
     fn incoming(request: &Request) -> Outgoing {
@@ -90,10 +164,11 @@ impl Sharding {
     /// its saved final reply, or a routing failure when it was not settled here (the sender then
     /// waits for the reply in storage).
     async fn handle_persisted(&self, request: Request) -> ReplyFrame {
-        if self.inner.persistence.is_none() {
-            return ReplyFrame::Failure(no_message_storage(&request));
-        }
-        let settled = self.spawn_persisted(request.id, Self::incoming(&request), None);
+        let stored = match self.stored_push(&request).await {
+            Ok(stored) => stored,
+            Err(failure) => return ReplyFrame::Failure(failure),
+        };
+        let settled = self.spawn_persisted(request.id, stored, None);
         let settled = match request.timeout {
             Some(timeout) => match tokio::time::timeout(timeout, settled).await {
                 Ok(settled) => settled,
@@ -121,16 +196,23 @@ impl Sharding {
     /// and forwards each chunk once stored, then the stored final frame. The stream ends without
     /// a final frame when the run does not settle here; the sender then reads storage.
     fn handle_persisted_stream(&self, request: Request) -> BoxStream<'static, ReplyFrame> {
-        if self.inner.persistence.is_none() {
-            let failure = no_message_storage(&request);
-            return futures::stream::once(async move { ReplyFrame::Failure(failure) }).boxed();
-        }
-        let (tx, mut rx) = tokio::sync::mpsc::channel(32);
-        let run = StreamRun {
-            resume: 0,
-            live: Some(tx),
-        };
-        drop(self.spawn_persisted(request.id, Self::incoming(&request), Some(run)));
+        let (tx, rx) = tokio::sync::mpsc::channel(32);
+        let sharding = self.clone();
+        tokio::spawn(async move {
+            match sharding.stored_push(&request).await {
+                Ok(stored) => {
+                    let run = StreamRun {
+                        resume: 0,
+                        live: Some(tx),
+                    };
+                    drop(sharding.spawn_persisted(request.id, stored, Some(run)));
+                }
+                Err(failure) => {
+                    let _ = tx.send(ReplyFrame::Failure(failure)).await;
+                }
+            }
+        });
+        let mut rx = rx;
         futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed()
     }
 
@@ -158,7 +240,12 @@ impl Sharding {
                 ReplyValue::Local(_) => bytes::Bytes::new(),
             };
             let chunk = Chunk {
-                reply_id: ids.inner.ids.next_id(),
+                // A volatile stream's chunk ids only label chunks on the wire.
+                reply_id: ids
+                    .inner
+                    .identity
+                    .next_id()
+                    .unwrap_or(shoal_protocol::Snowflake::from_raw(0)),
                 sequence,
                 values: vec![bytes],
             };
@@ -190,16 +277,31 @@ impl Sharding {
                 if self.inner.persistence.is_none() {
                     return Err(no_message_storage(&request));
                 }
-                drop(self.spawn_persisted(request.id, Self::incoming(&request), None));
+                // Read from storage and run in the background: the sender only waits for the
+                // hand-over (the request is stored; polling delivers it if this fails).
+                let sharding = self.clone();
+                tokio::spawn(async move {
+                    if let Ok(stored) = sharding.stored_push(&request).await {
+                        drop(sharding.spawn_persisted(request.id, stored, None));
+                    }
+                });
                 Ok(())
             }
             Notification::Request(request) => {
                 self.admit(&request)?;
                 let mut out = Self::incoming(&request);
                 self.deliver_local(&mut out, request.id, None, ReplyTo::Discard)
+                    .map(drop)
             }
             Notification::Interrupt(interrupt) => {
-                if let Some(manager) = self.manager(&interrupt.address.entity_type) {
+                // A persisted request is interrupted only through storage (which checks that it
+                // may be); a wire interrupt stops volatile requests.
+                let persisted = self
+                    .inner
+                    .persistence
+                    .as_ref()
+                    .is_some_and(|p| p.is_in_flight(interrupt.request_id));
+                if !persisted && let Some(manager) = self.manager(&interrupt.address.entity_type) {
                     manager.interrupt(&interrupt.address.entity_id, interrupt.request_id);
                 }
                 Ok(())

@@ -7,10 +7,11 @@ use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
 use shoal_protocol::{
-    EntityId, EntityType, MachineId, Runner, RunnerAddress, ShardGroup, ShardId, SnowflakeGenerator,
+    EntityId, EntityType, Incarnation, MachineId, Runner, RunnerAddress, ShardGroup, ShardId,
 };
 use shoal_storage::{
-    EntityKv, MessageStorage, RunnerStatus, RunnerStorage, ShardLease, StorageError,
+    ClusterParameters, EntityKv, MessageStorage, ParameterDifference, RunnerStatus, RunnerStorage,
+    ShardLease, StorageError,
 };
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -19,8 +20,9 @@ use crate::clock::Clock;
 use crate::config::ShardingConfig;
 use crate::entity::{Entity, Registration, RegistrationParts};
 use crate::error::RegisterError;
-use crate::hash::shard_index;
+use crate::hash::{SHARD_HASH, shard_index};
 use crate::health::{NoopHealth, RunnerHealth};
+use crate::identity::Identity;
 use crate::in_process::InProcessNetwork;
 use crate::instance::InstanceSettings;
 use crate::manager::{EntityManager, ManagerParts};
@@ -50,6 +52,40 @@ pub enum StartError {
     /// Registering the runner in storage failed.
     #[error("could not register the runner in storage: {0}")]
     Storage(#[source] StorageError),
+    /// Another live process is registered at this runner's address, and its heartbeat did not
+    /// lapse within one lease TTL.
+    #[error(
+        "could not register runner {address} (waited {waited:?} for the address to free up): {source}"
+    )]
+    AddressInUse {
+        /// The address.
+        address: RunnerAddress,
+        /// How long the runner waited for the other process's heartbeat to lapse.
+        waited: Duration,
+        /// What storage said.
+        #[source]
+        source: StorageError,
+    },
+    /// This process's settings differ from the cluster's fixed parameters: it would map
+    /// entities to other shards than the other processes do.
+    #[error(
+        "this process's settings differ from the cluster's: {}; use the cluster's values (they \
+         cannot change while the cluster's storage is in use)",
+        .differences.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+    )]
+    ClusterMismatch {
+        /// Each setting that differs.
+        differences: Vec<ParameterDifference>,
+    },
+    /// Reading or storing the cluster's parameters, or leasing a machine id, failed.
+    #[error("could not {what} in storage: {source}")]
+    Identity {
+        /// What was attempted.
+        what: &'static str,
+        /// Why it failed.
+        #[source]
+        source: StorageError,
+    },
 }
 
 /// What the runtime's parts share.
@@ -57,7 +93,8 @@ pub(crate) struct Inner {
     pub(crate) config: ShardingConfig,
     /// This runner; `None` in client-only mode.
     pub(crate) me: Option<Runner>,
-    pub(crate) machine_id: Option<MachineId>,
+    /// The incarnation and id generator of this process.
+    pub(crate) identity: Arc<Identity>,
     pub(crate) storage: Arc<dyn RunnerStorage>,
     /// Durable messages (`None`: persisted messages are refused).
     pub(crate) persistence: Option<Arc<Persistence>>,
@@ -65,7 +102,6 @@ pub(crate) struct Inner {
     pub(crate) kv: Option<Arc<dyn EntityKv>>,
     pub(crate) transport: Arc<dyn Runners>,
     pub(crate) health: Arc<dyn RunnerHealth>,
-    pub(crate) ids: SnowflakeGenerator,
     pub(crate) shards: ShardStates,
     pub(crate) routes: Routes,
     pub(crate) entities: RwLock<HashMap<EntityType, Arc<EntityManager>>>,
@@ -231,20 +267,24 @@ impl ShardingBuilder {
             )),
             Mode::ClientOnly => None,
         };
-        let machine_id = match &me {
-            Some(runner) => Some(register_with_retries(&*storage, runner, &config).await?),
-            None => None,
-        };
-        // Client-only processes make ids too (for their requests); they have no machine id, so
-        // they take random machine bits, as Effect does.
-        let ids = SnowflakeGenerator::new(machine_id.unwrap_or_else(random_machine));
+        check_cluster_parameters(&*storage, &config).await?;
+        let identity = Identity::start(storage.clone(), config.storage_timeout())
+            .await
+            .map_err(|source| StartError::Identity {
+                what: "lease a machine id",
+                source,
+            })?;
+        if let Some(runner) = &me {
+            register(&*storage, runner, identity.incarnation(), &config).await?;
+        }
+        let clock = Clock::new();
         let inner = Arc::new(Inner {
-            shards: ShardStates::new(config.available_groups(), config.shards_per_group()),
+            shards: ShardStates::new(config.available_groups(), config.shards_per_group(), clock),
             residency: Arc::new(Residency::new(config.max_resident_entities())),
             routes: Routes::default(),
             entities: RwLock::new(HashMap::new()),
             singletons: Singletons::default(),
-            clock: Clock::new(),
+            clock,
             shutting_down: AtomicBool::new(false),
             cancel: CancellationToken::new(),
             tasks: Mutex::new(Vec::new()),
@@ -254,14 +294,13 @@ impl ShardingBuilder {
             network: self.network,
             config,
             me,
-            machine_id,
+            identity,
             storage,
             persistence: self
                 .messages
                 .map(|messages| Arc::new(Persistence::new(messages, self.message_settings))),
             kv: self.kv,
             transport,
-            ids,
         });
         let sharding = Sharding { inner };
         for registration in self.registrations {
@@ -270,9 +309,23 @@ impl ShardingBuilder {
         if let (Some(network), Some(me)) = (&sharding.inner.network, &sharding.inner.me) {
             network.attach(me.address.clone(), &sharding);
         }
-        if let Some(me) = &sharding.inner.me {
-            tracing::info!(runner = %me.address, machine_id = ?sharding.inner.machine_id, "runner registered");
+        let identity = &sharding.inner.identity;
+        match &sharding.inner.me {
+            Some(me) => tracing::info!(
+                runner = %me.address,
+                incarnation = %identity.incarnation(),
+                machine_id = %identity.machine_id(),
+                "runner registered"
+            ),
+            None => tracing::info!(
+                incarnation = %identity.incarnation(),
+                machine_id = %identity.machine_id(),
+                "client-only process started"
+            ),
         }
+        sharding.spawn_task(tokio::spawn(
+            identity.clone().keep(sharding.inner.cancel.clone()),
+        ));
         crate::persist::start_tasks(&sharding).await;
         if sharding.inner.me.is_some() {
             let gauges = sharding.clone();
@@ -284,41 +337,115 @@ impl ShardingBuilder {
     }
 }
 
-fn random_machine() -> MachineId {
-    use std::hash::{BuildHasher, RandomState};
-    MachineId((RandomState::new().hash_one(std::process::id()) % 1024) as i64)
+/// The parameters every process of the cluster must share.
+fn cluster_parameters(config: &ShardingConfig) -> ClusterParameters {
+    ClusterParameters::new()
+        .with("shards_per_group", config.shards_per_group().to_string())
+        .with("shard_hash", SHARD_HASH)
 }
 
-async fn register_with_retries(
+/// Stores this process's cluster parameters if the cluster has none yet, and refuses to start
+/// when the stored ones differ.
+async fn check_cluster_parameters(
     storage: &dyn RunnerStorage,
-    runner: &Runner,
     config: &ShardingConfig,
-) -> Result<MachineId, StartError> {
+) -> Result<(), StartError> {
+    let ours = cluster_parameters(config);
     let mut last = None;
     for attempt in 0..5u32 {
         if attempt > 0 {
             tokio::time::sleep(Duration::from_millis(200) * attempt).await;
         }
-        match tokio::time::timeout(
-            config.storage_timeout(),
-            storage.register(runner, true, config.lease_ttl()),
-        )
-        .await
-        {
-            Ok(Ok(id)) => return Ok(id),
-            Ok(Err(e)) => last = Some(e),
+        let call = storage.cluster_parameters(&ours);
+        let error = match tokio::time::timeout(config.storage_timeout(), call).await {
+            Ok(Ok(stored)) => {
+                let differences = ours.differences(&stored);
+                return if differences.is_empty() {
+                    Ok(())
+                } else {
+                    Err(StartError::ClusterMismatch { differences })
+                };
+            }
+            Ok(Err(error)) if !error.is_unavailable() => error,
+            Ok(Err(error)) => {
+                last = Some(error);
+                continue;
+            }
             Err(_) => {
                 last = Some(StorageError::Timeout {
-                    operation: "register",
+                    operation: "cluster_parameters",
                     timeout: config.storage_timeout(),
-                })
+                });
+                continue;
             }
+        };
+        last = Some(error);
+        break;
+    }
+    Err(StartError::Identity {
+        what: "read the cluster's parameters",
+        source: last.unwrap_or(StorageError::Timeout {
+            operation: "cluster_parameters",
+            timeout: config.storage_timeout(),
+        }),
+    })
+}
+
+/// Registers the runner, retrying transient storage failures. When another live process is
+/// registered at the address, waits up to one lease TTL for its heartbeat to lapse (a process
+/// restarted on the same address after a crash), then gives up: two live processes must never
+/// serve one address.
+async fn register(
+    storage: &dyn RunnerStorage,
+    runner: &Runner,
+    incarnation: Incarnation,
+    config: &ShardingConfig,
+) -> Result<(), StartError> {
+    let started = tokio::time::Instant::now();
+    let patience = config.lease_ttl() + config.storage_timeout();
+    let mut failures = 0u32;
+    let mut waiting = false;
+    loop {
+        let call = storage.register(runner, incarnation, true, config.lease_ttl());
+        let error = match tokio::time::timeout(config.storage_timeout(), call).await {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(error)) => error,
+            Err(_) => StorageError::Timeout {
+                operation: "register",
+                timeout: config.storage_timeout(),
+            },
+        };
+        match error {
+            StorageError::AddressInUse { expires_in, .. } => {
+                let waited = started.elapsed();
+                if waited >= patience {
+                    return Err(StartError::AddressInUse {
+                        address: runner.address.clone(),
+                        waited,
+                        source: error,
+                    });
+                }
+                if !waiting {
+                    waiting = true;
+                    tracing::warn!(
+                        address = %runner.address,
+                        %error,
+                        "another process is registered at this address; waiting up to one lease \
+                         TTL for its heartbeat to lapse"
+                    );
+                }
+                let pause = (expires_in + Duration::from_millis(20))
+                    .min(Duration::from_millis(200))
+                    .min(patience.saturating_sub(waited) + Duration::from_millis(1));
+                tokio::time::sleep(pause).await;
+            }
+            error if error.is_unavailable() && failures < 4 => {
+                failures += 1;
+                tokio::time::sleep(Duration::from_millis(200) * failures).await;
+            }
+            error => return Err(StartError::Storage(error)),
         }
     }
-    Err(StartError::Storage(last.unwrap_or(StorageError::Timeout {
-        operation: "register",
-        timeout: config.storage_timeout(),
-    })))
 }
 
 impl Sharding {
@@ -371,9 +498,16 @@ impl Sharding {
         self.inner.me.as_ref().map(|r| &r.address)
     }
 
-    /// The machine id storage gave this runner.
+    /// The machine id this process leased from storage (runners and client-only processes
+    /// alike): the machine bits of the ids it makes now.
     pub fn machine_id(&self) -> Option<MachineId> {
-        self.inner.machine_id
+        Some(self.inner.identity.machine_id())
+    }
+
+    /// The incarnation of this process: a random value made when it started. A runner is its
+    /// address and its incarnation.
+    pub fn incarnation(&self) -> Incarnation {
+        self.inner.identity.incarnation()
     }
 
     /// The configuration.
@@ -456,6 +590,7 @@ impl Sharding {
         for task in tasks {
             task.abort();
         }
+        self.inner.identity.release().await;
         tracing::info!(runner = ?self.runner_address(), "shut down");
     }
 

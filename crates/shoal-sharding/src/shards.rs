@@ -1,10 +1,13 @@
-//! Which shards this runner holds, readable without locks on every message.
+//! Which shards this runner holds, readable without locks on every message, and until when its
+//! leases are confirmed.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 
 use shoal_protocol::{ShardGroup, ShardId};
+
+use crate::clock::Clock;
 
 const NOT_HELD: u8 = 0;
 const ACTIVE: u8 = 1;
@@ -21,10 +24,16 @@ struct Slot {
 #[derive(Debug)]
 pub(crate) struct ShardStates {
     groups: HashMap<ShardGroup, Vec<Slot>>,
+    /// Until when (milliseconds of [`Clock`]) this runner's leases are confirmed: the local time
+    /// at which the last successful refresh (or acquisition) was sent, plus the lease TTL, minus
+    /// the safety margin. Past it, entities are not delivered to until a refresh succeeds, even
+    /// if the watchdog has not run yet (after a freeze: SIGSTOP, a VM pause).
+    confirmed_until: AtomicU64,
+    clock: Clock,
 }
 
 impl ShardStates {
-    pub(crate) fn new(groups: &[ShardGroup], shards_per_group: NonZeroU32) -> Self {
+    pub(crate) fn new(groups: &[ShardGroup], shards_per_group: NonZeroU32, clock: Clock) -> Self {
         let groups = groups
             .iter()
             .map(|g| {
@@ -34,7 +43,11 @@ impl ShardStates {
                 (g.clone(), states)
             })
             .collect();
-        Self { groups }
+        Self {
+            groups,
+            confirmed_until: AtomicU64::new(0),
+            clock,
+        }
     }
 
     fn slot(&self, shard: &ShardId) -> Option<&Slot> {
@@ -45,6 +58,23 @@ impl ShardStates {
     pub(crate) fn is_active(&self, shard: &ShardId) -> bool {
         self.slot(shard)
             .is_some_and(|s| s.state.load(Ordering::Acquire) == ACTIVE)
+    }
+
+    /// Whether entities of `shard` may be delivered to now: the shard is active and this
+    /// runner's leases are confirmed by its own monotonic clock.
+    pub(crate) fn is_serving(&self, shard: &ShardId) -> bool {
+        self.is_active(shard) && self.clock.now_ms() < self.confirmed_until.load(Ordering::Acquire)
+    }
+
+    /// The leases are confirmed until `instant` (a refresh sent then succeeded, minus margins).
+    pub(crate) fn confirm_until(&self, instant: tokio::time::Instant) {
+        self.confirmed_until
+            .store(self.clock.ms_at(instant), Ordering::Release);
+    }
+
+    /// The leases are no longer confirmed (the watchdog fired).
+    pub(crate) fn unconfirm(&self) {
+        self.confirmed_until.store(0, Ordering::Release);
     }
 
     /// The epoch of the lease under which `shard` is held here (active or releasing).

@@ -14,10 +14,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 use common::*;
 use parking_lot::Mutex;
-use shoal_protocol::{MachineId, Runner, RunnerAddress, ShardId};
+use shoal_protocol::{Incarnation, MachineId, Runner, RunnerAddress, RunnerId, ShardId};
 use shoal_sharding::{CallOptions, Sharding};
 use shoal_storage::testing::{Fault, FaultyRunnerStorage};
-use shoal_storage::{HeldShard, RunnerStatus, RunnerStorage, ShardLease, StorageError};
+use shoal_storage::{
+    ClusterParameters, HeldShard, MachineLease, RunnerStatus, RunnerStorage, ShardLease,
+    StorageError,
+};
 use tokio::time::Instant;
 
 /// Records every lease grant.
@@ -31,13 +34,14 @@ impl RunnerStorage for LeaseLog {
     async fn register(
         &self,
         r: &Runner,
+        i: Incarnation,
         h: bool,
         ttl: Duration,
-    ) -> Result<MachineId, StorageError> {
-        self.inner.register(r, h, ttl).await
+    ) -> Result<(), StorageError> {
+        self.inner.register(r, i, h, ttl).await
     }
-    async fn unregister(&self, a: &RunnerAddress) -> Result<(), StorageError> {
-        self.inner.unregister(a).await
+    async fn unregister(&self, r: &RunnerId) -> Result<(), StorageError> {
+        self.inner.unregister(r).await
     }
     async fn runners(&self) -> Result<Vec<RunnerStatus>, StorageError> {
         self.inner.runners().await
@@ -50,31 +54,62 @@ impl RunnerStorage for LeaseLog {
     }
     async fn acquire(
         &self,
-        a: &RunnerAddress,
+        r: &RunnerId,
         s: &[ShardId],
         ttl: Duration,
     ) -> Result<Vec<HeldShard>, StorageError> {
-        let held = self.inner.acquire(a, s, ttl).await?;
+        let held = self.inner.acquire(r, s, ttl).await?;
         let now = Instant::now();
         let mut grants = self.grants.lock();
         for h in &held {
-            grants.push((now, h.shard.clone(), a.clone(), h.epoch.0));
+            grants.push((now, h.shard.clone(), r.address.clone(), h.epoch.0));
         }
         Ok(held)
     }
     async fn refresh(
         &self,
-        a: &RunnerAddress,
+        r: &RunnerId,
         s: &[ShardId],
         ttl: Duration,
     ) -> Result<Vec<HeldShard>, StorageError> {
-        self.inner.refresh(a, s, ttl).await
+        self.inner.refresh(r, s, ttl).await
     }
-    async fn release(&self, a: &RunnerAddress, s: &[ShardId]) -> Result<(), StorageError> {
-        self.inner.release(a, s).await
+    async fn release(&self, r: &RunnerId, s: &[ShardId]) -> Result<(), StorageError> {
+        self.inner.release(r, s).await
     }
-    async fn release_all(&self, a: &RunnerAddress) -> Result<(), StorageError> {
-        self.inner.release_all(a).await
+    async fn release_all(&self, r: &RunnerId) -> Result<(), StorageError> {
+        self.inner.release_all(r).await
+    }
+    async fn lease_machine_id(
+        &self,
+        i: Incarnation,
+        now_ms: u64,
+        ttl: Duration,
+    ) -> Result<MachineLease, StorageError> {
+        self.inner.lease_machine_id(i, now_ms, ttl).await
+    }
+    async fn renew_machine_id(
+        &self,
+        m: MachineId,
+        i: Incarnation,
+        now_ms: u64,
+        ttl: Duration,
+    ) -> Result<Option<u64>, StorageError> {
+        self.inner.renew_machine_id(m, i, now_ms, ttl).await
+    }
+    async fn release_machine_id(
+        &self,
+        m: MachineId,
+        i: Incarnation,
+        minted_until: u64,
+    ) -> Result<(), StorageError> {
+        self.inner.release_machine_id(m, i, minted_until).await
+    }
+    async fn cluster_parameters(
+        &self,
+        proposed: &ClusterParameters,
+    ) -> Result<ClusterParameters, StorageError> {
+        self.inner.cluster_parameters(proposed).await
     }
 }
 
@@ -109,6 +144,8 @@ async fn postgres_no_shard_ever_has_two_active_owners_under_chaos() {
 }
 
 async fn chaos(backend: Backend) {
+    // The entities' journal is this test's own (tests of one binary share a process).
+    let key = format!("chaos-{backend:?}").to_lowercase();
     let seed: u64 = std::env::var("SHOAL_CHAOS_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -154,10 +191,11 @@ async fn chaos(backend: Backend) {
     for worker in 0..8 {
         let counters = client.client::<Counter>();
         let (ok, failed, stop) = (ok.clone(), failed.clone(), stop.clone());
+        let key = key.clone();
         load.push(tokio::spawn(async move {
             let mut i = worker;
             while !stop.is_cancelled() {
-                let id = format!("chaos/{}", i % 120);
+                let id = format!("{key}/{}", i % 120);
                 i += 7;
                 let options = CallOptions::timeout(Duration::from_secs(3));
                 match counters
@@ -252,11 +290,11 @@ async fn chaos(backend: Backend) {
     // Every entity answers after the chaos.
     let counters = client.client::<Counter>();
     for i in 0..120 {
-        counters.call(&format!("chaos/{i}"), Get).await.unwrap();
+        counters.call(&format!("{key}/{i}"), Get).await.unwrap();
     }
 
     // No entity ever ran on two runners at once.
-    let mut entries = journal("chaos").entries.lock().clone();
+    let mut entries = journal(&key).entries.lock().clone();
     entries.sort_by_key(|e| (e.entity.clone(), e.start));
     for pair in entries.windows(2) {
         if pair[0].entity == pair[1].entity {

@@ -17,6 +17,12 @@ use shoal_storage::RunnerStorage;
 use shoal_storage::testing::{Fault, FaultyRunnerStorage};
 use tokio::time::Instant;
 
+/// The journal key of a test on one backend (the tests of this binary share one process, and
+/// each runs on two backends).
+fn key(backend: Backend, name: &str) -> String {
+    format!("{name}-{backend:?}").to_lowercase()
+}
+
 async fn increment_all(runner: &Sharding, prefix: &str, ids: usize) {
     let counters = runner.client::<Counter>();
     let calls = (0..ids).map(|i| {
@@ -60,6 +66,7 @@ fn assert_no_overlap(key: &str) {
 }
 
 async fn three_runners_own_every_shard_once_and_a_fourth_takes_its_share(backend: Backend) {
+    let join = key(backend, "join");
     let mut cluster = Cluster::new(backend).await;
     let config = config_for(backend).build().unwrap();
     let a = cluster.runner(config.clone()).await;
@@ -70,8 +77,8 @@ async fn three_runners_own_every_shard_once_and_a_fourth_takes_its_share(backend
         [&a, &b, &c].iter().all(|r| r.active_shards().len() == 20)
     })
     .await;
-    increment_all(&a, "join", 300).await;
-    assert_eq!(runners_that_served("join").len(), 3);
+    increment_all(&a, &join, 300).await;
+    assert_eq!(runners_that_served(&join).len(), 3);
 
     let d = cluster.runner(config.clone()).await;
     wait_balanced(&[&a, &b, &c, &d], 60).await;
@@ -81,15 +88,16 @@ async fn three_runners_own_every_shard_once_and_a_fourth_takes_its_share(backend
             .all(|r| r.active_shards().len() == 15)
     })
     .await;
-    increment_all(&b, "join", 300).await;
-    assert_eq!(runners_that_served("join").len(), 4);
-    assert_no_overlap("join");
+    increment_all(&b, &join, 300).await;
+    assert_eq!(runners_that_served(&join).len(), 4);
+    assert_no_overlap(&join);
     for r in [a, b, c, d] {
         r.shutdown().await;
     }
 }
 
 async fn a_graceful_stop_hands_shards_off_without_waiting_for_expiry(backend: Backend) {
+    let handoff = key(backend, "handoff");
     let mut cluster = Cluster::new(backend).await;
     // A long lease: if the handoff waited for expiry, the test would see it.
     let config = config_for(backend)
@@ -105,7 +113,7 @@ async fn a_graceful_stop_hands_shards_off_without_waiting_for_expiry(backend: Ba
     // Slow requests in flight on c's entities while it stops: they complete.
     let c_shards = c.active_shards();
     let ids: Vec<String> = (0..200)
-        .map(|i| format!("handoff/{i}"))
+        .map(|i| format!("{handoff}/{i}"))
         .filter(|id| c_shards.contains(&c.shard_of::<Counter>(&id.as_str().try_into().unwrap())))
         .take(5)
         .collect();
@@ -129,7 +137,7 @@ async fn a_graceful_stop_hands_shards_off_without_waiting_for_expiry(backend: Ba
         })
         .collect();
     eventually(Duration::from_secs(5), "slow requests started", || {
-        journal("handoff").activations.load(Ordering::SeqCst) >= ids.len()
+        journal(&handoff).activations.load(Ordering::SeqCst) >= ids.len()
     })
     .await;
 
@@ -144,13 +152,14 @@ async fn a_graceful_stop_hands_shards_off_without_waiting_for_expiry(backend: Ba
         took < Duration::from_secs(10),
         "handoff took {took:?}; the lease TTL is 30s"
     );
-    increment_all(&a, "handoff", 100).await;
-    assert_no_overlap("handoff");
+    increment_all(&a, &handoff, 100).await;
+    assert_no_overlap(&handoff);
     a.shutdown().await;
     b.shutdown().await;
 }
 
 async fn a_crashed_runners_shards_move_after_its_leases_expire(backend: Backend) {
+    let crash = key(backend, "crash");
     let mut cluster = Cluster::new(backend).await;
     let config = config_for(backend)
         .lease_ttl(Duration::from_millis(1500))
@@ -160,7 +169,7 @@ async fn a_crashed_runners_shards_move_after_its_leases_expire(backend: Backend)
     let b = cluster.runner(config.clone()).await;
     let c = cluster.runner(config.clone()).await;
     wait_balanced(&[&a, &b, &c], 60).await;
-    increment_all(&a, "crash", 100).await;
+    increment_all(&a, &crash, 100).await;
 
     let orphaned = c.active_shards();
     let crashed_at = Instant::now();
@@ -183,14 +192,14 @@ async fn a_crashed_runners_shards_move_after_its_leases_expire(backend: Backend)
         "shards moved after {took:?}, before the lease could expire"
     );
     // Calls to every entity succeed again.
-    increment_all(&b, "crash", 100).await;
-    assert_no_overlap("crash");
+    increment_all(&b, &crash, 100).await;
+    assert_no_overlap(&crash);
     a.shutdown().await;
     b.shutdown().await;
 }
 
 async fn lock_storage_fault(backend: Backend, fault: Fault) {
-    let key = format!("fault-{fault:?}");
+    let key = key(backend, &format!("fault-{fault:?}"));
     let mut cluster = Cluster::new(backend).await;
     let config = config_for(backend).build().unwrap();
     let faulty = Arc::new(FaultyRunnerStorage::new(cluster.storage.clone()));
@@ -319,6 +328,7 @@ async fn a_singleton_runs_on_exactly_one_runner_and_moves_when_it_dies(backend: 
 }
 
 async fn a_client_only_process_sends_to_every_runner(backend: Backend) {
+    let client_key = key(backend, "client");
     let mut cluster = Cluster::new(backend).await;
     let config = config_for(backend).build().unwrap();
     let a = cluster.runner(config.clone()).await;
@@ -327,8 +337,8 @@ async fn a_client_only_process_sends_to_every_runner(backend: Backend) {
     let client = cluster.client(config.clone()).await;
     assert!(client.active_shards().is_empty());
     assert_eq!(client.runner_address(), None);
-    increment_all(&client, "client", 100).await;
-    assert_eq!(runners_that_served("client").len(), 2);
+    increment_all(&client, &client_key, 100).await;
+    assert_eq!(runners_that_served(&client_key).len(), 2);
     // The client holds no shards and appears in no lease.
     assert!(client.cluster_view().runners.len() == 2);
     client.shutdown().await;
@@ -337,17 +347,19 @@ async fn a_client_only_process_sends_to_every_runner(backend: Backend) {
 }
 
 async fn calls_fail_fast_during_shutdown_and_shutdown_is_bounded(backend: Backend) {
+    let bounded = key(backend, "bounded");
     let mut cluster = Cluster::new(backend).await;
     let config = config_for(backend).build().unwrap();
     let a = cluster.runner(config.clone()).await;
     wait_balanced(&[&a], 60).await;
-    increment_all(&a, "bounded", 20).await;
+    increment_all(&a, &bounded, 20).await;
     // A long request in flight; the termination timeout (2 s) bounds the wait for it.
     let client = a.client::<Counter>();
+    let slow_id = format!("{bounded}/slow");
     let slow = tokio::spawn(async move {
         client
             .call(
-                "bounded/slow",
+                &slow_id,
                 Increment {
                     by: 1,
                     work_ms: 60_000,
@@ -356,7 +368,7 @@ async fn calls_fail_fast_during_shutdown_and_shutdown_is_bounded(backend: Backen
             .await
     });
     eventually(Duration::from_secs(5), "slow request started", || {
-        journal("bounded").activations.load(Ordering::SeqCst) >= 21
+        journal(&bounded).activations.load(Ordering::SeqCst) >= 21
     })
     .await;
     let started = Instant::now();
@@ -370,7 +382,7 @@ async fn calls_fail_fast_during_shutdown_and_shutdown_is_bounded(backend: Backen
     assert!(matches!(err, CallError::Interrupted { .. }), "{err:?}");
     let err = a
         .client::<Counter>()
-        .call("bounded/x", Get)
+        .call(&format!("{bounded}/x"), Get)
         .await
         .unwrap_err();
     assert!(matches!(err, CallError::ShuttingDown { .. }), "{err:?}");

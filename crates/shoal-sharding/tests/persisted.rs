@@ -167,10 +167,209 @@ impl StreamHandler<Numbers> for Durable {
     }
 }
 
+/// Answers with its own text: what ran is visible in the reply.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Echo {
+    text: String,
+    /// Deliver at this Unix time in milliseconds.
+    at_ms: Option<u64>,
+}
+
+impl Message for Echo {
+    const TAG: &'static str = "echo";
+    type Reply = String;
+    const PERSISTED: bool = true;
+
+    fn deliver_at(&self) -> Option<SystemTime> {
+        self.at_ms.map(|ms| UNIX_EPOCH + Duration::from_millis(ms))
+    }
+}
+
+impl Handler<Echo> for Durable {
+    async fn handle(&mut self, msg: Echo, _: &EntityContext) -> Result<String, HandlerError> {
+        Ok(msg.text)
+    }
+}
+
+/// A persisted message its callers may not interrupt; recorded like `Record`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Careful {
+    work_ms: u64,
+}
+
+impl Message for Careful {
+    const TAG: &'static str = "careful";
+    type Reply = String;
+    const PERSISTED: bool = true;
+    const UNINTERRUPTIBLE: bool = true;
+}
+
+impl Handler<Careful> for Durable {
+    async fn handle(&mut self, msg: Careful, ctx: &EntityContext) -> Result<String, HandlerError> {
+        let record = Record {
+            key: None,
+            work_ms: msg.work_ms,
+            at_ms: None,
+        };
+        <Durable as Handler<Record>>::handle(self, record, ctx).await
+    }
+}
+
 fn durable_definition() -> EntityDefinition<Durable> {
     EntityDefinition::<Durable>::new()
         .handle::<Record>()
+        .handle::<Echo>()
+        .handle::<Careful>()
         .stream::<Numbers>()
+}
+
+/// One request at a time, one queued: a mailbox that is full most of the time.
+struct Narrow;
+
+impl Entity for Narrow {
+    const TYPE: &'static str = "narrow";
+
+    async fn activate(_: &EntityContext) -> Result<Self, HandlerError> {
+        Ok(Narrow)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Slow;
+
+impl Message for Slow {
+    const TAG: &'static str = "slow";
+    type Reply = ();
+    const PERSISTED: bool = true;
+}
+
+impl Handler<Slow> for Narrow {
+    async fn handle(&mut self, _: Slow, _: &EntityContext) -> Result<(), HandlerError> {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        Ok(())
+    }
+}
+
+fn narrow_definition() -> EntityDefinition<Narrow> {
+    EntityDefinition::<Narrow>::new()
+        .handle::<Slow>()
+        .mailbox_capacity(1)
+}
+
+/// Message storage that counts claims and resets, and can be told to never answer saves.
+struct Probe {
+    inner: Arc<dyn MessageStorage>,
+    claimed: std::sync::atomic::AtomicUsize,
+    resets: std::sync::atomic::AtomicUsize,
+    hang_saves: std::sync::atomic::AtomicBool,
+}
+
+impl Probe {
+    fn new(inner: Arc<dyn MessageStorage>) -> Arc<Self> {
+        Arc::new(Probe {
+            inner,
+            claimed: Default::default(),
+            resets: Default::default(),
+            hang_saves: Default::default(),
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl MessageStorage for Probe {
+    async fn save_request(
+        &self,
+        request: &PersistedRequest,
+        claim: Option<&Claim>,
+    ) -> Result<shoal_storage::SaveResult, shoal_storage::StorageError> {
+        if self.hang_saves.load(std::sync::atomic::Ordering::SeqCst) {
+            // Sent, and never answered: the write may or may not land.
+            let _ = self.inner.save_request(request, claim).await;
+            std::future::pending::<()>().await;
+        }
+        self.inner.save_request(request, claim).await
+    }
+    async fn save_envelope(
+        &self,
+        envelope: &shoal_storage::PersistedEnvelope,
+    ) -> Result<(), shoal_storage::StorageError> {
+        self.inner.save_envelope(envelope).await
+    }
+    async fn save_reply(
+        &self,
+        reply: &shoal_storage::StoredReply,
+        fence: &shoal_storage::Fence,
+    ) -> Result<(), shoal_storage::StorageError> {
+        self.inner.save_reply(reply, fence).await
+    }
+    async fn pending_request(
+        &self,
+        id: Snowflake,
+    ) -> Result<Option<PersistedRequest>, shoal_storage::StorageError> {
+        self.inner.pending_request(id).await
+    }
+    async fn replies_for(
+        &self,
+        requests: &[Snowflake],
+    ) -> Result<Vec<shoal_storage::StoredReply>, shoal_storage::StorageError> {
+        self.inner.replies_for(requests).await
+    }
+    async fn claim_unprocessed(
+        &self,
+        shards: &[ShardId],
+        limit: usize,
+        claim: &Claim,
+    ) -> Result<Vec<shoal_storage::ClaimedMessage>, shoal_storage::StorageError> {
+        let claimed = self.inner.claim_unprocessed(shards, limit, claim).await?;
+        self.claimed
+            .fetch_add(claimed.len(), std::sync::atomic::Ordering::SeqCst);
+        Ok(claimed)
+    }
+    async fn next_deliver_at(
+        &self,
+        shards: &[ShardId],
+    ) -> Result<Option<SystemTime>, shoal_storage::StorageError> {
+        self.inner.next_deliver_at(shards).await
+    }
+    async fn reset_shards(&self, shards: &[ShardId]) -> Result<(), shoal_storage::StorageError> {
+        self.inner.reset_shards(shards).await
+    }
+    async fn reset_request(
+        &self,
+        request_id: Snowflake,
+    ) -> Result<(), shoal_storage::StorageError> {
+        self.resets
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.reset_request(request_id).await
+    }
+    async fn reset_runner(
+        &self,
+        runner: &RunnerAddress,
+    ) -> Result<(), shoal_storage::StorageError> {
+        self.inner.reset_runner(runner).await
+    }
+    async fn reset_address(
+        &self,
+        address: &EntityAddress,
+    ) -> Result<(), shoal_storage::StorageError> {
+        self.inner.reset_address(address).await
+    }
+    async fn clear_address(
+        &self,
+        address: &EntityAddress,
+    ) -> Result<(), shoal_storage::StorageError> {
+        self.inner.clear_address(address).await
+    }
+    async fn sweep(
+        &self,
+        older_than: Duration,
+        limit: usize,
+    ) -> Result<usize, shoal_storage::StorageError> {
+        self.inner.sweep(older_than, limit).await
+    }
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<MessageEvent> {
+        self.inner.subscribe()
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -243,9 +442,17 @@ impl Persisted {
             .runner(address)
             .entity(durable_definition())
             .entity(counter_definition())
+            .entity(narrow_definition())
             .start()
             .await
             .expect("runner starts")
+    }
+
+    /// Puts `probe` between the runtimes started from now on and the message storage.
+    fn probe(&mut self) -> Arc<Probe> {
+        let probe = Probe::new(self.messages.clone());
+        self.messages = probe.clone();
+        probe
     }
 
     async fn client(&self, backend: Backend) -> Sharding {
@@ -503,7 +710,7 @@ fn stored_request(
     static IDS: LazyLock<SnowflakeGenerator> =
         LazyLock::new(|| SnowflakeGenerator::new(MachineId(1023)));
     PersistedRequest {
-        id: IDS.next_id(),
+        id: IDS.next_id().unwrap(),
         address: EntityAddress::new(shard, entity_type.parse().unwrap(), id.parse().unwrap()),
         tag: Tag::new("record").unwrap(),
         payload: Bytes::from_static(payload),
@@ -700,7 +907,169 @@ async fn a_caller_interrupts_a_persisted_request(backend: Backend) {
     client.shutdown().await;
 }
 
+fn in_ms(ms: u64) -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+        + ms
+}
+
+/// Anything that reaches a runner's port can push a `persisted` request with a victim's id. The
+/// owner must run what storage holds for that id, never what the pusher says.
+async fn a_forged_push_runs_only_what_storage_holds(backend: Backend) {
+    let mut cluster = Persisted::new(backend).await;
+    let a = cluster.runner(backend).await;
+    wait_holding(&a, 60).await;
+    let client = cluster.client(backend).await;
+    let id = unique_id("forged");
+    let echo = client.client::<Durable>();
+    let real = Echo {
+        text: "real".to_owned(),
+        at_ms: Some(in_ms(1500)),
+    };
+    let request = echo.submit(&id, real).await.expect("stored");
+    let entity = id.parse().unwrap();
+    let forged = shoal_protocol::Request {
+        id: request,
+        address: EntityAddress::new(
+            a.shard_in(&shoal_protocol::ShardGroup::default_group(), &entity),
+            "durable".parse().unwrap(),
+            entity,
+        ),
+        tag: "echo".parse().unwrap(),
+        payload: Bytes::from_static(br#"{"text":"forged","at_ms":null}"#),
+        headers: Headers::new(),
+        persisted: true,
+        timeout: Some(Duration::from_secs(5)),
+        streaming: false,
+    };
+    let answer = a.handle_request(forged).await;
+    assert!(
+        !matches!(&answer, ReplyFrame::Value(v) if v.as_ref() == br#""forged""#),
+        "the owner ran the pushed payload: {answer:?}"
+    );
+    match cluster.stored_reply(request).await {
+        ReplyFrame::Value(v) => assert_eq!(v.as_ref(), br#""real""#),
+        other => panic!("expected the real request's reply, got {other:?}"),
+    }
+    a.shutdown().await;
+    client.shutdown().await;
+}
+
+/// An interrupt names a request by id; storage knows that request's entity and whether it may be
+/// interrupted, whatever message type the caller names.
+async fn interrupts_are_checked_against_the_stored_request(backend: Backend) {
+    let mut cluster = Persisted::new(backend).await;
+    let a = cluster.runner(backend).await;
+    wait_holding(&a, 60).await;
+    let client = cluster.client(backend).await;
+    let durable = client.client::<Durable>();
+
+    // Uninterruptible, interrupted "as" an interruptible message: refused, and it finishes.
+    let id = unique_id("careful");
+    let request = durable
+        .submit(&id, Careful { work_ms: 500 })
+        .await
+        .expect("stored");
+    eventually(Duration::from_secs(10), "the handler started", || {
+        runs(&id).len() == 1
+    })
+    .await;
+    let refused = durable.interrupt::<Record>(&id, request).await;
+    assert!(
+        refused.is_err(),
+        "interrupting an uninterruptible request: {refused:?}"
+    );
+    match cluster.stored_reply(request).await {
+        ReplyFrame::Value(_) => {}
+        other => panic!("the uninterruptible request was not answered normally: {other:?}"),
+    }
+    assert!(runs(&id)[0].finished);
+
+    // An interrupt naming another entity does not settle the request.
+    let victim = unique_id("victim");
+    let scheduled = Echo {
+        text: "victim".to_owned(),
+        at_ms: Some(in_ms(1000)),
+    };
+    let request = durable.submit(&victim, scheduled).await.expect("stored");
+    let wrong = durable
+        .interrupt::<Record>(&unique_id("someone-else"), request)
+        .await;
+    assert!(
+        wrong.is_err(),
+        "an interrupt naming another entity: {wrong:?}"
+    );
+    match cluster.stored_reply(request).await {
+        ReplyFrame::Value(v) => assert_eq!(v.as_ref(), br#""victim""#),
+        other => panic!("the request was settled by another entity's interrupt: {other:?}"),
+    }
+    a.shutdown().await;
+    client.shutdown().await;
+}
+
+/// A full mailbox must not turn into a claim, fail, reset, claim loop at database speed.
+async fn a_full_mailbox_does_not_make_the_owner_spin_on_claims(backend: Backend) {
+    let mut cluster = Persisted::new(backend).await;
+    let probe = cluster.probe();
+    let a = cluster.runner(backend).await;
+    wait_holding(&a, 60).await;
+    let client = cluster.client(backend).await;
+    let narrow = client.client::<Narrow>();
+    let mut requests = Vec::new();
+    for _ in 0..200 {
+        requests.push(narrow.submit("one", Slow).await.expect("stored"));
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let replies = cluster.messages.replies_for(&requests).await.unwrap();
+        let done = replies
+            .iter()
+            .filter(|r| matches!(r.kind, StoredReplyKind::Final(_)))
+            .count();
+        if done == requests.len() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{done} of 200 answered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let claimed = probe.claimed.load(std::sync::atomic::Ordering::SeqCst);
+    let resets = probe.resets.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        claimed + resets <= 300,
+        "200 deliveries took {claimed} claims and {resets} claim resets"
+    );
+    a.shutdown().await;
+    client.shutdown().await;
+}
+
+/// A save that times out may still land: its caller must not be told "not stored, safe to retry".
+async fn a_save_that_times_out_reports_an_unknown_outcome(backend: Backend) {
+    let mut cluster = Persisted::new(backend).await;
+    let probe = cluster.probe();
+    let a = cluster.runner(backend).await;
+    wait_holding(&a, 60).await;
+    probe
+        .hang_saves
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let error = a
+        .client::<Durable>()
+        .call(&unique_id("unknown"), Record::plain())
+        .await
+        .unwrap_err();
+    assert!(
+        error.to_string().contains("outcome is unknown"),
+        "a timed-out save must report an unknown outcome: {error}"
+    );
+    a.shutdown().await;
+}
+
 on_every_backend!(
+    a_forged_push_runs_only_what_storage_holds,
+    interrupts_are_checked_against_the_stored_request,
+    a_full_mailbox_does_not_make_the_owner_spin_on_claims,
+    a_save_that_times_out_reports_an_unknown_outcome,
     a_caller_interrupts_a_persisted_request,
     a_persisted_stream_resumes_after_its_owner_is_killed,
     a_persisted_stream_resumes_where_a_seeking_handler_continues,

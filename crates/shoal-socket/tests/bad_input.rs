@@ -343,13 +343,16 @@ async fn a_frozen_runner_hits_the_callers_deadline_then_answers_again() {
     assert!(matches!(err, CallError::Timeout { .. }), "{err:?}");
     assert!(started.elapsed() < Duration::from_millis(1_500));
 
-    // Once it thaws, the same connection serves again. The abandoned request's outcome is
-    // unknown to its caller: it may have run or have been dropped at its deadline.
+    // Once it thaws, the same connection serves again. The freeze outlasted the runner's lease
+    // (1.2 s): it serves nothing before it has confirmed its lease again, and it stops the
+    // entities it held while frozen (another runner could have taken their shards), so the
+    // counter's in-memory value may be gone (1). If the runner got to it first, the abandoned
+    // request may have run or have been dropped at its deadline (3 or 2).
     let value = counters
         .call_with("f", one, CallOptions::timeout(Duration::from_secs(10)))
         .await
         .unwrap();
-    assert!(value == 2 || value == 3, "{value}");
+    assert!((1..=3).contains(&value), "{value}");
     client.shutdown().await;
     runner.shutdown().await;
 }

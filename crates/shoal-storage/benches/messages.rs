@@ -21,7 +21,8 @@ use bytes::Bytes;
 use hdrhistogram::Histogram;
 use parking_lot::Mutex;
 use shoal_protocol::{
-    EntityAddress, Headers, MachineId, ReplyFrame, RunnerAddress, ShardId, SnowflakeGenerator,
+    EntityAddress, Headers, Incarnation, MachineId, ReplyFrame, RunnerAddress, RunnerId, ShardId,
+    SnowflakeGenerator,
 };
 use shoal_storage::{
     Claim, ClaimedMessage, Fence, MessageStorage, PersistedRequest, PostgresMessageStorage,
@@ -70,7 +71,10 @@ struct Fixture {
 
 impl Fixture {
     async fn new(messages: Arc<dyn MessageStorage>, runners: &dyn RunnerStorage) -> Self {
-        let me = RunnerAddress::tcp("127.0.0.1", 4000).unwrap();
+        let me = RunnerId::new(
+            RunnerAddress::tcp("127.0.0.1", 4000).unwrap(),
+            Incarnation::random(),
+        );
         let shards: Vec<ShardId> = (0..SHARDS).map(shard).collect();
         let held = runners
             .acquire(&me, &shards, Duration::from_secs(3600))
@@ -95,7 +99,7 @@ impl Fixture {
     fn request(&self) -> PersistedRequest {
         let n = self.entity.fetch_add(1, Ordering::Relaxed);
         PersistedRequest {
-            id: self.ids.next_id(),
+            id: self.ids.next_id().unwrap(),
             address: EntityAddress::new(
                 shard(n as u32),
                 "counter".parse().unwrap(),
@@ -135,7 +139,7 @@ impl Fixture {
                     fx.messages.save_request(&request, None).await.unwrap();
                     let t1 = Instant::now();
                     let reply = StoredReply {
-                        id: fx.ids.next_id(),
+                        id: fx.ids.next_id().unwrap(),
                         request_id: request.id,
                         kind: StoredReplyKind::Final(ReplyFrame::Value(Bytes::from_static(b"1"))),
                     };
@@ -241,7 +245,7 @@ impl Fixture {
                                     return;
                                 };
                                 let reply = StoredReply {
-                                    id: fx.ids.next_id(),
+                                    id: fx.ids.next_id().unwrap(),
                                     request_id: request.id,
                                     kind: StoredReplyKind::Final(ReplyFrame::Value(
                                         Bytes::from_static(b"1"),

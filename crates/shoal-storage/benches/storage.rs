@@ -13,7 +13,7 @@ use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use shoal_protocol::{Runner, RunnerAddress, ShardGroup, ShardId};
+use shoal_protocol::{Incarnation, Runner, RunnerAddress, RunnerId, ShardGroup, ShardId};
 use shoal_storage::{
     PostgresRunnerStorage, RunnerStorage, SqliteRunnerStorage, StorageOptions, TablePrefix,
 };
@@ -74,41 +74,48 @@ async fn bench(backend: &str, storage: &dyn RunnerStorage) {
         .map(|i| format!("default:{i}").parse().unwrap())
         .collect();
     let (a, b) = (runner(1), runner(2));
+    let (a_id, b_id) = (
+        RunnerId::new(a.address.clone(), Incarnation::random()),
+        RunnerId::new(b.address.clone(), Incarnation::random()),
+    );
 
     figure("register", || async {
-        let (took, id) = timed(storage.register(&a, true, TTL)).await;
-        id.unwrap();
+        let (took, done) = timed(storage.register(&a, a_id.incarnation, true, TTL)).await;
+        done.unwrap();
         took
     })
     .await;
-    storage.register(&b, true, TTL).await.unwrap();
+    storage
+        .register(&b, b_id.incarnation, true, TTL)
+        .await
+        .unwrap();
 
     // Takeover: b holds all shards and releases them (untimed); a takes all 300.
     let mut flip = false;
     figure("acquire 300 (takeover)", || {
         flip = !flip;
-        let (from, to) = if flip { (&b, &a) } else { (&a, &b) };
+        let (from, to) = if flip { (&b_id, &a_id) } else { (&a_id, &b_id) };
         let shards = &shards;
         async move {
-            storage.release_all(&from.address).await.unwrap();
-            let (took, held) = timed(storage.acquire(&to.address, shards, TTL)).await;
+            storage.release_all(from).await.unwrap();
+            let (took, held) = timed(storage.acquire(to, shards, TTL)).await;
             assert_eq!(held.unwrap().len(), shards.len());
             took
         }
     })
     .await;
 
-    storage.release_all(&b.address).await.unwrap();
-    storage.acquire(&a.address, &shards, TTL).await.unwrap();
-    figure("acquire 300 (renew, already held)", || async {
-        let (took, held) = timed(storage.acquire(&a.address, &shards, TTL)).await;
+    storage.release_all(&b_id).await.unwrap();
+    storage.acquire(&a_id, &shards, TTL).await.unwrap();
+    figure("acquire 300 (again, already held)", || async {
+        let (took, held) = timed(storage.acquire(&a_id, &shards, TTL)).await;
         assert_eq!(held.unwrap().len(), shards.len());
         took
     })
     .await;
 
     figure("refresh 300 (+ heartbeat)", || async {
-        let (took, held) = timed(storage.refresh(&a.address, &shards, TTL)).await;
+        let (took, held) = timed(storage.refresh(&a_id, &shards, TTL)).await;
         assert_eq!(held.unwrap().len(), shards.len());
         took
     })

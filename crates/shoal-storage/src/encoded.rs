@@ -8,38 +8,48 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use shoal_protocol::{MachineId, Runner, RunnerAddress, ShardId};
+use shoal_protocol::{Incarnation, MachineId, Runner, RunnerAddress, RunnerId, ShardId};
 
+use crate::cluster::ClusterParameters;
 use crate::error::StorageError;
-use crate::lease::{Epoch, HeldShard, ShardLease};
+use crate::lease::{Epoch, HeldShard, MachineLease, ShardLease};
 use crate::runner_storage::{RunnerStatus, RunnerStorage};
 
-/// A stored runner row: its address text, its runner JSON and its health flag.
+/// A stored runner row: its address text, its runner JSON, its incarnation and its health flag.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EncodedRunner {
     /// The address text (the row's key).
     pub address: String,
     /// The runner's JSON encoding ([`Runner::to_json`]).
     pub runner: String,
+    /// The incarnation registered, as stored (the same 64 bits, signed).
+    pub incarnation: i64,
     /// Health flag.
     pub healthy: bool,
 }
 
-/// [`RunnerStorage`] over text: addresses in their text form, runners as JSON, shards as
-/// `group:id`, machine ids and epochs as integers. Same contract as [`RunnerStorage`].
+/// A live lease as stored: `(shard text, owner address text, owner incarnation, epoch)`.
+pub type EncodedLease = (String, String, i64, i64);
+
+/// [`RunnerStorage`] over text and integers: addresses in their text form, runners as JSON,
+/// shards as `group:id`, incarnations, machine ids and epochs as signed 64-bit integers. Same
+/// contract as [`RunnerStorage`].
 #[async_trait]
 pub trait EncodedRunnerStorage: Send + Sync + 'static {
-    /// See [`RunnerStorage::register`]; `runner` is the runner's JSON.
+    /// See [`RunnerStorage::register`]; `runner` is the runner's JSON. `Ok(Some((holder,
+    /// remaining_ms)))` when another incarnation's heartbeat at `address` is live (nothing was
+    /// written).
     async fn register(
         &self,
         address: &str,
         runner: &str,
+        incarnation: i64,
         healthy: bool,
         ttl: Duration,
-    ) -> Result<i64, StorageError>;
+    ) -> Result<Option<(i64, i64)>, StorageError>;
 
     /// See [`RunnerStorage::unregister`].
-    async fn unregister(&self, address: &str) -> Result<(), StorageError>;
+    async fn unregister(&self, address: &str, incarnation: i64) -> Result<(), StorageError>;
 
     /// See [`RunnerStorage::runners`].
     async fn runners(&self) -> Result<Vec<EncodedRunner>, StorageError>;
@@ -47,14 +57,14 @@ pub trait EncodedRunnerStorage: Send + Sync + 'static {
     /// See [`RunnerStorage::set_runner_health`].
     async fn set_runner_health(&self, address: &str, healthy: bool) -> Result<(), StorageError>;
 
-    /// See [`RunnerStorage::leases`]; returns `(shard text, owner address text, epoch)` triples
-    /// of the live leases.
-    async fn leases(&self) -> Result<Vec<(String, String, i64)>, StorageError>;
+    /// See [`RunnerStorage::leases`].
+    async fn leases(&self) -> Result<Vec<EncodedLease>, StorageError>;
 
     /// See [`RunnerStorage::acquire`]; returns `(shard text, epoch)` pairs.
     async fn acquire(
         &self,
         address: &str,
+        incarnation: i64,
         shards: &[String],
         ttl: Duration,
     ) -> Result<Vec<(String, i64)>, StorageError>;
@@ -63,15 +73,73 @@ pub trait EncodedRunnerStorage: Send + Sync + 'static {
     async fn refresh(
         &self,
         address: &str,
+        incarnation: i64,
         shards: &[String],
         ttl: Duration,
     ) -> Result<Vec<(String, i64)>, StorageError>;
 
     /// See [`RunnerStorage::release`].
-    async fn release(&self, address: &str, shards: &[String]) -> Result<(), StorageError>;
+    async fn release(
+        &self,
+        address: &str,
+        incarnation: i64,
+        shards: &[String],
+    ) -> Result<(), StorageError>;
 
     /// See [`RunnerStorage::release_all`].
-    async fn release_all(&self, address: &str) -> Result<(), StorageError>;
+    async fn release_all(&self, address: &str, incarnation: i64) -> Result<(), StorageError>;
+
+    /// See [`RunnerStorage::lease_machine_id`]; returns `(machine id, floor, reserved until)`,
+    /// or `None` when every machine id is held.
+    async fn lease_machine_id(
+        &self,
+        incarnation: i64,
+        now_ms: i64,
+        ttl: Duration,
+    ) -> Result<Option<(i64, i64, i64)>, StorageError>;
+
+    /// See [`RunnerStorage::renew_machine_id`].
+    async fn renew_machine_id(
+        &self,
+        machine_id: i64,
+        incarnation: i64,
+        now_ms: i64,
+        ttl: Duration,
+    ) -> Result<Option<i64>, StorageError>;
+
+    /// See [`RunnerStorage::release_machine_id`].
+    async fn release_machine_id(
+        &self,
+        machine_id: i64,
+        incarnation: i64,
+        minted_until: i64,
+    ) -> Result<(), StorageError>;
+
+    /// See [`RunnerStorage::cluster_parameters`]; `(name, value)` pairs.
+    async fn cluster_parameters(
+        &self,
+        proposed: &[(String, String)],
+    ) -> Result<Vec<(String, String)>, StorageError>;
+}
+
+/// An incarnation as stored (the same 64 bits, signed).
+pub(crate) fn db_incarnation(incarnation: Incarnation) -> i64 {
+    incarnation.raw() as i64
+}
+
+/// A stored incarnation.
+pub(crate) fn incarnation(stored: i64) -> Incarnation {
+    Incarnation::from_raw(stored as u64)
+}
+
+/// Wall-clock milliseconds as stored.
+fn db_ms(ms: u64) -> i64 {
+    i64::try_from(ms).unwrap_or(i64::MAX)
+}
+
+/// Stored milliseconds (negative values are clamped to 0: nothing to reserve below it).
+fn from_db_ms(ms: i64) -> u64 {
+    u64::try_from(ms).unwrap_or(0)
 }
 
 /// Adapts an [`EncodedRunnerStorage`] to the typed [`RunnerStorage`].
@@ -126,18 +194,34 @@ impl<E: EncodedRunnerStorage> RunnerStorage for Typed<E> {
     async fn register(
         &self,
         runner: &Runner,
+        incarnation: Incarnation,
         healthy: bool,
         ttl: Duration,
-    ) -> Result<MachineId, StorageError> {
-        let id = self
+    ) -> Result<(), StorageError> {
+        let held = self
             .0
-            .register(runner.address.as_str(), &runner.to_json(), healthy, ttl)
+            .register(
+                runner.address.as_str(),
+                &runner.to_json(),
+                db_incarnation(incarnation),
+                healthy,
+                ttl,
+            )
             .await?;
-        Ok(MachineId(id))
+        match held {
+            None => Ok(()),
+            Some((holder, remaining_ms)) => Err(StorageError::AddressInUse {
+                address: runner.address.clone(),
+                holder: self::incarnation(holder),
+                expires_in: Duration::from_millis(from_db_ms(remaining_ms)),
+            }),
+        }
     }
 
-    async fn unregister(&self, address: &RunnerAddress) -> Result<(), StorageError> {
-        self.0.unregister(address.as_str()).await
+    async fn unregister(&self, runner: &RunnerId) -> Result<(), StorageError> {
+        self.0
+            .unregister(runner.address.as_str(), db_incarnation(runner.incarnation))
+            .await
     }
 
     async fn runners(&self) -> Result<Vec<RunnerStatus>, StorageError> {
@@ -157,6 +241,7 @@ impl<E: EncodedRunnerStorage> RunnerStorage for Typed<E> {
                 }
                 Ok(RunnerStatus {
                     runner,
+                    incarnation: incarnation(row.incarnation),
                     healthy: row.healthy,
                 })
             })
@@ -174,7 +259,7 @@ impl<E: EncodedRunnerStorage> RunnerStorage for Typed<E> {
     async fn leases(&self) -> Result<Vec<ShardLease>, StorageError> {
         let rows = self.0.leases().await?;
         rows.into_iter()
-            .map(|(shard_text, owner_text, epoch)| {
+            .map(|(shard_text, owner_text, owner_incarnation, epoch)| {
                 let malformed = |detail: String| StorageError::Malformed {
                     what: format!("shard lease row {shard_text:?}"),
                     detail,
@@ -188,6 +273,7 @@ impl<E: EncodedRunnerStorage> RunnerStorage for Typed<E> {
                 Ok(ShardLease {
                     shard,
                     owner,
+                    incarnation: incarnation(owner_incarnation),
                     epoch: Epoch(epoch),
                 })
             })
@@ -196,39 +282,127 @@ impl<E: EncodedRunnerStorage> RunnerStorage for Typed<E> {
 
     async fn acquire(
         &self,
-        address: &RunnerAddress,
+        runner: &RunnerId,
         shards: &[ShardId],
         ttl: Duration,
     ) -> Result<Vec<HeldShard>, StorageError> {
         let rows = self
             .0
-            .acquire(address.as_str(), &shard_texts(shards), ttl)
+            .acquire(
+                runner.address.as_str(),
+                db_incarnation(runner.incarnation),
+                &shard_texts(shards),
+                ttl,
+            )
             .await?;
         decode_held("acquire", shards, rows)
     }
 
     async fn refresh(
         &self,
-        address: &RunnerAddress,
+        runner: &RunnerId,
         shards: &[ShardId],
         ttl: Duration,
     ) -> Result<Vec<HeldShard>, StorageError> {
         let rows = self
             .0
-            .refresh(address.as_str(), &shard_texts(shards), ttl)
+            .refresh(
+                runner.address.as_str(),
+                db_incarnation(runner.incarnation),
+                &shard_texts(shards),
+                ttl,
+            )
             .await?;
         decode_held("refresh", shards, rows)
     }
 
-    async fn release(
-        &self,
-        address: &RunnerAddress,
-        shards: &[ShardId],
-    ) -> Result<(), StorageError> {
-        self.0.release(address.as_str(), &shard_texts(shards)).await
+    async fn release(&self, runner: &RunnerId, shards: &[ShardId]) -> Result<(), StorageError> {
+        self.0
+            .release(
+                runner.address.as_str(),
+                db_incarnation(runner.incarnation),
+                &shard_texts(shards),
+            )
+            .await
     }
 
-    async fn release_all(&self, address: &RunnerAddress) -> Result<(), StorageError> {
-        self.0.release_all(address.as_str()).await
+    async fn release_all(&self, runner: &RunnerId) -> Result<(), StorageError> {
+        self.0
+            .release_all(runner.address.as_str(), db_incarnation(runner.incarnation))
+            .await
+    }
+
+    async fn lease_machine_id(
+        &self,
+        incarnation: Incarnation,
+        now_ms: u64,
+        ttl: Duration,
+    ) -> Result<MachineLease, StorageError> {
+        let (machine, floor, reserved_until) = self
+            .0
+            .lease_machine_id(db_incarnation(incarnation), db_ms(now_ms), ttl)
+            .await?
+            .ok_or(StorageError::NoMachineId)?;
+        if !(0..1024).contains(&machine) {
+            return Err(StorageError::Malformed {
+                what: format!("machine id row {machine}"),
+                detail: "machine ids are 0 to 1023".to_owned(),
+            });
+        }
+        Ok(MachineLease {
+            machine_id: MachineId(machine),
+            floor: from_db_ms(floor),
+            reserved_until: from_db_ms(reserved_until),
+        })
+    }
+
+    async fn renew_machine_id(
+        &self,
+        machine_id: MachineId,
+        incarnation: Incarnation,
+        now_ms: u64,
+        ttl: Duration,
+    ) -> Result<Option<u64>, StorageError> {
+        let reserved = self
+            .0
+            .renew_machine_id(
+                machine_id.0,
+                db_incarnation(incarnation),
+                db_ms(now_ms),
+                ttl,
+            )
+            .await?;
+        Ok(reserved.map(from_db_ms))
+    }
+
+    async fn release_machine_id(
+        &self,
+        machine_id: MachineId,
+        incarnation: Incarnation,
+        minted_until: u64,
+    ) -> Result<(), StorageError> {
+        self.0
+            .release_machine_id(
+                machine_id.0,
+                db_incarnation(incarnation),
+                db_ms(minted_until),
+            )
+            .await
+    }
+
+    async fn cluster_parameters(
+        &self,
+        proposed: &ClusterParameters,
+    ) -> Result<ClusterParameters, StorageError> {
+        let pairs: Vec<(String, String)> = proposed
+            .iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        Ok(self
+            .0
+            .cluster_parameters(&pairs)
+            .await?
+            .into_iter()
+            .collect())
     }
 }

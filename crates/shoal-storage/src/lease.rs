@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use shoal_protocol::{RunnerAddress, ShardId};
+use shoal_protocol::{Incarnation, MachineId, RunnerAddress, ShardId};
 
 /// A shard lease's fencing token. Every time a lease is granted to a runner that did not hold it
 /// (a new owner, or the same runner after its lease lapsed or was released), the shard's epoch
@@ -33,6 +33,26 @@ pub struct ShardLease {
     pub shard: ShardId,
     /// The runner holding it.
     pub owner: RunnerAddress,
+    /// The incarnation of the process that took it (a lease is its holder's only for that
+    /// incarnation).
+    pub incarnation: Incarnation,
     /// The epoch under which it is held.
     pub epoch: Epoch,
+}
+
+/// A machine id leased to one process, with the range of milliseconds its ids may carry.
+///
+/// No other live process holds the machine id while the lease lasts, and the process makes ids
+/// with timestamps after `floor` (the end of the previous holder's reservation) and up to
+/// `reserved_until`; a later holder starts after the last reservation this one stored. So two
+/// processes never make the same id, even if one is frozen past its lease or their clocks
+/// disagree. Times are milliseconds since the Unix epoch on the holder's wall clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MachineLease {
+    /// The machine id.
+    pub machine_id: MachineId,
+    /// Ids must carry timestamps after this.
+    pub floor: u64,
+    /// Ids may carry timestamps up to this.
+    pub reserved_until: u64,
 }

@@ -2,8 +2,9 @@
 //!
 //! The storage seams of a Shoal cluster and their backends.
 //!
-//! - [`RunnerStorage`]: runner membership (register, heartbeat, health) and shard **leases** with
-//!   a fencing [`Epoch`]. [`EncodedRunnerStorage`] is the same seam over text, adapted to the typed
+//! - [`RunnerStorage`]: runner membership (register, heartbeat, health), shard **leases** with a
+//!   fencing [`Epoch`], and process identity (an incarnation per process start, leased machine
+//!   ids, the [`ClusterParameters`] every process must share). [`EncodedRunnerStorage`] is the same seam over text, adapted to the typed
 //!   trait by [`Typed`].
 //! - Backends: [`MemoryRunnerStorage`] (real lease semantics, no durability; for tests and
 //!   single-process use), [`SqliteRunnerStorage`] (feature `sqlite`, a file or in-memory
@@ -22,22 +23,24 @@
 //! # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
 //! use std::num::NonZeroU32;
 //! use std::time::Duration;
-//! use shoal_protocol::{Runner, ShardGroup};
+//! use shoal_protocol::{Incarnation, Runner, RunnerId, ShardGroup};
 //! use shoal_storage::{MemoryRunnerStorage, RunnerStorage};
 //!
 //! let storage = MemoryRunnerStorage::new();
-//! let me = Runner::new("127.0.0.1:34431".parse()?, [ShardGroup::default_group()], NonZeroU32::MIN);
-//! let machine = storage.register(&me, true, Duration::from_secs(30)).await?;
+//! let runner = Runner::new("127.0.0.1:34431".parse()?, [ShardGroup::default_group()], NonZeroU32::MIN);
+//! // A runner is its address and the incarnation of the process serving it.
+//! let me = RunnerId::new(runner.address.clone(), Incarnation::random());
+//! storage.register(&runner, me.incarnation, true, Duration::from_secs(30)).await?;
 //! let shards = ["default:1".parse()?, "default:2".parse()?];
-//! let held = storage.acquire(&me.address, &shards, Duration::from_secs(30)).await?;
+//! let held = storage.acquire(&me, &shards, Duration::from_secs(30)).await?;
 //! assert_eq!(held.len(), 2);
-//! # let _ = machine;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! # }).unwrap();
 //! ```
 //!
 //! The tables, the lease protocol and operating advice are in `docs/storage.md`.
 
+mod cluster;
 mod connect;
 mod encoded;
 mod error;
@@ -56,11 +59,12 @@ mod sql;
 pub mod sqlite;
 pub mod testing;
 
+pub use cluster::{ClusterParameters, ParameterDifference};
 pub use connect::{Storage, connect, connect_runner_storage, connect_storage};
-pub use encoded::{EncodedRunner, EncodedRunnerStorage, Typed};
+pub use encoded::{EncodedLease, EncodedRunner, EncodedRunnerStorage, Typed};
 pub use error::{BoxError, StorageError};
 pub use kv::{EntityKv, KvEntry, KvQuery, MemoryEntityKv};
-pub use lease::{Epoch, HeldShard, ShardLease};
+pub use lease::{Epoch, HeldShard, MachineLease, ShardLease};
 pub use memory::{MemoryMessageStorage, MemoryRunnerStorage};
 pub use messages::{
     Claim, ClaimedMessage, DeliverAt, EnvelopeKind, Fence, MessageEvent, MessageStorage,

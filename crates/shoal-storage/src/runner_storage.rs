@@ -1,52 +1,66 @@
-//! Runner membership and shard leases: the typed [`RunnerStorage`] seam.
+//! Runner membership, shard leases and process identity: the typed [`RunnerStorage`] seam.
 
 use std::time::Duration;
 
 use async_trait::async_trait;
-use shoal_protocol::{MachineId, Runner, RunnerAddress, ShardId};
+use shoal_protocol::{Incarnation, MachineId, Runner, RunnerAddress, RunnerId, ShardId};
 
+use crate::cluster::ClusterParameters;
 use crate::error::StorageError;
-use crate::lease::{HeldShard, ShardLease};
+use crate::lease::{HeldShard, MachineLease, ShardLease};
 
 /// A registered runner and whether it is considered healthy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunnerStatus {
     /// The runner's description.
     pub runner: Runner,
+    /// The incarnation of the process registered at its address.
+    pub incarnation: Incarnation,
     /// `false` once a health check marked it unhealthy; unhealthy runners get no shards.
     pub healthy: bool,
 }
 
-/// Where runners register and lease shards. The lease in storage, not any runner's view, is the
-/// authority on who owns a shard.
+/// Where runners register and lease shards, and where every process leases its machine id. The
+/// lease in storage, not any runner's view, is the authority on who owns a shard.
 ///
 /// # Contract
 ///
 /// - Times are compared against the storage's own clock (the database clock for SQL backends),
 ///   never a runner's.
+/// - **Identity.** A runner is its address *and* its [`Incarnation`] (one per process start).
+///   `register` refuses an address whose heartbeat is live under another incarnation
+///   ([`StorageError::AddressInUse`]); every lease operation names the incarnation, and a lease
+///   is the caller's only if that incarnation took it.
 /// - A shard has at most one live lease. A lease is live until its expiry; `acquire` and
 ///   `refresh` set the expiry to `now + ttl`.
-/// - The [`Epoch`](crate::Epoch) of a shard grows every time a lease is granted to a runner that
-///   did not hold it live, and never goes back (also across release).
+/// - The [`Epoch`](crate::Epoch) of a shard grows with every lease `acquire` grants, also to the
+///   incarnation that held it, and never goes back (also across release). `refresh` keeps it.
 /// - `acquire` returns only shards that were asked for.
-/// - Machine ids are unique and never reused, also when the same address registers again.
 /// - A runner whose heartbeat (written by `register` and by every `refresh`) is older than the
 ///   `ttl` it gave is left out of [`RunnerStorage::runners`].
+/// - **Machine ids.** `lease_machine_id` hands out the lowest of the 1024 machine ids that no
+///   live process holds, with a reservation of timestamps after the previous holder's (see
+///   [`MachineLease`]); `renew_machine_id` keeps it; no two live leases share a machine id.
+/// - **Cluster parameters** are stored by the first caller and never changed afterwards.
 /// - Implementations bound every call by a deadline and report [`StorageError::Timeout`] when it
 ///   passes.
 #[async_trait]
 pub trait RunnerStorage: Send + Sync + 'static {
-    /// Registers (or re-registers) a runner and returns a fresh machine id. The runner's
-    /// heartbeat is written; it stays listed for `ttl` unless refreshed.
+    /// Registers a runner (or registers it again, in the same incarnation) and writes its
+    /// heartbeat, which stays live for `ttl` unless refreshed. Refused with
+    /// [`StorageError::AddressInUse`] while another incarnation's heartbeat at the same address
+    /// is live.
     async fn register(
         &self,
         runner: &Runner,
+        incarnation: Incarnation,
         healthy: bool,
         ttl: Duration,
-    ) -> Result<MachineId, StorageError>;
+    ) -> Result<(), StorageError>;
 
-    /// Removes a runner (its leases are not touched: see [`RunnerStorage::release_all`]).
-    async fn unregister(&self, address: &RunnerAddress) -> Result<(), StorageError>;
+    /// Removes a runner's registration, if it is still `runner`'s incarnation (its leases are
+    /// not touched: see [`RunnerStorage::release_all`]).
+    async fn unregister(&self, runner: &RunnerId) -> Result<(), StorageError>;
 
     /// The runners whose heartbeat is live, in no particular order.
     async fn runners(&self) -> Result<Vec<RunnerStatus>, StorageError>;
@@ -62,35 +76,70 @@ pub trait RunnerStorage: Send + Sync + 'static {
     /// messages to actual owners and to keep shards where they are when the membership changes.
     async fn leases(&self) -> Result<Vec<ShardLease>, StorageError>;
 
-    /// Takes leases on those of `shards` that are free, expired, or already held by `address`,
-    /// in one round trip, and returns every shard of `shards` that `address` now holds.
+    /// Takes leases on those of `shards` that are free, expired, or already held by `runner`,
+    /// in one round trip, each under a new epoch, and returns every shard of `shards` that
+    /// `runner` now holds.
     async fn acquire(
         &self,
-        address: &RunnerAddress,
+        runner: &RunnerId,
         shards: &[ShardId],
         ttl: Duration,
     ) -> Result<Vec<HeldShard>, StorageError>;
 
-    /// Extends the live leases `address` holds among `shards` and writes its heartbeat; returns
+    /// Extends the live leases `runner` holds among `shards` and writes its heartbeat; returns
     /// the shards still held. A lapsed lease is not renewed, even if nobody took it: the caller
     /// must stop the shard's entities and acquire it again (under a new epoch).
     async fn refresh(
         &self,
-        address: &RunnerAddress,
+        runner: &RunnerId,
         shards: &[ShardId],
         ttl: Duration,
     ) -> Result<Vec<HeldShard>, StorageError>;
 
-    /// Gives up the leases `address` holds among `shards`, so another runner can take them at
+    /// Gives up the leases `runner` holds among `shards`, so another runner can take them at
     /// once.
-    async fn release(
+    async fn release(&self, runner: &RunnerId, shards: &[ShardId]) -> Result<(), StorageError>;
+
+    /// Gives up every lease `runner` holds.
+    async fn release_all(&self, runner: &RunnerId) -> Result<(), StorageError>;
+
+    /// Leases a machine id to the process `incarnation` for `ttl`, reserving timestamps up to
+    /// `max(now_ms, previous reservation) + ttl` (`now_ms`: the caller's wall clock, milliseconds
+    /// since the Unix epoch). An incarnation that already holds one gets it back.
+    /// [`StorageError::NoMachineId`] when all 1024 are held.
+    async fn lease_machine_id(
         &self,
-        address: &RunnerAddress,
-        shards: &[ShardId],
+        incarnation: Incarnation,
+        now_ms: u64,
+        ttl: Duration,
+    ) -> Result<MachineLease, StorageError>;
+
+    /// Renews the lease of `machine_id` held by `incarnation` for `ttl` and extends its
+    /// reservation to at least `now_ms + ttl`; returns the end of the reservation, or `None`
+    /// when the lease was lost (another process took the machine id after it lapsed).
+    async fn renew_machine_id(
+        &self,
+        machine_id: MachineId,
+        incarnation: Incarnation,
+        now_ms: u64,
+        ttl: Duration,
+    ) -> Result<Option<u64>, StorageError>;
+
+    /// Gives `machine_id` up at once (the process is stopping and made no id with a timestamp
+    /// after `minted_until`, which becomes the next holder's floor).
+    async fn release_machine_id(
+        &self,
+        machine_id: MachineId,
+        incarnation: Incarnation,
+        minted_until: u64,
     ) -> Result<(), StorageError>;
 
-    /// Gives up every lease `address` holds.
-    async fn release_all(&self, address: &RunnerAddress) -> Result<(), StorageError>;
+    /// Stores `proposed` parameters the cluster does not have yet, and returns every stored
+    /// parameter (the caller compares them with its own).
+    async fn cluster_parameters(
+        &self,
+        proposed: &ClusterParameters,
+    ) -> Result<ClusterParameters, StorageError>;
 }
 
 #[async_trait]
@@ -98,14 +147,15 @@ impl<S: RunnerStorage + ?Sized> RunnerStorage for std::sync::Arc<S> {
     async fn register(
         &self,
         runner: &Runner,
+        incarnation: Incarnation,
         healthy: bool,
         ttl: Duration,
-    ) -> Result<MachineId, StorageError> {
-        (**self).register(runner, healthy, ttl).await
+    ) -> Result<(), StorageError> {
+        (**self).register(runner, incarnation, healthy, ttl).await
     }
 
-    async fn unregister(&self, address: &RunnerAddress) -> Result<(), StorageError> {
-        (**self).unregister(address).await
+    async fn unregister(&self, runner: &RunnerId) -> Result<(), StorageError> {
+        (**self).unregister(runner).await
     }
 
     async fn runners(&self) -> Result<Vec<RunnerStatus>, StorageError> {
@@ -126,31 +176,66 @@ impl<S: RunnerStorage + ?Sized> RunnerStorage for std::sync::Arc<S> {
 
     async fn acquire(
         &self,
-        address: &RunnerAddress,
+        runner: &RunnerId,
         shards: &[ShardId],
         ttl: Duration,
     ) -> Result<Vec<HeldShard>, StorageError> {
-        (**self).acquire(address, shards, ttl).await
+        (**self).acquire(runner, shards, ttl).await
     }
 
     async fn refresh(
         &self,
-        address: &RunnerAddress,
+        runner: &RunnerId,
         shards: &[ShardId],
         ttl: Duration,
     ) -> Result<Vec<HeldShard>, StorageError> {
-        (**self).refresh(address, shards, ttl).await
+        (**self).refresh(runner, shards, ttl).await
     }
 
-    async fn release(
+    async fn release(&self, runner: &RunnerId, shards: &[ShardId]) -> Result<(), StorageError> {
+        (**self).release(runner, shards).await
+    }
+
+    async fn release_all(&self, runner: &RunnerId) -> Result<(), StorageError> {
+        (**self).release_all(runner).await
+    }
+
+    async fn lease_machine_id(
         &self,
-        address: &RunnerAddress,
-        shards: &[ShardId],
-    ) -> Result<(), StorageError> {
-        (**self).release(address, shards).await
+        incarnation: Incarnation,
+        now_ms: u64,
+        ttl: Duration,
+    ) -> Result<MachineLease, StorageError> {
+        (**self).lease_machine_id(incarnation, now_ms, ttl).await
     }
 
-    async fn release_all(&self, address: &RunnerAddress) -> Result<(), StorageError> {
-        (**self).release_all(address).await
+    async fn renew_machine_id(
+        &self,
+        machine_id: MachineId,
+        incarnation: Incarnation,
+        now_ms: u64,
+        ttl: Duration,
+    ) -> Result<Option<u64>, StorageError> {
+        (**self)
+            .renew_machine_id(machine_id, incarnation, now_ms, ttl)
+            .await
+    }
+
+    async fn release_machine_id(
+        &self,
+        machine_id: MachineId,
+        incarnation: Incarnation,
+        minted_until: u64,
+    ) -> Result<(), StorageError> {
+        (**self)
+            .release_machine_id(machine_id, incarnation, minted_until)
+            .await
+    }
+
+    async fn cluster_parameters(
+        &self,
+        proposed: &ClusterParameters,
+    ) -> Result<ClusterParameters, StorageError> {
+        (**self).cluster_parameters(proposed).await
     }
 }

@@ -9,11 +9,12 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use shoal_protocol::{MachineId, Runner, RunnerAddress, ShardId};
+use shoal_protocol::{Incarnation, MachineId, Runner, RunnerAddress, RunnerId, ShardId};
 use tokio::sync::watch;
 
+use crate::cluster::ClusterParameters;
 use crate::error::StorageError;
-use crate::lease::{HeldShard, ShardLease};
+use crate::lease::{HeldShard, MachineLease, ShardLease};
 use crate::runner_storage::{RunnerStatus, RunnerStorage};
 
 /// How a [`FaultyRunnerStorage`] behaves.
@@ -94,16 +95,17 @@ impl<S: RunnerStorage> RunnerStorage for FaultyRunnerStorage<S> {
     async fn register(
         &self,
         runner: &Runner,
+        incarnation: Incarnation,
         healthy: bool,
         ttl: Duration,
-    ) -> Result<MachineId, StorageError> {
+    ) -> Result<(), StorageError> {
         self.gate("register").await?;
-        self.inner.register(runner, healthy, ttl).await
+        self.inner.register(runner, incarnation, healthy, ttl).await
     }
 
-    async fn unregister(&self, address: &RunnerAddress) -> Result<(), StorageError> {
+    async fn unregister(&self, runner: &RunnerId) -> Result<(), StorageError> {
         self.gate("unregister").await?;
-        self.inner.unregister(address).await
+        self.inner.unregister(runner).await
     }
 
     async fn runners(&self) -> Result<Vec<RunnerStatus>, StorageError> {
@@ -127,35 +129,74 @@ impl<S: RunnerStorage> RunnerStorage for FaultyRunnerStorage<S> {
 
     async fn acquire(
         &self,
-        address: &RunnerAddress,
+        runner: &RunnerId,
         shards: &[ShardId],
         ttl: Duration,
     ) -> Result<Vec<HeldShard>, StorageError> {
         self.gate("acquire").await?;
-        self.inner.acquire(address, shards, ttl).await
+        self.inner.acquire(runner, shards, ttl).await
     }
 
     async fn refresh(
         &self,
-        address: &RunnerAddress,
+        runner: &RunnerId,
         shards: &[ShardId],
         ttl: Duration,
     ) -> Result<Vec<HeldShard>, StorageError> {
         self.gate("refresh").await?;
-        self.inner.refresh(address, shards, ttl).await
+        self.inner.refresh(runner, shards, ttl).await
     }
 
-    async fn release(
-        &self,
-        address: &RunnerAddress,
-        shards: &[ShardId],
-    ) -> Result<(), StorageError> {
+    async fn release(&self, runner: &RunnerId, shards: &[ShardId]) -> Result<(), StorageError> {
         self.gate("release").await?;
-        self.inner.release(address, shards).await
+        self.inner.release(runner, shards).await
     }
 
-    async fn release_all(&self, address: &RunnerAddress) -> Result<(), StorageError> {
+    async fn release_all(&self, runner: &RunnerId) -> Result<(), StorageError> {
         self.gate("release_all").await?;
-        self.inner.release_all(address).await
+        self.inner.release_all(runner).await
+    }
+
+    async fn lease_machine_id(
+        &self,
+        incarnation: Incarnation,
+        now_ms: u64,
+        ttl: Duration,
+    ) -> Result<MachineLease, StorageError> {
+        self.gate("lease_machine_id").await?;
+        self.inner.lease_machine_id(incarnation, now_ms, ttl).await
+    }
+
+    async fn renew_machine_id(
+        &self,
+        machine_id: MachineId,
+        incarnation: Incarnation,
+        now_ms: u64,
+        ttl: Duration,
+    ) -> Result<Option<u64>, StorageError> {
+        self.gate("renew_machine_id").await?;
+        self.inner
+            .renew_machine_id(machine_id, incarnation, now_ms, ttl)
+            .await
+    }
+
+    async fn release_machine_id(
+        &self,
+        machine_id: MachineId,
+        incarnation: Incarnation,
+        minted_until: u64,
+    ) -> Result<(), StorageError> {
+        self.gate("release_machine_id").await?;
+        self.inner
+            .release_machine_id(machine_id, incarnation, minted_until)
+            .await
+    }
+
+    async fn cluster_parameters(
+        &self,
+        proposed: &ClusterParameters,
+    ) -> Result<ClusterParameters, StorageError> {
+        self.gate("cluster_parameters").await?;
+        self.inner.cluster_parameters(proposed).await
     }
 }

@@ -71,6 +71,8 @@ pub struct EntityContext {
 
 struct ContextInner {
     address: EntityAddress,
+    /// The lease epoch the instance started under, fixed for its whole life.
+    epoch: shoal_storage::Epoch,
     sharding: Sharding,
     flags: Arc<InstanceFlags>,
 }
@@ -78,12 +80,14 @@ struct ContextInner {
 impl EntityContext {
     pub(crate) fn new(
         address: EntityAddress,
+        epoch: shoal_storage::Epoch,
         sharding: Sharding,
         flags: Arc<InstanceFlags>,
     ) -> Self {
         Self {
             inner: Arc::new(ContextInner {
                 address,
+                epoch,
                 sharding,
                 flags,
             }),
@@ -106,8 +110,15 @@ impl EntityContext {
         &self.inner.sharding
     }
 
-    /// The epoch of the lease under which this runner holds the entity's shard (`None` once the
-    /// shard is no longer held here): the fencing token of the entity's storage writes.
+    /// The epoch of the shard lease this instance started under: the fencing token of every
+    /// storage write it makes, for its whole life (also from tasks it spawned, after the shard
+    /// moved or was taken again). Storage refuses the writes once the shard has a newer epoch.
+    pub fn epoch(&self) -> shoal_storage::Epoch {
+        self.inner.epoch
+    }
+
+    /// The epoch of the lease under which this runner holds the entity's shard now (`None` once
+    /// the shard is no longer held here). Writes carry [`EntityContext::epoch`], not this.
     pub fn shard_epoch(&self) -> Option<shoal_storage::Epoch> {
         self.inner.sharding.shard_epoch(&self.inner.address.shard)
     }

@@ -10,9 +10,10 @@ use shoal_storage::{Fence, StorageError};
 use super::context::EntityContext;
 
 /// The durable key-value storage of one entity (from [`EntityContext::kv`]). Reads see every
-/// write the entity made; writes carry the epoch under which this runner holds the entity's shard
-/// and are refused ([`StorageError::Fenced`]) once another runner owns it, so a runner that lost
-/// its shard cannot overwrite the new owner's state.
+/// write the entity made; writes carry the lease epoch the instance started under
+/// ([`EntityContext::epoch`]) and are refused ([`StorageError::Fenced`]) once the shard has a
+/// newer one, so neither a runner that lost the shard nor a task left over from an earlier
+/// instance can overwrite the current instance's state.
 #[derive(Clone)]
 pub struct EntityKvHandle {
     kv: Arc<dyn EntityKv>,
@@ -34,13 +35,15 @@ impl EntityKvHandle {
 
     fn fence(&self) -> Result<Fence, StorageError> {
         let shard = self.ctx.address().shard.clone();
+        let epoch = self.ctx.epoch();
         match self.ctx.shard_epoch() {
-            Some(epoch) => Ok(Fence { shard, epoch }),
-            // The shard is no longer held here: any epoch is older than the owner's.
-            None => Err(StorageError::Fenced {
+            Some(current) if current == epoch => Ok(Fence { shard, epoch }),
+            // The shard is no longer held here under the instance's epoch (released, lost, or
+            // taken again under a newer one): refused here, before storage would refuse it.
+            current => Err(StorageError::Fenced {
                 shard,
-                epoch: 0,
-                current: 0,
+                epoch: epoch.0,
+                current: current.map_or(0, |e| e.0),
             }),
         }
     }

@@ -39,11 +39,12 @@ impl Delivery {
     }
 }
 
-/// Out-of-band instructions to an instance; processed even while its mailbox is full.
+/// Out-of-band instructions to an instance; processed even while its mailbox is full. (An
+/// instance is told to stop by closing its control channel: the manager drops its handle. The
+/// instance then finishes the running request, fails queued ones as "not assigned here",
+/// deactivates and exits.)
 #[derive(Debug)]
 pub(crate) enum Control {
     /// Stop processing this request (queued or running).
     Interrupt(Snowflake),
-    /// Finish the running request, fail queued ones as "not assigned here", deactivate, exit.
-    Stop,
 }

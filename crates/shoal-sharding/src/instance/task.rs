@@ -1,6 +1,6 @@
 //! The task that runs one entity instance.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -15,6 +15,8 @@ use tokio::time::sleep_until;
 use tracing::Instrument;
 
 use super::delivery::{Control, Delivery};
+use super::interrupts::Pending;
+use super::retirement::{Done, Retirement};
 use crate::clock::Clock;
 use crate::entity::{
     Behavior, BehaviorFactory, CallFailure, CallResult, EntityContext, InstanceFlags,
@@ -37,11 +39,16 @@ pub(crate) struct InstanceTask {
     pub(crate) ctx: EntityContext,
     pub(crate) factory: Arc<dyn BehaviorFactory>,
     pub(crate) mailbox: mpsc::Receiver<Delivery>,
-    pub(crate) control: mpsc::UnboundedReceiver<Control>,
+    /// Interrupts; closed when the manager wants the instance to stop.
+    pub(crate) control: mpsc::Receiver<Control>,
     pub(crate) flags: Arc<InstanceFlags>,
     pub(crate) settings: InstanceSettings,
     pub(crate) manager: Weak<EntityManager>,
     pub(crate) clock: Clock,
+    /// The previous instance of this entity, still finishing: waited for before activating.
+    pub(crate) previous: Option<Done>,
+    /// Signals the end of this instance's task (dropped with it).
+    pub(crate) _retirement: Retirement,
 }
 
 pub(crate) fn spawn_instance(task: InstanceTask) -> JoinHandle<()> {
@@ -82,6 +89,11 @@ fn defect_of(
 impl InstanceTask {
     async fn run(mut self) {
         let address = self.ctx.address().clone();
+        // The previous instance of this entity must have finished (saved its state in
+        // `deactivate`) before this one activates and loads it.
+        if let Some(previous) = self.previous.take() {
+            previous.await;
+        }
 
         let Some(mut behavior) = self.activate().await else {
             self.drain(ErrorCode::Defect, "the entity failed to activate");
@@ -188,21 +200,21 @@ impl InstanceTask {
     }
 
     async fn run_exclusive(&mut self, behavior: &mut Behavior) -> Flow {
-        let mut interrupted: HashSet<Snowflake> = HashSet::new();
+        let mut interrupted = Pending::default();
         loop {
             let idle_at = self.idle_deadline();
             tokio::select! {
                 biased;
                 control = self.control.recv() => match control {
-                    Some(Control::Interrupt(id)) => { interrupted.insert(id); }
-                    Some(Control::Stop) | None => {
+                    Some(Control::Interrupt(id)) => interrupted.insert(id),
+                    None => {
                         self.drain(ErrorCode::EntityNotAssigned, "the entity stopped on this runner; retry");
                         return Flow::Stop;
                     }
                 },
                 delivery = self.mailbox.recv() => {
                     let Some(delivery) = delivery else { return Flow::Stop };
-                    if interrupted.remove(&delivery.call.id) {
+                    if interrupted.take(&delivery.call.id) {
                         self.flags.done_pending(self.clock.now_ms());
                         delivery.fail(ErrorCode::Interrupted, "interrupted before it started");
                         continue;
@@ -227,7 +239,7 @@ impl InstanceTask {
         &mut self,
         behavior: &mut Behavior,
         delivery: Delivery,
-        interrupted: &mut HashSet<Snowflake>,
+        interrupted: &mut Pending,
     ) -> Flow {
         let mut stopping = false;
         let mut attempt = 0u32;
@@ -244,10 +256,12 @@ impl InstanceTask {
                     tokio::select! {
                         biased;
                         result = &mut fut => break Some(result),
-                        control = self.control.recv() => match control {
+                        control = self.control.recv(), if !stopping => match control {
                             Some(Control::Interrupt(id)) if id == delivery.call.id => break None,
-                            Some(Control::Interrupt(id)) => { interrupted.insert(id); }
-                            Some(Control::Stop) | None => stopping = true,
+                            Some(Control::Interrupt(id)) => interrupted.insert(id),
+                            // Closed: stop after this request. Only read once: a closed channel
+                            // answers at once, forever.
+                            None => stopping = true,
                         },
                     }
                 }
@@ -300,7 +314,7 @@ impl InstanceTask {
         let mut in_flight: FuturesUnordered<futures::future::BoxFuture<'static, Done>> =
             FuturesUnordered::new();
         let mut aborts: HashMap<Snowflake, AbortHandle> = HashMap::new();
-        let mut interrupted: HashSet<Snowflake> = HashSet::new();
+        let mut interrupted = Pending::default();
         let mut stopping = false;
 
         let start = |behavior: &Behavior,
@@ -335,12 +349,12 @@ impl InstanceTask {
             let can_start = !stopping && in_flight.len() < concurrency;
             tokio::select! {
                 biased;
-                control = self.control.recv() => match control {
+                control = self.control.recv(), if !stopping => match control {
                     Some(Control::Interrupt(id)) => match aborts.remove(&id) {
                         Some(handle) => handle.abort(),
-                        None => { interrupted.insert(id); }
+                        None => interrupted.insert(id),
                     },
-                    Some(Control::Stop) | None => stopping = true,
+                    None => stopping = true,
                 },
                 Some((delivery, attempt, result)) = in_flight.next(), if !in_flight.is_empty() => {
                     aborts.remove(&delivery.call.id);
@@ -385,7 +399,7 @@ impl InstanceTask {
                         stopping = true;
                         continue;
                     };
-                    if interrupted.remove(&delivery.call.id) {
+                    if interrupted.take(&delivery.call.id) {
                         self.flags.done_pending(self.clock.now_ms());
                         delivery.fail(ErrorCode::Interrupted, "interrupted before it started");
                         continue;

@@ -23,7 +23,7 @@ mod waiter;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use parking_lot::Mutex;
 use shoal_protocol::{ReplyFrame, Snowflake};
@@ -34,7 +34,7 @@ pub use settings::MessageSettings;
 
 pub(crate) use process::StreamRun;
 
-pub(crate) use poller::{on_shards_acquired, start as start_tasks};
+pub(crate) use poller::{incoming, on_shards_acquired, start as start_tasks};
 
 /// What makes an outgoing message persisted.
 #[derive(Debug, Clone, Default)]
@@ -62,9 +62,26 @@ pub(crate) struct Persistence {
     /// Requests recently settled here, with their replies: a push and a poll of one request
     /// that do not overlap in time must not run it twice.
     settled: Mutex<Settled>,
+    /// Attempts of requests that did not settle here, for the delay before their claim is
+    /// lifted.
+    retries: Mutex<Retries>,
     /// Wakes the poller.
     pub(crate) wake: Notify,
 }
+
+/// A bounded memory of how often recent requests failed to settle here.
+#[derive(Default)]
+struct Retries {
+    attempts: HashMap<Snowflake, u32>,
+    order: VecDeque<Snowflake>,
+}
+
+/// How many requests' attempts a runner remembers.
+const REMEMBERED_RETRIES: usize = 4096;
+/// The first delay before a request that did not settle is claimable again; it doubles with
+/// every attempt, up to [`MAX_RETRY_DELAY`].
+const FIRST_RETRY_DELAY: Duration = Duration::from_millis(50);
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
 
 /// A bounded memory of settled requests.
 #[derive(Default)]
@@ -84,6 +101,7 @@ impl Persistence {
             in_flight: Mutex::new(HashMap::new()),
             interrupted: Mutex::new(HashSet::new()),
             settled: Mutex::new(Settled::default()),
+            retries: Mutex::new(Retries::default()),
             wake: Notify::new(),
         }
     }
@@ -108,6 +126,37 @@ impl Persistence {
                 settled.replies.remove(&old);
             }
         }
+    }
+
+    /// How long to keep the claim on `id`, which did not settle here, before lifting it: doubles
+    /// with each attempt.
+    pub(crate) fn retry_delay(&self, id: Snowflake) -> Duration {
+        let mut retries = self.retries.lock();
+        let attempts = match retries.attempts.get_mut(&id) {
+            Some(attempts) => {
+                *attempts += 1;
+                *attempts
+            }
+            None => {
+                retries.attempts.insert(id, 1);
+                retries.order.push_back(id);
+                while retries.order.len() > REMEMBERED_RETRIES {
+                    if let Some(old) = retries.order.pop_front() {
+                        retries.attempts.remove(&old);
+                    }
+                }
+                1
+            }
+        };
+        FIRST_RETRY_DELAY
+            .saturating_mul(1 << (attempts - 1).min(16))
+            .min(MAX_RETRY_DELAY)
+    }
+
+    /// `id` settled: its attempts are forgotten.
+    pub(crate) fn forget_retries(&self, id: Snowflake) {
+        // Left in `order` until it reaches the front; the map is what counts.
+        self.retries.lock().attempts.remove(&id);
     }
 
     /// Records that the caller interrupted `id` (running here).

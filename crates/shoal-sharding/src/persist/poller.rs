@@ -207,8 +207,11 @@ impl Poller {
                     shard: envelope.address.shard.clone(),
                     epoch,
                 };
+                let Ok(reply_id) = self.sharding.inner.identity.next_id() else {
+                    return;
+                };
                 let reply = StoredReply {
-                    id: self.sharding.inner.ids.next_id(),
+                    id: reply_id,
                     request_id: envelope.request_id,
                     kind: StoredReplyKind::Final(ReplyFrame::Failure(
                         Failure::new(ErrorCode::Interrupted, "interrupted by the caller")

@@ -4,14 +4,25 @@ use std::collections::hash_map::Entry;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use shoal_protocol::{Chunk, EntityAddress, ErrorCode, Failure, ReplyFrame, Snowflake};
-use shoal_storage::{Fence, StoredReply, StoredReplyKind};
+use shoal_storage::{Epoch, Fence, StoredReply, StoredReplyKind};
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 
 use super::Persistence;
-use crate::entity::{ReplyValue, resumed_chunk_channel};
-use crate::instance::ReplyTo;
+use crate::entity::{ChunkReceiver, ReplyValue, resumed_chunk_channel};
+use crate::instance::{Outcome, ReplyTo};
+use crate::manager::Room;
 use crate::outgoing::Outgoing;
 use crate::sharding::Sharding;
+
+/// A stored request handed to its local entity.
+struct Delivered {
+    /// The lease epoch of the instance that runs it: its writes are fenced by it.
+    epoch: Epoch,
+    outcome: oneshot::Receiver<Outcome>,
+    /// A stream's items.
+    chunks: Option<ChunkReceiver>,
+}
 
 /// Whether a failure ends the request (it is stored as its final reply) or only this attempt
 /// (the request stays unprocessed and runs again, here or on the shard's next owner).
@@ -80,12 +91,26 @@ impl Sharding {
         let sharding = self.clone();
         tokio::spawn(async move {
             let frame = sharding.run_persisted(id, out, stream).await;
-            if frame.is_none() {
-                sharding.release_claim(id).await;
-            }
+            let settled = frame.is_some();
             let _ = tx.send(frame);
+            if !settled {
+                sharding.release_claim_later(id).await;
+            }
         });
         rx
+    }
+
+    /// Lifts the claim on `id` after a delay that grows with every attempt that did not settle
+    /// it on this runner (a type not registered yet, storage trouble), so that a request that
+    /// keeps failing is not claimed and run again at database speed. The claim holds meanwhile
+    /// (and lapses on its own if this runner dies).
+    async fn release_claim_later(&self, id: Snowflake) {
+        let Some(persistence) = &self.inner.persistence else {
+            return;
+        };
+        let delay = persistence.retry_delay(id);
+        tokio::time::sleep(delay).await;
+        self.release_claim(id).await;
     }
 
     /// Lifts the claim on `id` (best effort: claims also lapse), so the shard's owner polls it
@@ -134,10 +159,66 @@ impl Sharding {
         let frame = self.settle(persistence, id, &mut out, stream).await;
         if let Some(frame) = &frame {
             persistence.remember_settled(id, frame);
+            persistence.forget_retries(id);
         }
         persistence.take_interrupted(id);
         guard.finish(&frame);
         frame
+    }
+
+    /// Delivers a stored request to its local entity. A full mailbox is waited out (the request
+    /// is stored: it need not fail and be claimed again) until `deadline`; returns the lease
+    /// epoch of the instance that runs it, with the channels its outcome comes back on.
+    async fn deliver_stored(
+        &self,
+        out: &mut Outgoing,
+        id: Snowflake,
+        resume: Option<u64>,
+        deadline: Instant,
+    ) -> Result<Delivered, Failure> {
+        let mut pause = Duration::from_millis(10);
+        let mut reserved = None;
+        loop {
+            let (chunk_tx, chunk_rx) = match resume {
+                Some(resume) => {
+                    let (tx, rx) = resumed_chunk_channel(resume);
+                    (Some(tx), Some(rx))
+                }
+                None => (None, None),
+            };
+            let (tx, rx) = oneshot::channel();
+            let delivered =
+                self.deliver_reserved(out, id, chunk_tx, ReplyTo::Caller(tx), reserved.take());
+            let failure = match delivered {
+                Ok(epoch) => {
+                    return Ok(Delivered {
+                        epoch,
+                        outcome: rx,
+                        chunks: chunk_rx,
+                    });
+                }
+                Err(failure) => failure,
+            };
+            if failure.code != ErrorCode::MailboxFull || Instant::now() >= deadline {
+                return Err(failure);
+            }
+            let Some(manager) = self.manager(&out.address.entity_type) else {
+                return Err(failure);
+            };
+            match manager
+                .wait_for_room(&out.address.entity_id, deadline)
+                .await
+            {
+                Room::Reserved(slot) => reserved = Some(slot),
+                Room::Gone => {}
+                Room::TimedOut => return Err(failure),
+                // The runner's resident cap: wait for an instance to be passivated.
+                Room::NoInstance => {
+                    tokio::time::sleep_until(deadline.min(Instant::now() + pause)).await;
+                    pause = (pause * 2).min(Duration::from_millis(500));
+                }
+            }
+        }
     }
 
     async fn settle(
@@ -148,15 +229,14 @@ impl Sharding {
         stream: Option<StreamRun>,
     ) -> Option<ReplyFrame> {
         let streaming = stream.is_some();
-        let (chunk_tx, chunk_rx, mut live) = match stream {
-            Some(run) => {
-                let (tx, rx) = resumed_chunk_channel(run.resume);
-                (Some(tx), Some((rx, run.resume)), run.live)
-            }
-            None => (None, None, None),
+        let (resume, mut live) = match stream {
+            Some(run) => (Some(run.resume), run.live),
+            None => (None, None),
         };
-        let (tx, rx) = oneshot::channel();
-        let frame = match self.deliver_local(out, id, chunk_tx, ReplyTo::Caller(tx)) {
+        // A full mailbox is waited out for at most half a claim: the request stays claimed by
+        // this runner meanwhile.
+        let deadline = Instant::now() + persistence.settings.claim_timeout / 2;
+        let (frame, epoch) = match self.deliver_stored(out, id, resume, deadline).await {
             Err(failure) if failure.code == ErrorCode::UnknownEntityType => {
                 // The type may not be registered yet (a rolling deploy): hold the message until
                 // the registration timeout, then answer it.
@@ -167,19 +247,33 @@ impl Sharding {
                 if age < persistence.settings.registration_timeout {
                     return None;
                 }
-                ReplyFrame::Failure(failure)
+                (
+                    ReplyFrame::Failure(failure),
+                    self.inner.shards.epoch(&out.address.shard)?,
+                )
             }
             Err(failure) if !is_final(failure.code) => return None,
-            Err(failure) => ReplyFrame::Failure(failure),
-            Ok(()) => {
-                if let Some((chunk_rx, resume)) = chunk_rx
+            Err(failure) => (
+                ReplyFrame::Failure(failure),
+                self.inner.shards.epoch(&out.address.shard)?,
+            ),
+            Ok(delivered) => {
+                if let (Some(chunk_rx), Some(resume)) = (delivered.chunks, resume)
                     && !self
-                        .store_chunks(persistence, id, &out.address, chunk_rx, resume, &mut live)
+                        .store_chunks(
+                            persistence,
+                            id,
+                            &out.address,
+                            delivered.epoch,
+                            chunk_rx,
+                            resume,
+                            &mut live,
+                        )
                         .await
                 {
                     return None;
                 }
-                match rx.await {
+                let frame = match delivered.outcome.await {
                     // The instance went away with the request (stopped, aborted): not settled.
                     Err(_) => return None,
                     Ok(Err(failure))
@@ -199,16 +293,22 @@ impl Sharding {
                         )
                         .with_address(out.address.clone()),
                     ),
-                }
+                };
+                (frame, delivered.epoch)
             }
         };
-        let epoch = self.inner.shards.epoch(&out.address.shard)?;
+        // Fenced by the epoch the request ran under: if the shard moved (and perhaps came back)
+        // meanwhile, the reply is refused and the request runs again under the new owner.
         let fence = Fence {
             shard: out.address.shard.clone(),
             epoch,
         };
+        let Ok(reply_id) = self.inner.identity.next_id() else {
+            tracing::warn!(request = %id, address = %out.address, "no reply id can be made (the machine id lease lapsed); the request will run again");
+            return None;
+        };
         let reply = StoredReply {
-            id: self.inner.ids.next_id(),
+            id: reply_id,
             request_id: id,
             kind: StoredReplyKind::Final(frame.clone()),
         };
@@ -240,12 +340,14 @@ impl Sharding {
     /// lease, and passes each stored chunk to the live caller. `false` when a chunk could not be
     /// stored (the shard moved, storage failed): the run stops here and the request reruns,
     /// resuming after the chunks already stored.
+    #[allow(clippy::too_many_arguments)]
     async fn store_chunks(
         &self,
         persistence: &Persistence,
         id: Snowflake,
         address: &EntityAddress,
-        mut items: crate::entity::ChunkReceiver,
+        epoch: Epoch,
+        mut items: ChunkReceiver,
         mut next: u64,
         live: &mut Option<mpsc::Sender<ReplyFrame>>,
     ) -> bool {
@@ -267,15 +369,16 @@ impl Sharding {
                 tracing::warn!(request = %id, %address, "a persisted stream passed 2^32 items; it stops here");
                 return false;
             };
-            let Some(epoch) = self.inner.shards.epoch(&address.shard) else {
-                return false;
-            };
             let fence = Fence {
                 shard: address.shard.clone(),
                 epoch,
             };
+            let Ok(reply_id) = self.inner.identity.next_id() else {
+                tracing::warn!(request = %id, %address, "no chunk id can be made (the machine id lease lapsed); the stream will resume elsewhere");
+                return false;
+            };
             let reply = StoredReply {
-                id: self.inner.ids.next_id(),
+                id: reply_id,
                 request_id: id,
                 kind: StoredReplyKind::Chunk {
                     sequence,

@@ -6,8 +6,8 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use shoal_protocol::{ErrorCode, Notification, ReplyFrame, Request, RunnerAddress, Snowflake};
 use shoal_storage::{
-    Claim, EnvelopeKind, PersistedEnvelope, PersistedRequest, SaveResult, StoredReplyKind,
-    message_key,
+    Claim, EnvelopeKind, PersistedEnvelope, PersistedRequest, SaveResult, StorageError,
+    StoredReplyKind, message_key,
 };
 use tokio::time::{Instant, timeout_at};
 
@@ -94,9 +94,8 @@ impl Sharding {
         // Persisted requests always travel encoded, even to a local entity.
         out.typed = None;
         let spec = out.persist.take().unwrap_or_default();
-        let id = self.inner.ids.next_id();
-        let request = PersistedRequest {
-            id,
+        let mut request = PersistedRequest {
+            id: self.new_id(out)?,
             address: out.address.clone(),
             tag: out.tag.clone(),
             payload: payload.clone(),
@@ -126,28 +125,51 @@ impl Sharding {
                 .min(persistence.settings.poll_interval * 3),
         });
         let storage_timeout = self.inner.config.storage_timeout();
-        let saved = tokio::time::timeout(
-            storage_timeout,
-            persistence.storage.save_request(&request, claim.as_ref()),
-        )
-        .await;
-        let result = match saved {
-            Ok(Ok(saved)) => saved,
-            Ok(Err(error)) => {
-                return Err(CallError::Persistence {
-                    address: out.address.clone(),
-                    message: format!("the request was not stored: {error}"),
-                });
-            }
-            Err(_) => {
-                return Err(CallError::Persistence {
-                    address: out.address.clone(),
-                    message: format!(
-                        "the request was not stored: storage did not answer within {storage_timeout:?}"
-                    ),
-                });
+        let mut attempt = 0;
+        let result = loop {
+            let saved = tokio::time::timeout(
+                storage_timeout,
+                persistence.storage.save_request(&request, claim.as_ref()),
+            )
+            .await;
+            match saved {
+                Ok(Ok(saved)) => break saved,
+                // Another request holds this id (two processes made the same id): storage
+                // stored nothing; save this one again under a new id.
+                Ok(Err(error @ StorageError::Conflict { .. })) if attempt < 3 => {
+                    attempt += 1;
+                    metrics::counter!("shoal_persisted_id_conflicts_total").increment(1);
+                    tracing::warn!(address = %out.address, %error, "a request id was already taken; saving again under a new id");
+                    request.id = self.new_id(out)?;
+                }
+                Ok(Err(error)) if error.outcome_unknown() => {
+                    return Err(CallError::OutcomeUnknown {
+                        address: out.address.clone(),
+                        message: format!(
+                            "the request may or may not have been stored ({error}); retry with \
+                             the same primary key to be sure it runs once"
+                        ),
+                    });
+                }
+                Ok(Err(error)) => {
+                    return Err(CallError::Persistence {
+                        address: out.address.clone(),
+                        message: format!("the request was not stored: {error}"),
+                    });
+                }
+                Err(_) => {
+                    return Err(CallError::OutcomeUnknown {
+                        address: out.address.clone(),
+                        message: format!(
+                            "storage did not answer within {storage_timeout:?}: the request may \
+                             or may not have been stored; retry with the same primary key to be \
+                             sure it runs once"
+                        ),
+                    });
+                }
             }
         };
+        let id = request.id;
         metrics::counter!("shoal_persisted_requests_total").increment(1);
         if matches!(result, SaveResult::Duplicate { .. }) {
             metrics::counter!("shoal_persisted_duplicates_total").increment(1);
@@ -190,33 +212,54 @@ impl Sharding {
         request_id: Snowflake,
     ) -> Result<(), CallError> {
         let persistence = self.persistence_of(out)?;
-        let envelope = PersistedEnvelope {
-            id: self.inner.ids.next_id(),
+        let mut envelope = PersistedEnvelope {
+            id: self.new_id(out)?,
             request_id,
             address: out.address.clone(),
             kind: EnvelopeKind::Interrupt,
         };
         let storage_timeout = self.inner.config.storage_timeout();
-        match tokio::time::timeout(
-            storage_timeout,
-            persistence.storage.save_envelope(&envelope),
-        )
-        .await
-        {
+        let mut attempt = 0;
+        let saved = loop {
+            let saved = tokio::time::timeout(
+                storage_timeout,
+                persistence.storage.save_envelope(&envelope),
+            )
+            .await;
+            match saved {
+                // Another message holds this id (two processes made the same id): nothing was
+                // stored; save it again under a new id.
+                Ok(Err(StorageError::Conflict { .. })) if attempt < 3 => {
+                    attempt += 1;
+                    envelope.id = self.new_id(out)?;
+                }
+                other => break other,
+            }
+        };
+        match saved {
             Ok(Ok(())) => {
                 // The owner's poller is woken by the save's event (across processes where the
                 // backend has notifications); wake this runner's at once in case it is here.
                 persistence.wake.notify_one();
                 Ok(())
             }
+            Ok(Err(StorageError::Refused { reason, .. })) => Err(CallError::Persistence {
+                address: out.address.clone(),
+                message: format!("the interrupt was refused: {reason}"),
+            }),
+            Ok(Err(error)) if error.outcome_unknown() => Err(CallError::OutcomeUnknown {
+                address: out.address.clone(),
+                message: format!("the interrupt may or may not have been stored: {error}"),
+            }),
             Ok(Err(error)) => Err(CallError::Persistence {
                 address: out.address.clone(),
                 message: format!("the interrupt was not stored: {error}"),
             }),
-            Err(_) => Err(CallError::Persistence {
+            Err(_) => Err(CallError::OutcomeUnknown {
                 address: out.address.clone(),
                 message: format!(
-                    "the interrupt was not stored: storage did not answer within {storage_timeout:?}"
+                    "storage did not answer within {storage_timeout:?}: the interrupt may or may \
+                     not have been stored"
                 ),
             }),
         }

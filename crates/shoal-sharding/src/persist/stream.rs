@@ -148,8 +148,12 @@ async fn acknowledge(
         while let Ok(newer) = acked.try_recv() {
             reply_id = newer;
         }
+        let Ok(id) = sharding.inner.identity.next_id() else {
+            // Unacknowledged chunks are only read again; the caller skips what it has.
+            continue;
+        };
         let envelope = PersistedEnvelope {
-            id: sharding.inner.ids.next_id(),
+            id,
             request_id,
             address: address.clone(),
             kind: EnvelopeKind::AckChunk { reply_id },

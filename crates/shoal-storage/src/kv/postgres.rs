@@ -19,7 +19,7 @@ use crate::messages::Fence;
 use crate::options::StorageOptions;
 use crate::postgres::PostgresRunnerStorage;
 use crate::prefix::TablePrefix;
-use crate::sql::call::{call, with_deadline};
+use crate::sql::call::{call, observed};
 
 const BACKEND: &str = "postgres";
 
@@ -196,9 +196,12 @@ impl EntityKv for PostgresEntityKv {
                 self.options.call_timeout,
             )
         })?;
-        with_deadline(BACKEND, "kv_put", 1, self.options.call_timeout, async {
-            puts.submit("kv_put", op).await
-        })
+        observed(
+            BACKEND,
+            "kv_put",
+            1,
+            puts.submit("kv_put", op, self.options.call_timeout),
+        )
         .await
     }
 

@@ -17,7 +17,7 @@ use crate::error::StorageError;
 use crate::messages::Fence;
 use crate::options::StorageOptions;
 use crate::prefix::TablePrefix;
-use crate::sql::call::{call, with_deadline};
+use crate::sql::call::{call, observed};
 use crate::sqlite::SqliteRunnerStorage;
 
 const BACKEND: &str = "sqlite";
@@ -223,9 +223,12 @@ impl EntityKv for SqliteEntityKv {
                 self.options().call_timeout,
             )
         })?;
-        with_deadline(BACKEND, "kv_put", 1, self.options().call_timeout, async {
-            puts.submit("kv_put", op).await
-        })
+        observed(
+            BACKEND,
+            "kv_put",
+            1,
+            puts.submit("kv_put", op, self.options().call_timeout),
+        )
         .await
     }
 

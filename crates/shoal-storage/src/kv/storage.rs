@@ -28,14 +28,14 @@ use crate::messages::Fence;
 /// # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
 /// use std::sync::Arc;
 /// use std::time::Duration;
-/// use shoal_protocol::{EntityAddress, Runner, ShardGroup};
+/// use shoal_protocol::{EntityAddress, Incarnation, RunnerId};
 /// use shoal_storage::kv::{EntityKv, KvEntry, KvQuery, MemoryEntityKv};
 /// use shoal_storage::{Fence, MemoryRunnerStorage, RunnerStorage};
 ///
 /// let runners = Arc::new(MemoryRunnerStorage::new());
-/// let me = Runner::new("127.0.0.1:1".parse()?, [ShardGroup::default_group()], 1.try_into()?);
+/// let me = RunnerId::new("127.0.0.1:1".parse()?, Incarnation::random());
 /// let shard = "default:3".parse()?;
-/// let held = runners.acquire(&me.address, &[shard], Duration::from_secs(30)).await?;
+/// let held = runners.acquire(&me, &[shard], Duration::from_secs(30)).await?;
 /// let fence = Fence { shard: held[0].shard.clone(), epoch: held[0].epoch };
 ///
 /// let kv = MemoryEntityKv::new(runners);

@@ -13,7 +13,9 @@ use tokio::time::Instant;
 
 use super::runner::MemoryRunnerStorage;
 use crate::error::StorageError;
-use crate::messages::checks::{check_reply, stored_key};
+use crate::messages::checks::{
+    RequestView, check_envelope_id, check_interrupt, check_reply, duplicate_or_conflict, stored_key,
+};
 use crate::messages::{
     Claim, ClaimedMessage, EnvelopeKind, Fence, MessageEvent, MessageStorage, PersistedEnvelope,
     PersistedRequest, SaveResult, StoredReply, StoredReplyKind,
@@ -106,8 +108,6 @@ struct State {
     envelopes: HashMap<Snowflake, Vec<u64>>,
     /// Replies by request id.
     replies: HashMap<Snowflake, Replies>,
-    /// Every stored reply id (a reply id is stored once).
-    reply_ids: HashSet<Snowflake>,
 }
 
 #[derive(Debug)]
@@ -169,6 +169,13 @@ struct ChunkRow {
 }
 
 impl Replies {
+    /// Whether a reply with this id is stored for the request (reply ids are unique per request:
+    /// two processes may make the same id for replies of different requests).
+    fn has_id(&self, id: Snowflake) -> bool {
+        self.final_reply.as_ref().is_some_and(|(f, _)| *f == id)
+            || self.chunks.values().any(|c| c.id == id)
+    }
+
     fn final_reply(&self, request_id: Snowflake) -> Option<StoredReply> {
         self.final_reply.as_ref().map(|(id, frame)| StoredReply {
             id: *id,
@@ -276,14 +283,7 @@ impl State {
         for seq in std::iter::once(request_seq).chain(envelopes) {
             self.remove_row(seq);
         }
-        if let Some(replies) = self.replies.remove(&request_id) {
-            if let Some((id, _)) = replies.final_reply {
-                self.reply_ids.remove(&id);
-            }
-            for chunk in replies.chunks.values() {
-                self.reply_ids.remove(&chunk.id);
-            }
-        }
+        self.replies.remove(&request_id);
     }
 
     fn remove_row(&mut self, seq: u64) {
@@ -375,11 +375,41 @@ impl MessageStorage for MemoryMessageStorage {
         let key = request.key.as_deref().map(|k| stored_key(k).into_owned());
         {
             let mut state = self.state.lock();
-            if let Some(seq) = key.as_ref().and_then(|k| state.by_key.get(k)) {
-                return Ok(state.duplicate(*seq));
-            }
-            if let Some(seq) = state.by_id.get(&request.id) {
-                return Ok(state.duplicate(*seq));
+            let new = RequestView {
+                key: key.as_deref(),
+                entity_type: request.address.entity_type.as_str(),
+                entity_id: request.address.entity_id.as_str(),
+                tag: request.tag.as_str(),
+                payload: &request.payload,
+            };
+            let existing = match key.as_ref().and_then(|k| state.by_key.get(k)) {
+                Some(seq) => Some((*seq, true)),
+                None => state.by_id.get(&request.id).map(|seq| (*seq, false)),
+            };
+            if let Some((seq, same_key)) = existing {
+                match state.rows.get(&seq).map(|row| &row.body) {
+                    Some(Body::Request(stored)) => {
+                        let stored = RequestView {
+                            key: stored.key.as_deref(),
+                            entity_type: stored.address.entity_type.as_str(),
+                            entity_id: stored.address.entity_id.as_str(),
+                            tag: stored.tag.as_str(),
+                            payload: &stored.payload,
+                        };
+                        duplicate_or_conflict(&new, &stored, same_key)?;
+                    }
+                    _ => {
+                        return Err(StorageError::Conflict {
+                            operation: "save_request",
+                            detail: format!(
+                                "its id {} is already used by an interrupt (two processes made \
+                                 the same id: make a new id and save again)",
+                                request.id
+                            ),
+                        });
+                    }
+                }
+                return Ok(state.duplicate(seq));
             }
             let mut stored = request.clone();
             stored.key = key;
@@ -417,8 +447,24 @@ impl MessageStorage for MemoryMessageStorage {
                 let Some(request_seq) = state.request_seq(envelope.request_id) else {
                     return Ok(());
                 };
-                if state.by_id.contains_key(&envelope.id) {
+                let Some(row) = state.rows.get(&request_seq) else {
                     return Ok(());
+                };
+                if let Body::Request(request) = &row.body {
+                    check_interrupt(
+                        envelope,
+                        &request.address.shard.to_string(),
+                        request.address.entity_type.as_str(),
+                        request.address.entity_id.as_str(),
+                        request.uninterruptible,
+                    )?;
+                }
+                if let Some(seq) = state.by_id.get(&envelope.id) {
+                    let holder = state.rows.get(seq).and_then(|row| match &row.body {
+                        Body::Interrupt(stored) => Some(stored.request_id),
+                        Body::Request(_) => None,
+                    });
+                    return check_envelope_id(envelope, holder);
                 }
                 let processed_at = state.rows.get(&request_seq).and_then(|r| r.processed_at);
                 state.insert(
@@ -458,10 +504,10 @@ impl MessageStorage for MemoryMessageStorage {
                 // The request is gone (cleared or swept) or was never persisted.
                 return Ok(false);
             };
-            if state.reply_ids.contains(&reply.id) {
+            let replies = state.replies.entry(reply.request_id).or_default();
+            if replies.has_id(reply.id) {
                 return Ok(false);
             }
-            let replies = state.replies.entry(reply.request_id).or_default();
             match &reply.kind {
                 StoredReplyKind::Final(frame) => {
                     if replies.final_reply.is_some() {
@@ -488,7 +534,6 @@ impl MessageStorage for MemoryMessageStorage {
                     );
                 }
             }
-            state.reply_ids.insert(reply.id);
             Ok(true)
         })?;
         if stored {
@@ -497,6 +542,20 @@ impl MessageStorage for MemoryMessageStorage {
             }]);
         }
         Ok(())
+    }
+
+    async fn pending_request(
+        &self,
+        id: Snowflake,
+    ) -> Result<Option<PersistedRequest>, StorageError> {
+        let state = self.state.lock();
+        let Some(seq) = state.request_seq(id) else {
+            return Ok(None);
+        };
+        Ok(state.rows.get(&seq).and_then(|row| match &row.body {
+            Body::Request(request) if row.processed_at.is_none() => Some((**request).clone()),
+            _ => None,
+        }))
     }
 
     async fn replies_for(&self, requests: &[Snowflake]) -> Result<Vec<StoredReply>, StorageError> {

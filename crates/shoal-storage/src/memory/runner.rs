@@ -1,21 +1,23 @@
 //! In-memory [`RunnerStorage`] with real lease semantics.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
-use shoal_protocol::{MachineId, Runner, RunnerAddress, ShardId};
+use shoal_protocol::{Incarnation, MachineId, Runner, RunnerAddress, RunnerId, ShardId};
 use tokio::time::Instant;
 
+use crate::cluster::ClusterParameters;
 use crate::error::StorageError;
-use crate::lease::{Epoch, HeldShard, ShardLease};
+use crate::lease::{Epoch, HeldShard, MachineLease, ShardLease};
 use crate::runner_storage::{RunnerStatus, RunnerStorage};
 
 /// Runner membership and shard leases held in process memory.
 ///
-/// Leases expire, a shard has one live owner at a time, epochs grow on every grant, machine ids are
-/// never reused: the same contract as the SQL backends, so tests written against it hold for them.
+/// Leases expire, a shard has one live owner at a time, epochs grow on every grant, no two live
+/// processes hold one machine id: the same contract as the SQL backends, so tests written against
+/// it hold for them.
 /// The clock is tokio's, so tests can pause and advance time (`tokio::time::pause`).
 ///
 /// Share one instance (it is cheap to wrap in an `Arc`) between the runners of a single-process
@@ -25,14 +27,15 @@ use crate::runner_storage::{RunnerStatus, RunnerStorage};
 /// # tokio_test_block_on(async {
 /// use std::num::NonZeroU32;
 /// use std::time::Duration;
-/// use shoal_protocol::{Runner, ShardGroup, ShardId};
+/// use shoal_protocol::{Incarnation, Runner, RunnerId, ShardGroup, ShardId};
 /// use shoal_storage::{MemoryRunnerStorage, RunnerStorage};
 ///
 /// let storage = MemoryRunnerStorage::new();
 /// let runner = Runner::new("127.0.0.1:1".parse()?, [ShardGroup::default_group()], NonZeroU32::MIN);
-/// storage.register(&runner, true, Duration::from_secs(10)).await?;
+/// let me = RunnerId::new(runner.address.clone(), Incarnation::random());
+/// storage.register(&runner, me.incarnation, true, Duration::from_secs(10)).await?;
 /// let shard: ShardId = "default:1".parse()?;
-/// let held = storage.acquire(&runner.address, &[shard.clone()], Duration::from_secs(10)).await?;
+/// let held = storage.acquire(&me, &[shard.clone()], Duration::from_secs(10)).await?;
 /// assert_eq!(held[0].shard, shard);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// # });
@@ -47,30 +50,42 @@ pub struct MemoryRunnerStorage {
 
 #[derive(Debug, Default)]
 struct State {
-    last_machine_id: i64,
     runners: HashMap<RunnerAddress, RunnerRow>,
     leases: HashMap<ShardId, LeaseRow>,
+    machines: BTreeMap<i64, MachineRow>,
+    parameters: ClusterParameters,
 }
 
 #[derive(Debug)]
 struct RunnerRow {
     runner: Runner,
+    incarnation: Incarnation,
     healthy: bool,
     heartbeat_expires: Instant,
 }
 
 #[derive(Debug)]
 struct LeaseRow {
-    owner: Option<RunnerAddress>,
+    owner: Option<RunnerId>,
     epoch: u64,
     expires: Instant,
 }
 
 impl LeaseRow {
-    fn held_by(&self, address: &RunnerAddress, now: Instant) -> bool {
-        self.expires > now && self.owner.as_ref() == Some(address)
+    fn held_by(&self, runner: &RunnerId, now: Instant) -> bool {
+        self.expires > now && self.owner.as_ref() == Some(runner)
     }
 }
+
+#[derive(Debug)]
+struct MachineRow {
+    incarnation: Incarnation,
+    expires: Instant,
+    reserved_until: u64,
+}
+
+/// How many machine ids there are (the 10 machine bits of a Snowflake).
+const MACHINE_IDS: i64 = 1024;
 
 impl MemoryRunnerStorage {
     /// Empty storage.
@@ -84,7 +99,7 @@ impl MemoryRunnerStorage {
         let state = self.state.lock();
         let row = state.leases.get(shard)?;
         match &row.owner {
-            Some(owner) if row.expires > now => Some((owner.clone(), Epoch(row.epoch))),
+            Some(owner) if row.expires > now => Some((owner.address.clone(), Epoch(row.epoch))),
             _ => None,
         }
     }
@@ -116,28 +131,44 @@ impl RunnerStorage for MemoryRunnerStorage {
     async fn register(
         &self,
         runner: &Runner,
+        incarnation: Incarnation,
         healthy: bool,
         ttl: Duration,
-    ) -> Result<MachineId, StorageError> {
+    ) -> Result<(), StorageError> {
         let now = Instant::now();
         let mut state = self.state.lock();
-        state.last_machine_id += 1;
-        let id = state.last_machine_id;
+        if let Some(row) = state.runners.get(&runner.address)
+            && row.incarnation != incarnation
+            && row.heartbeat_expires > now
+        {
+            return Err(StorageError::AddressInUse {
+                address: runner.address.clone(),
+                holder: row.incarnation,
+                expires_in: row.heartbeat_expires - now,
+            });
+        }
         state.runners.insert(
             runner.address.clone(),
             RunnerRow {
                 runner: runner.clone(),
+                incarnation,
                 healthy,
                 heartbeat_expires: now + ttl,
             },
         );
-        Ok(MachineId(id))
+        Ok(())
     }
 
-    async fn unregister(&self, address: &RunnerAddress) -> Result<(), StorageError> {
+    async fn unregister(&self, runner: &RunnerId) -> Result<(), StorageError> {
         let now = Instant::now();
         let mut state = self.state.lock();
-        state.runners.remove(address);
+        if state
+            .runners
+            .get(&runner.address)
+            .is_some_and(|row| row.incarnation == runner.incarnation)
+        {
+            state.runners.remove(&runner.address);
+        }
         // Also forget runners whose heartbeat lapsed long ago, as the SQL backends do.
         state.runners.retain(|_, row| row.heartbeat_expires > now);
         Ok(())
@@ -152,6 +183,7 @@ impl RunnerStorage for MemoryRunnerStorage {
             .filter(|row| row.heartbeat_expires > now)
             .map(|row| RunnerStatus {
                 runner: row.runner.clone(),
+                incarnation: row.incarnation,
                 healthy: row.healthy,
             })
             .collect())
@@ -178,7 +210,8 @@ impl RunnerStorage for MemoryRunnerStorage {
             .filter_map(|(shard, row)| {
                 row.owner.as_ref().map(|owner| ShardLease {
                     shard: shard.clone(),
-                    owner: owner.clone(),
+                    owner: owner.address.clone(),
+                    incarnation: owner.incarnation,
                     epoch: Epoch(row.epoch),
                 })
             })
@@ -187,7 +220,7 @@ impl RunnerStorage for MemoryRunnerStorage {
 
     async fn acquire(
         &self,
-        address: &RunnerAddress,
+        runner: &RunnerId,
         shards: &[ShardId],
         ttl: Duration,
     ) -> Result<Vec<HeldShard>, StorageError> {
@@ -203,15 +236,12 @@ impl RunnerStorage for MemoryRunnerStorage {
                     epoch: 0,
                     expires: now,
                 });
-            if row.held_by(address, now) {
-                row.expires = now + ttl;
-            } else if row.owner.is_none() || row.expires <= now {
-                row.owner = Some(address.clone());
-                row.epoch += 1;
-                row.expires = now + ttl;
-            } else {
+            if !(row.held_by(runner, now) || row.owner.is_none() || row.expires <= now) {
                 continue;
             }
+            row.owner = Some(runner.clone());
+            row.epoch += 1;
+            row.expires = now + ttl;
             held.push(HeldShard {
                 shard: shard.clone(),
                 epoch: Epoch(row.epoch),
@@ -222,19 +252,21 @@ impl RunnerStorage for MemoryRunnerStorage {
 
     async fn refresh(
         &self,
-        address: &RunnerAddress,
+        runner: &RunnerId,
         shards: &[ShardId],
         ttl: Duration,
     ) -> Result<Vec<HeldShard>, StorageError> {
         let now = Instant::now();
         let mut state = self.state.lock();
-        if let Some(row) = state.runners.get_mut(address) {
+        if let Some(row) = state.runners.get_mut(&runner.address)
+            && row.incarnation == runner.incarnation
+        {
             row.heartbeat_expires = now + ttl;
         }
         let mut held = Vec::with_capacity(shards.len());
         for shard in shards {
             if let Some(row) = state.leases.get_mut(shard)
-                && row.held_by(address, now)
+                && row.held_by(runner, now)
             {
                 row.expires = now + ttl;
                 held.push(HeldShard {
@@ -246,16 +278,12 @@ impl RunnerStorage for MemoryRunnerStorage {
         Ok(held)
     }
 
-    async fn release(
-        &self,
-        address: &RunnerAddress,
-        shards: &[ShardId],
-    ) -> Result<(), StorageError> {
+    async fn release(&self, runner: &RunnerId, shards: &[ShardId]) -> Result<(), StorageError> {
         let now = Instant::now();
         let mut state = self.state.lock();
         for shard in shards {
             if let Some(row) = state.leases.get_mut(shard)
-                && row.owner.as_ref() == Some(address)
+                && row.owner.as_ref() == Some(runner)
             {
                 row.owner = None;
                 row.expires = now;
@@ -264,15 +292,108 @@ impl RunnerStorage for MemoryRunnerStorage {
         Ok(())
     }
 
-    async fn release_all(&self, address: &RunnerAddress) -> Result<(), StorageError> {
+    async fn release_all(&self, runner: &RunnerId) -> Result<(), StorageError> {
         let now = Instant::now();
         let mut state = self.state.lock();
         for row in state.leases.values_mut() {
-            if row.owner.as_ref() == Some(address) {
+            if row.owner.as_ref() == Some(runner) {
                 row.owner = None;
                 row.expires = now;
             }
         }
         Ok(())
+    }
+
+    async fn lease_machine_id(
+        &self,
+        incarnation: Incarnation,
+        now_ms: u64,
+        ttl: Duration,
+    ) -> Result<MachineLease, StorageError> {
+        let now = Instant::now();
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        let mut state = self.state.lock();
+        // Ours again, else the lowest free id whose reservation has passed, else the lowest free.
+        let free = |row: Option<&MachineRow>| row.is_none_or(|r| r.expires <= now);
+        let candidates = (0..MACHINE_IDS).map(|id| (id, state.machines.get(&id)));
+        let chosen = candidates
+            .filter(|(_, row)| free(*row) || row.is_some_and(|r| r.incarnation == incarnation))
+            .min_by_key(|(id, row)| {
+                let ours = row.is_some_and(|r| r.incarnation == incarnation);
+                let reserved = row.is_some_and(|r| r.reserved_until > now_ms);
+                (!ours, reserved, *id)
+            })
+            .map(|(id, _)| id)
+            .ok_or(StorageError::NoMachineId)?;
+        let floor = state
+            .machines
+            .get(&chosen)
+            .map_or(0, |row| row.reserved_until);
+        let reserved_until = floor.max(now_ms).saturating_add(ttl_ms);
+        state.machines.insert(
+            chosen,
+            MachineRow {
+                incarnation,
+                expires: now + ttl,
+                reserved_until,
+            },
+        );
+        Ok(MachineLease {
+            machine_id: MachineId(chosen),
+            floor,
+            reserved_until,
+        })
+    }
+
+    async fn renew_machine_id(
+        &self,
+        machine_id: MachineId,
+        incarnation: Incarnation,
+        now_ms: u64,
+        ttl: Duration,
+    ) -> Result<Option<u64>, StorageError> {
+        let now = Instant::now();
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        let mut state = self.state.lock();
+        Ok(match state.machines.get_mut(&machine_id.0) {
+            Some(row) if row.incarnation == incarnation => {
+                row.expires = now + ttl;
+                row.reserved_until = row.reserved_until.max(now_ms.saturating_add(ttl_ms));
+                Some(row.reserved_until)
+            }
+            _ => None,
+        })
+    }
+
+    async fn release_machine_id(
+        &self,
+        machine_id: MachineId,
+        incarnation: Incarnation,
+        minted_until: u64,
+    ) -> Result<(), StorageError> {
+        let now = Instant::now();
+        let mut state = self.state.lock();
+        if let Some(row) = state.machines.get_mut(&machine_id.0)
+            && row.incarnation == incarnation
+        {
+            row.expires = now;
+            row.reserved_until = minted_until;
+        }
+        Ok(())
+    }
+
+    async fn cluster_parameters(
+        &self,
+        proposed: &ClusterParameters,
+    ) -> Result<ClusterParameters, StorageError> {
+        let mut state = self.state.lock();
+        let mut stored = std::mem::take(&mut state.parameters);
+        for (name, value) in proposed.iter() {
+            if stored.get(name).is_none() {
+                stored = stored.with(name, value);
+            }
+        }
+        state.parameters = stored.clone();
+        Ok(stored)
     }
 }

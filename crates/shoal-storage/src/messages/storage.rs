@@ -35,7 +35,13 @@ pub enum MessageEvent {
 ///
 /// - **Dedupe.** `save_request` with a `key` already present stores nothing and returns
 ///   [`SaveResult::Duplicate`] with the original's id and latest reply. Keys of any length work
-///   ([`super::message_key`] hashes long ones).
+///   ([`super::message_key`] hashes long ones). The same request saved again under its id is a
+///   duplicate too; a *different* request under a stored id or key (another entity, message,
+///   payload or key: two processes made the same id) is refused with
+///   [`StorageError::Conflict`] and nothing is stored, so no caller ever gets another request's
+///   reply.
+/// - **Interrupts** are stored only for a stored request of the entity they name that is not
+///   uninterruptible (else [`StorageError::Refused`]); they live in the request's shard.
 /// - **Unprocessed** = a request without a final reply, or an interrupt of such a request. A
 ///   request is delivered again and again (at least once) until its final reply is saved.
 /// - **Claims.** `claim_unprocessed` returns only unclaimed (or lapsed-claim), deliverable
@@ -71,6 +77,13 @@ pub trait MessageStorage: Send + Sync + 'static {
 
     /// Stores a reply under `fence`. A final reply marks its request processed.
     async fn save_reply(&self, reply: &StoredReply, fence: &Fence) -> Result<(), StorageError>;
+
+    /// The stored request `id` if it has no final reply yet. A runner that is pushed a
+    /// persisted request reads it here and runs what storage holds, never what the pusher sent.
+    async fn pending_request(
+        &self,
+        id: Snowflake,
+    ) -> Result<Option<PersistedRequest>, StorageError>;
 
     /// The final replies and unacknowledged chunks of `requests`, chunks in sequence order.
     async fn replies_for(&self, requests: &[Snowflake]) -> Result<Vec<StoredReply>, StorageError>;

@@ -34,13 +34,22 @@ pub struct PersistedRequest {
     pub uninterruptible: bool,
 }
 
-/// The deduplication key of a request with a primary key: `type/id/tag/primary key`, replaced by
-/// its SHA-256 (hex, prefixed `sha256:`) when longer than 255 bytes, so that keys of any length
-/// fit an indexed column (Effect #6317).
+/// The deduplication key of a request with a primary key: the entity type, the entity id and the
+/// tag, each preceded by its length in bytes and a colon, then the primary key
+/// (`7:counter1:a9:incrementorder-1`), so that no two (type, id, tag, key) tuples share a key
+/// whatever characters they contain. Replaced by its SHA-256 (hex, prefixed `sha256:`) when
+/// longer than 255 bytes, so that keys of any length fit an indexed column (Effect #6317).
 pub fn message_key(address: &EntityAddress, tag: &Tag, primary_key: &str) -> String {
+    let (entity_type, entity_id, tag) = (
+        address.entity_type.as_str(),
+        address.entity_id.as_str(),
+        tag.as_str(),
+    );
     let key = format!(
-        "{}/{}/{}/{}",
-        address.entity_type, address.entity_id, tag, primary_key
+        "{}:{entity_type}{}:{entity_id}{}:{tag}{primary_key}",
+        entity_type.len(),
+        entity_id.len(),
+        tag.len()
     );
     super::checks::stored_key(&key).into_owned()
 }
@@ -172,11 +181,33 @@ mod tests {
             "a".parse().unwrap(),
         );
         let tag: Tag = "increment".parse().unwrap();
-        assert_eq!(message_key(&address, &tag, "k1"), "counter/a/increment/k1");
+        assert_eq!(
+            message_key(&address, &tag, "k1"),
+            "7:counter1:a9:incrementk1"
+        );
         let long = message_key(&address, &tag, &"x".repeat(400));
         assert!(long.starts_with("sha256:"));
         assert_eq!(long.len(), 7 + 64);
         assert_eq!(long, message_key(&address, &tag, &"x".repeat(400)));
         assert_ne!(long, message_key(&address, &tag, &"x".repeat(401)));
+    }
+
+    #[test]
+    fn keys_of_different_entities_and_tags_never_collide() {
+        let at = |id: &str| {
+            EntityAddress::new(
+                "default:1".parse().unwrap(),
+                "counter".parse().unwrap(),
+                id.parse().unwrap(),
+            )
+        };
+        let tag: Tag = "increment".parse().unwrap();
+        // Ids, tags and primary keys may contain the separator of a joined key.
+        let a = message_key(&at("a/increment"), &tag, "k");
+        let b = message_key(&at("a"), &tag, "increment/k");
+        assert_ne!(a, b);
+        let c = message_key(&at("a"), &tag, "k/");
+        let d = message_key(&at("a"), &tag, "k");
+        assert_ne!(c, d);
     }
 }

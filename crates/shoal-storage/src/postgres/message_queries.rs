@@ -15,7 +15,10 @@ pub(super) struct MessageQueries {
     pub(super) save_requests: SqlStr,
     pub(super) originals: SqlStr,
     pub(super) save_replies: SqlStr,
-    pub(super) save_interrupt: SqlStr,
+    pub(super) interrupted_request: SqlStr,
+    pub(super) insert_interrupt: SqlStr,
+    pub(super) message_request: SqlStr,
+    pub(super) pending_requests: SqlStr,
     pub(super) ack_chunk: SqlStr,
     pub(super) replies_for: SqlStr,
     pub(super) claim: SqlStr,
@@ -39,6 +42,12 @@ const MESSAGE_COLUMNS: &str = "c.id, c.kind, c.message_key, c.shard_id, c.entity
     c.entity_id, c.request_id, c.tag, c.payload, c.headers, c.streaming, c.uninterruptible, \
     (extract(epoch FROM c.deliver_at) * 1000)::bigint AS deliver_at_ms, \
     a.id AS acked_id, a.sequence AS acked_sequence, a.frame AS acked_frame";
+
+/// The columns of a pending request (`MessageRow`, without an acknowledged chunk).
+const PENDING_COLUMNS: &str = "c.id, c.kind, c.message_key, c.shard_id, c.entity_type, \
+    c.entity_id, c.request_id, c.tag, c.payload, c.headers, c.streaming, c.uninterruptible, \
+    (extract(epoch FROM c.deliver_at) * 1000)::bigint AS deliver_at_ms, \
+    NULL::bigint AS acked_id, NULL::integer AS acked_sequence, NULL::bytea AS acked_frame";
 
 impl MessageQueries {
     pub(super) fn new(prefix: &TablePrefix) -> Self {
@@ -72,17 +81,19 @@ impl MessageQueries {
                  ) \
                  SELECT id, (SELECT n FROM notified) AS notified FROM inserted",
             ),
-            // $1 keys, $2 ids. Each original with its final reply, else its last chunk.
+            // $1 keys, $2 ids. Each message holding one of them (requests and interrupts: an id
+            // may collide with either), a request with its final reply, else its last chunk.
             originals: sql(
                 prefix,
-                "SELECT m.id, m.message_key, r.id AS reply_id, r.kind AS reply_kind, \
+                "SELECT m.id, m.kind, m.message_key, m.entity_type, m.entity_id, m.tag, \
+                   m.payload, r.id AS reply_id, r.kind AS reply_kind, \
                    r.sequence AS reply_sequence, r.frame AS reply_frame, r.acked AS reply_acked \
                  FROM {prefix}_messages m \
                  LEFT JOIN LATERAL ( \
                    SELECT id, kind, sequence, frame, acked FROM {prefix}_replies \
-                   WHERE request_id = m.id ORDER BY kind, sequence DESC LIMIT 1 \
+                   WHERE m.kind = 0 AND request_id = m.id ORDER BY kind, sequence DESC LIMIT 1 \
                  ) r ON TRUE \
-                 WHERE m.kind = 0 AND (m.message_key = ANY($1::text[]) OR m.id = ANY($2::bigint[]))",
+                 WHERE m.message_key = ANY($1::text[]) OR m.id = ANY($2::bigint[])",
             ),
             // $1..$6 reply columns, $7 fence shards, $8 fence epochs (in lock order, see the
             // caller), $9 channel, $10 notification payloads, $11 the distinct fence shards.
@@ -142,25 +153,35 @@ impl MessageQueries {
                    (SELECT count(*) FROM processed) AS processed, \
                    (SELECT n FROM notified) AS notified",
             ),
-            // $1 envelope id, $2 request id, $3 shard, $4 entity type, $5 entity id, $6 channel,
-            // $7 notification payload. Stored only when the request is stored (its row
-            // share-locked so it cannot finish meanwhile), processed if the request is; only a
-            // pending interrupt wakes anyone.
-            save_interrupt: sql(
+            // $1 request id: the request an interrupt names, share-locked so that it cannot
+            // finish (or be swept) before the interrupt is stored.
+            interrupted_request: sql(
                 prefix,
-                "WITH request AS ( \
-                   SELECT processed_at FROM {prefix}_messages WHERE id = $2 AND kind = 0 \
-                   FOR SHARE \
-                 ), inserted AS ( \
-                   INSERT INTO {prefix}_messages (id, shard_id, entity_type, entity_id, kind, \
-                     request_id, processed_at) \
-                   SELECT $1, $3, $4, $5, 1, $2, processed_at FROM request \
-                   ON CONFLICT DO NOTHING \
-                   RETURNING processed_at IS NULL AS pending \
-                 ) \
-                 SELECT pending, \
-                   (SELECT count(pg_notify($6, $7)) FROM inserted WHERE pending) AS notified \
-                 FROM inserted",
+                "SELECT shard_id, entity_type, entity_id, uninterruptible, \
+                   processed_at IS NOT NULL \
+                 FROM {prefix}_messages WHERE id = $1 AND kind = 0 FOR SHARE",
+            ),
+            // $1 envelope id, $2 request id, $3 shard, $4 entity type, $5 entity id, $6
+            // processed; returns a row when stored.
+            insert_interrupt: sql(
+                prefix,
+                "INSERT INTO {prefix}_messages (id, shard_id, entity_type, entity_id, kind, \
+                   request_id, processed_at) \
+                 VALUES ($1, $3, $4, $5, 1, $2, CASE WHEN $6 THEN now() END) \
+                 ON CONFLICT DO NOTHING RETURNING 1",
+            ),
+            // $1 id: the request an interrupt stored under this id interrupts (NULL: a request).
+            message_request: sql(
+                prefix,
+                "SELECT CASE WHEN kind <> 0 THEN request_id END FROM {prefix}_messages WHERE id = $1",
+            ),
+            // $1 ids: the stored, unprocessed requests among them.
+            pending_requests: sql(
+                prefix,
+                &format!(
+                    "SELECT {PENDING_COLUMNS} FROM {{prefix}}_messages c \
+                     WHERE c.id = ANY($1::bigint[]) AND c.kind = 0 AND c.processed_at IS NULL"
+                ),
             ),
             // $1 chunk id, $2 request id.
             ack_chunk: sql(

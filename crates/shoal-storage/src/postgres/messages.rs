@@ -13,13 +13,13 @@ use super::listener::{Wakeups, payloads, replied_line, saved_line};
 use super::message_queries::MessageQueries;
 use super::runner::PostgresRunnerStorage;
 use crate::error::StorageError;
-use crate::messages::checks::check_reply;
+use crate::messages::checks::{check_envelope_id, check_interrupt, check_reply};
 use crate::messages::{
     Claim, ClaimedMessage, EnvelopeKind, Fence, MessageEvent, MessageStorage, PersistedEnvelope,
     PersistedRequest, SaveResult, StoredReply,
 };
 use crate::options::StorageOptions;
-use crate::sql::call::{call, with_deadline};
+use crate::sql::call::{call, observed, with_deadline};
 use crate::sql::group_commit::{BatchResult, GroupCommit};
 use crate::sql::messages::{
     MAX_BATCH, MessageRow, OriginalRow, REPLY_FINAL, ReplyInsert, ReplyRow, RequestRow, db_epoch,
@@ -80,6 +80,8 @@ struct Inner {
     sql: Arc<MessageQueries>,
     requests: GroupCommit<RequestRow, SaveResult>,
     replies: GroupCommit<ReplyOp, ()>,
+    /// Reads of pushed requests, batched like the writes.
+    pending: GroupCommit<i64, Option<PersistedRequest>>,
     wakeups: Wakeups,
 }
 
@@ -150,9 +152,16 @@ impl PostgresMessageStorage {
             }
         });
         let replies = GroupCommit::spawn(&runtime, "save_reply", MAX_BATCH, WRITE_SLOTS, {
+            let writer = writer.clone();
             move |ops| {
                 let writer = writer.clone();
                 async move { writer.save_replies(ops).await }
+            }
+        });
+        let pending = GroupCommit::spawn(&runtime, "pending_request", MAX_BATCH, WRITE_SLOTS, {
+            move |ids| {
+                let writer = writer.clone();
+                async move { writer.pending_requests(ids).await }
             }
         });
         Ok(Self {
@@ -162,6 +171,7 @@ impl PostgresMessageStorage {
                 sql,
                 requests,
                 replies,
+                pending,
                 wakeups,
             }),
         })
@@ -261,6 +271,39 @@ impl PostgresMessageStorage {
 }
 
 impl Writer {
+    /// One batch of pending-request reads: one query by primary key.
+    async fn pending_requests(&self, ids: Vec<i64>) -> BatchResult<Option<PersistedRequest>> {
+        let rows = call(
+            BACKEND,
+            &self.pool,
+            self.timeout,
+            "pending_request",
+            0,
+            async |conn| {
+                sqlx::query_as::<_, MessageRow>(self.sql.pending_requests.clone())
+                    .persistent(false)
+                    .bind(&ids)
+                    .fetch_all(&mut *conn)
+                    .await
+            },
+        )
+        .await?;
+        let mut found = std::collections::HashMap::with_capacity(rows.len());
+        for row in rows {
+            let id = row.id;
+            found.insert(id, row.decode());
+        }
+        Ok(ids
+            .iter()
+            .map(|id| match found.remove(id) {
+                None => Ok(None),
+                Some(Ok(ClaimedMessage::Request { request, .. })) => Ok(Some(*request)),
+                Some(Ok(ClaimedMessage::Envelope(_))) => Ok(None),
+                Some(Err(error)) => Err(error),
+            })
+            .collect())
+    }
+
     /// One batch of requests: one insert, then one query for the originals of duplicates.
     async fn save_requests(&self, rows: Vec<RequestRow>) -> BatchResult<SaveResult> {
         // Insert in key order (then id order) so that concurrent batches with common keys wait
@@ -456,9 +499,12 @@ impl MessageStorage for PostgresMessageStorage {
     ) -> Result<SaveResult, StorageError> {
         let row = RequestRow::new(request, claim);
         let timeout = self.inner.options.call_timeout;
-        with_deadline(BACKEND, "save_request", 1, timeout, async {
-            self.inner.requests.submit("save_request", row).await
-        })
+        observed(
+            BACKEND,
+            "save_request",
+            1,
+            self.inner.requests.submit("save_request", row, timeout),
+        )
         .await
     }
 
@@ -478,28 +524,71 @@ impl MessageStorage for PostgresMessageStorage {
                 .await
             }
             EnvelopeKind::Interrupt => {
-                let sql = self.inner.sql.save_interrupt.clone();
+                let sql = self.inner.sql.clone();
                 let wakeups = &self.inner.wakeups;
-                let payload = payloads(&wakeups.origin, [saved_line(&envelope.address.shard)])
-                    .into_iter()
-                    .next()
-                    .unwrap_or_default();
+                let payloads = payloads(&wakeups.origin, [saved_line(&envelope.address.shard)]);
                 let pending = self
                     .call("save_envelope", 1, async |conn| {
-                        sqlx::query_as::<_, (bool, i64)>(sql)
+                        use sqlx::Connection;
+                        let mut tx = conn.begin().await?;
+                        let request = sqlx::query_as::<_, (String, String, String, bool, bool)>(
+                            sql.interrupted_request.clone(),
+                        )
+                        .persistent(false)
+                        .bind(db_id(envelope.request_id))
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                        // An interrupt of a request storage does not hold (never persisted,
+                        // cleared or swept) has nothing to interrupt.
+                        let Some((shard, entity_type, entity_id, uninterruptible, processed)) =
+                            request
+                        else {
+                            return Ok(Ok(false));
+                        };
+                        if let Err(refused) = check_interrupt(
+                            envelope,
+                            &shard,
+                            &entity_type,
+                            &entity_id,
+                            uninterruptible,
+                        ) {
+                            return Ok(Err(refused));
+                        }
+                        let stored = sqlx::query(sql.insert_interrupt.clone())
                             .persistent(false)
                             .bind(db_id(envelope.id))
                             .bind(db_id(envelope.request_id))
-                            .bind(envelope.address.shard.to_string())
-                            .bind(envelope.address.entity_type.as_str())
-                            .bind(envelope.address.entity_id.as_str())
-                            .bind(&*wakeups.channel)
-                            .bind(&payload)
-                            .fetch_optional(conn)
-                            .await
+                            .bind(&shard)
+                            .bind(&entity_type)
+                            .bind(&entity_id)
+                            .bind(processed)
+                            .fetch_optional(&mut *tx)
+                            .await?;
+                        if stored.is_none() {
+                            let holder =
+                                sqlx::query_scalar::<_, Option<i64>>(sql.message_request.clone())
+                                    .persistent(false)
+                                    .bind(db_id(envelope.id))
+                                    .fetch_optional(&mut *tx)
+                                    .await?
+                                    .flatten()
+                                    .map(snowflake);
+                            tx.commit().await?;
+                            return Ok(check_envelope_id(envelope, holder).map(|()| false));
+                        }
+                        if !processed {
+                            sqlx::query(sql.notify.clone())
+                                .persistent(false)
+                                .bind(&*wakeups.channel)
+                                .bind(&payloads)
+                                .execute(&mut *tx)
+                                .await?;
+                        }
+                        tx.commit().await?;
+                        Ok(Ok(!processed))
                     })
-                    .await?;
-                if matches!(pending, Some((true, _))) {
+                    .await??;
+                if pending {
                     wakeups.publish([MessageEvent::Saved {
                         shard: envelope.address.shard.clone(),
                     }]);
@@ -518,9 +607,28 @@ impl MessageStorage for PostgresMessageStorage {
         };
         debug_assert!(op.reply.kind == REPLY_FINAL || op.reply.sequence.is_some());
         let timeout = self.inner.options.call_timeout;
-        with_deadline(BACKEND, "save_reply", 1, timeout, async {
-            self.inner.replies.submit("save_reply", op).await
-        })
+        observed(
+            BACKEND,
+            "save_reply",
+            1,
+            self.inner.replies.submit("save_reply", op, timeout),
+        )
+        .await
+    }
+
+    async fn pending_request(
+        &self,
+        id: Snowflake,
+    ) -> Result<Option<PersistedRequest>, StorageError> {
+        let timeout = self.inner.options.call_timeout;
+        observed(
+            BACKEND,
+            "pending_request",
+            1,
+            self.inner
+                .pending
+                .submit("pending_request", db_id(id), timeout),
+        )
         .await
     }
 

@@ -8,7 +8,7 @@ use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 use super::queries::Queries;
-use crate::encoded::{EncodedRunner, EncodedRunnerStorage, Typed};
+use crate::encoded::{EncodedLease, EncodedRunner, EncodedRunnerStorage, Typed};
 use crate::error::StorageError;
 use crate::options::StorageOptions;
 use crate::sql::call::{Checkout, call, map_error, with_deadline};
@@ -174,29 +174,34 @@ impl EncodedRunnerStorage for PostgresRunnerStorage {
         &self,
         address: &str,
         runner: &str,
+        incarnation: i64,
         healthy: bool,
         ttl: Duration,
-    ) -> Result<i64, StorageError> {
+    ) -> Result<Option<(i64, i64)>, StorageError> {
         let ttl = ttl_millis("register", ttl)?;
         let sql = self.sql.register.clone();
-        self.call("register", 0, async |conn| {
-            sqlx::query_scalar::<_, i64>(sql)
-                .bind(address)
-                .bind(runner)
-                .bind(healthy)
-                .bind(ttl)
-                .fetch_one(conn)
-                .await
-        })
-        .await
+        let (registered, holder, remaining) = self
+            .call("register", 0, async |conn| {
+                sqlx::query_as::<_, (i64, Option<i64>, Option<i64>)>(sql)
+                    .bind(address)
+                    .bind(runner)
+                    .bind(incarnation)
+                    .bind(healthy)
+                    .bind(ttl)
+                    .fetch_one(conn)
+                    .await
+            })
+            .await?;
+        Ok((registered == 0).then(|| (holder.unwrap_or(0), remaining.unwrap_or(0))))
     }
 
-    async fn unregister(&self, address: &str) -> Result<(), StorageError> {
+    async fn unregister(&self, address: &str, incarnation: i64) -> Result<(), StorageError> {
         let sql = self.sql.unregister.clone();
         let keep = millis(self.options.forget_dead_runners_after);
         self.call("unregister", 0, async |conn| {
             sqlx::query(sql)
                 .bind(address)
+                .bind(incarnation)
                 .bind(keep)
                 .execute(conn)
                 .await
@@ -209,16 +214,17 @@ impl EncodedRunnerStorage for PostgresRunnerStorage {
         let sql = self.sql.runners.clone();
         let rows = self
             .call("runners", 0, async |conn| {
-                sqlx::query_as::<_, (String, String, bool)>(sql)
+                sqlx::query_as::<_, (String, String, i64, bool)>(sql)
                     .fetch_all(conn)
                     .await
             })
             .await?;
         Ok(rows
             .into_iter()
-            .map(|(address, runner, healthy)| EncodedRunner {
+            .map(|(address, runner, incarnation, healthy)| EncodedRunner {
                 address,
                 runner,
+                incarnation,
                 healthy,
             })
             .collect())
@@ -237,12 +243,10 @@ impl EncodedRunnerStorage for PostgresRunnerStorage {
         .await
     }
 
-    async fn leases(&self) -> Result<Vec<(String, String, i64)>, StorageError> {
+    async fn leases(&self) -> Result<Vec<EncodedLease>, StorageError> {
         let sql = self.sql.leases.clone();
         self.call("leases", 0, async |conn| {
-            sqlx::query_as::<_, (String, String, i64)>(sql)
-                .fetch_all(conn)
-                .await
+            sqlx::query_as::<_, EncodedLease>(sql).fetch_all(conn).await
         })
         .await
     }
@@ -250,6 +254,7 @@ impl EncodedRunnerStorage for PostgresRunnerStorage {
     async fn acquire(
         &self,
         address: &str,
+        incarnation: i64,
         shards: &[String],
         ttl: Duration,
     ) -> Result<Vec<(String, i64)>, StorageError> {
@@ -262,6 +267,7 @@ impl EncodedRunnerStorage for PostgresRunnerStorage {
         self.call("acquire", shards.len(), async |conn| {
             sqlx::query_as::<_, (String, i64)>(sql)
                 .bind(address)
+                .bind(incarnation)
                 .bind(&shards)
                 .bind(ttl)
                 .fetch_all(conn)
@@ -273,6 +279,7 @@ impl EncodedRunnerStorage for PostgresRunnerStorage {
     async fn refresh(
         &self,
         address: &str,
+        incarnation: i64,
         shards: &[String],
         ttl: Duration,
     ) -> Result<Vec<(String, i64)>, StorageError> {
@@ -282,6 +289,7 @@ impl EncodedRunnerStorage for PostgresRunnerStorage {
         self.call("refresh", shards.len(), async |conn| {
             sqlx::query_as::<_, (String, i64)>(sql)
                 .bind(address)
+                .bind(incarnation)
                 .bind(&shards)
                 .bind(ttl)
                 .fetch_all(conn)
@@ -290,7 +298,12 @@ impl EncodedRunnerStorage for PostgresRunnerStorage {
         .await
     }
 
-    async fn release(&self, address: &str, shards: &[String]) -> Result<(), StorageError> {
+    async fn release(
+        &self,
+        address: &str,
+        incarnation: i64,
+        shards: &[String],
+    ) -> Result<(), StorageError> {
         if shards.is_empty() {
             return Ok(());
         }
@@ -299,6 +312,7 @@ impl EncodedRunnerStorage for PostgresRunnerStorage {
         self.call("release", shards.len(), async |conn| {
             sqlx::query(sql)
                 .bind(address)
+                .bind(incarnation)
                 .bind(&shards)
                 .execute(conn)
                 .await
@@ -307,10 +321,93 @@ impl EncodedRunnerStorage for PostgresRunnerStorage {
         .await
     }
 
-    async fn release_all(&self, address: &str) -> Result<(), StorageError> {
+    async fn release_all(&self, address: &str, incarnation: i64) -> Result<(), StorageError> {
         let sql = self.sql.release_all.clone();
         self.call("release_all", 0, async |conn| {
-            sqlx::query(sql).bind(address).execute(conn).await.map(drop)
+            sqlx::query(sql)
+                .bind(address)
+                .bind(incarnation)
+                .execute(conn)
+                .await
+                .map(drop)
+        })
+        .await
+    }
+
+    async fn lease_machine_id(
+        &self,
+        incarnation: i64,
+        now_ms: i64,
+        ttl: Duration,
+    ) -> Result<Option<(i64, i64, i64)>, StorageError> {
+        let ttl = ttl_millis("lease_machine_id", ttl)?;
+        let sql = self.sql.lease_machine_id.clone();
+        self.call("lease_machine_id", 0, async |conn| {
+            sqlx::query_as::<_, (i64, i64, i64)>(sql)
+                .bind(incarnation)
+                .bind(now_ms)
+                .bind(ttl)
+                .fetch_optional(conn)
+                .await
+        })
+        .await
+    }
+
+    async fn renew_machine_id(
+        &self,
+        machine_id: i64,
+        incarnation: i64,
+        now_ms: i64,
+        ttl: Duration,
+    ) -> Result<Option<i64>, StorageError> {
+        let ttl = ttl_millis("renew_machine_id", ttl)?;
+        let machine = i32::try_from(machine_id).unwrap_or(-1);
+        let sql = self.sql.renew_machine_id.clone();
+        self.call("renew_machine_id", 0, async |conn| {
+            sqlx::query_scalar::<_, i64>(sql)
+                .bind(machine)
+                .bind(incarnation)
+                .bind(now_ms)
+                .bind(ttl)
+                .fetch_optional(conn)
+                .await
+        })
+        .await
+    }
+
+    async fn release_machine_id(
+        &self,
+        machine_id: i64,
+        incarnation: i64,
+        minted_until: i64,
+    ) -> Result<(), StorageError> {
+        let machine = i32::try_from(machine_id).unwrap_or(-1);
+        let sql = self.sql.release_machine_id.clone();
+        self.call("release_machine_id", 0, async |conn| {
+            sqlx::query(sql)
+                .bind(machine)
+                .bind(incarnation)
+                .bind(minted_until)
+                .execute(conn)
+                .await
+                .map(drop)
+        })
+        .await
+    }
+
+    async fn cluster_parameters(
+        &self,
+        proposed: &[(String, String)],
+    ) -> Result<Vec<(String, String)>, StorageError> {
+        let names: Vec<&str> = proposed.iter().map(|(n, _)| n.as_str()).collect();
+        let values: Vec<&str> = proposed.iter().map(|(_, v)| v.as_str()).collect();
+        let sql = self.sql.cluster_parameters.clone();
+        self.call("cluster_parameters", 0, async |conn| {
+            sqlx::query_as::<_, (String, String)>(sql)
+                .bind(&names)
+                .bind(&values)
+                .fetch_all(conn)
+                .await
         })
         .await
     }

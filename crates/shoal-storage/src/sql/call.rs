@@ -25,13 +25,27 @@ pub(crate) async fn with_deadline<T>(
     timeout: Duration,
     work: impl Future<Output = Result<T, StorageError>>,
 ) -> Result<T, StorageError> {
+    observed(backend, operation, shards, async {
+        match tokio::time::timeout(timeout, work).await {
+            Ok(result) => result,
+            Err(_) => Err(StorageError::Timeout { operation, timeout }),
+        }
+    })
+    .await
+}
+
+/// Runs `work`, which bounds itself (a group-commit submission), in a span naming the backend,
+/// operation and shard count, with the same logs and metrics as [`with_deadline`].
+pub(crate) async fn observed<T>(
+    backend: Backend,
+    operation: &'static str,
+    shards: usize,
+    work: impl Future<Output = Result<T, StorageError>>,
+) -> Result<T, StorageError> {
     let span = tracing::debug_span!("storage_call", backend, operation, shards);
     async move {
         let started = Instant::now();
-        let result = match tokio::time::timeout(timeout, work).await {
-            Ok(result) => result,
-            Err(_) => Err(StorageError::Timeout { operation, timeout }),
-        };
+        let result = work.await;
         let elapsed = started.elapsed();
         let outcome = match &result {
             Ok(_) => {
@@ -41,6 +55,10 @@ pub(crate) async fn with_deadline<T>(
             Err(error @ StorageError::Timeout { .. }) => {
                 tracing::warn!(?elapsed, %error, "storage call timed out; its connection is closed");
                 "timeout"
+            }
+            Err(error @ StorageError::NotStarted { .. }) => {
+                tracing::warn!(?elapsed, %error, "storage call did not start in time");
+                "not_started"
             }
             Err(error) => {
                 tracing::warn!(?elapsed, %error, "storage call failed");

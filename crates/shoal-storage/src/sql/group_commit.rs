@@ -11,6 +11,8 @@ use std::error::Error;
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::Duration;
 
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
@@ -22,9 +24,17 @@ pub(crate) type BatchResult<Out> = Result<Vec<Result<Out, StorageError>>, Storag
 /// How many operations may wait for a batch before submitters wait for room.
 const QUEUE: usize = 8192;
 
+/// An operation waits in the queue.
+const QUEUED: u8 = 0;
+/// The writer took it into a batch: it may be written.
+const TAKEN: u8 = 1;
+/// Its caller gave up before the writer took it: it is never written.
+const WITHDRAWN: u8 = 2;
+
 struct Pending<Op, Out> {
     op: Op,
     reply: oneshot::Sender<Result<Out, StorageError>>,
+    state: Arc<AtomicU8>,
 }
 
 /// The submitting side of a group-commit writer. Dropping every clone stops the writer after the
@@ -77,20 +87,45 @@ impl<Op: Send + 'static, Out: Send + 'static> GroupCommit<Op, Out> {
         Self { name, queue }
     }
 
-    /// Queues `op` and waits for its result. The caller bounds the wait (its deadline); an
-    /// operation whose caller stopped waiting before its batch was written is dropped unwritten.
-    /// Errors of the whole batch name the caller's `operation`.
+    /// Queues `op` and waits for its result, at most `timeout`. When the deadline passes while
+    /// `op` is still queued, it is withdrawn and never written
+    /// ([`StorageError::NotStarted`]: nothing was written); once its batch has started, a
+    /// deadline means the outcome is unknown ([`StorageError::Timeout`]). An operation whose
+    /// caller stopped waiting before its batch was written is dropped unwritten. Errors of the
+    /// whole batch name the caller's `operation`.
     pub(crate) async fn submit(
         &self,
         operation: &'static str,
         op: Op,
+        timeout: Duration,
     ) -> Result<Out, StorageError> {
+        let deadline = tokio::time::Instant::now() + timeout;
         let (reply, result) = oneshot::channel();
-        self.queue
-            .send(Pending { op, reply })
-            .await
-            .map_err(|_| self.stopped())?;
-        let result = result.await.map_err(|_| self.stopped())?;
+        let state = Arc::new(AtomicU8::new(QUEUED));
+        let pending = Pending {
+            op,
+            reply,
+            state: state.clone(),
+        };
+        match tokio::time::timeout_at(deadline, self.queue.send(pending)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(self.stopped()),
+            // The queue stayed full: nothing was queued.
+            Err(_) => return Err(StorageError::NotStarted { operation, timeout }),
+        }
+        let result = match tokio::time::timeout_at(deadline, result).await {
+            Ok(result) => result.map_err(|_| self.stopped())?,
+            Err(_) => {
+                let withdrawn = state
+                    .compare_exchange(QUEUED, WITHDRAWN, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok();
+                return Err(if withdrawn {
+                    StorageError::NotStarted { operation, timeout }
+                } else {
+                    StorageError::Timeout { operation, timeout }
+                });
+            }
+        };
         result.map_err(|error| match error {
             StorageError::Timeout { timeout, .. } => StorageError::Timeout { operation, timeout },
             StorageError::Backend { source, .. } => StorageError::Backend { operation, source },
@@ -148,8 +183,15 @@ async fn run<Op, Out, W, Fut>(
                 Err(_) => break,
             }
         }
-        // Callers that gave up (their deadline passed) are not written for.
-        batch.retain(|pending| !pending.reply.is_closed());
+        // Callers that gave up (their deadline passed) are not written for; the others' operations
+        // are taken, so their callers know a deadline now leaves the outcome unknown.
+        batch.retain(|pending| {
+            !pending.reply.is_closed()
+                && pending
+                    .state
+                    .compare_exchange(QUEUED, TAKEN, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+        });
         if batch.is_empty() {
             continue;
         }
@@ -213,6 +255,24 @@ enum SharedError {
         epoch: u64,
         current: u64,
     },
+    Conflict {
+        operation: &'static str,
+        detail: String,
+    },
+    Refused {
+        operation: &'static str,
+        reason: String,
+    },
+    AddressInUse {
+        address: shoal_protocol::RunnerAddress,
+        holder: shoal_protocol::Incarnation,
+        expires_in: std::time::Duration,
+    },
+    NoMachineId,
+    NotStarted {
+        operation: &'static str,
+        timeout: std::time::Duration,
+    },
     Migration(Arc<dyn Error + Send + Sync>),
 }
 
@@ -237,6 +297,21 @@ impl From<StorageError> for SharedError {
                 epoch,
                 current,
             },
+            StorageError::Conflict { operation, detail } => Self::Conflict { operation, detail },
+            StorageError::Refused { operation, reason } => Self::Refused { operation, reason },
+            StorageError::AddressInUse {
+                address,
+                holder,
+                expires_in,
+            } => Self::AddressInUse {
+                address,
+                holder,
+                expires_in,
+            },
+            StorageError::NoMachineId => Self::NoMachineId,
+            StorageError::NotStarted { operation, timeout } => {
+                Self::NotStarted { operation, timeout }
+            }
             StorageError::Migration(source) => Self::Migration(Arc::from(source)),
         }
     }
@@ -263,6 +338,21 @@ impl SharedError {
                 epoch,
                 current,
             },
+            Self::Conflict { operation, detail } => StorageError::Conflict { operation, detail },
+            Self::Refused { operation, reason } => StorageError::Refused { operation, reason },
+            Self::AddressInUse {
+                address,
+                holder,
+                expires_in,
+            } => StorageError::AddressInUse {
+                address,
+                holder,
+                expires_in,
+            },
+            Self::NoMachineId => StorageError::NoMachineId,
+            Self::NotStarted { operation, timeout } => {
+                StorageError::NotStarted { operation, timeout }
+            }
             Self::Migration(source) => StorageError::Migration(Box::new(Shared(source))),
         }
     }
@@ -324,7 +414,9 @@ mod tests {
         let calls: Vec<_> = (0..10u32)
             .map(|op| {
                 let writer = writer.clone();
-                tokio::spawn(async move { (op, writer.submit("test", op).await) })
+                tokio::spawn(async move {
+                    (op, writer.submit("test", op, Duration::from_secs(10)).await)
+                })
             })
             .collect();
         for call in calls {
@@ -338,6 +430,44 @@ mod tests {
         let batches = batches.lock().unwrap();
         assert_eq!(batches.iter().sum::<usize>(), 10);
         assert!(batches.iter().all(|n| *n <= 4), "{batches:?}");
+    }
+
+    #[tokio::test]
+    async fn a_deadline_while_queued_withdraws_the_operation() {
+        let started = Arc::new(tokio::sync::Notify::new());
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let written = Arc::new(Mutex::new(Vec::new()));
+        let writer = GroupCommit::spawn(&tokio::runtime::Handle::current(), "test", 1, 1, {
+            let (started, gate, written) = (started.clone(), gate.clone(), written.clone());
+            move |ops: Vec<u32>| {
+                let (started, gate, written) = (started.clone(), gate.clone(), written.clone());
+                async move {
+                    // Every batch holds the only slot until the test lets it go.
+                    started.notify_one();
+                    let _permit = gate.acquire().await;
+                    written.lock().unwrap().extend(ops.iter().copied());
+                    Ok(ops.into_iter().map(Ok).collect())
+                }
+            }
+        });
+        let first = tokio::spawn({
+            let writer = writer.clone();
+            async move { writer.submit("test", 1, Duration::from_secs(10)).await }
+        });
+        started.notified().await;
+        // The second operation queues behind the busy slot and times out there: withdrawn.
+        match writer.submit("test", 2, Duration::from_millis(50)).await {
+            Err(StorageError::NotStarted { .. }) => {}
+            other => panic!("expected NotStarted, got {other:?}"),
+        }
+        gate.add_permits(10);
+        assert_eq!(first.await.unwrap().unwrap(), 1);
+        // The withdrawn operation is never written; a taken one times out as unknown.
+        writer
+            .submit("test", 3, Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert_eq!(*written.lock().unwrap(), vec![1, 3]);
     }
 
     #[tokio::test]
@@ -355,7 +485,7 @@ mod tests {
             },
         );
         for op in 0..3 {
-            match writer.submit("test", op).await {
+            match writer.submit("test", op, Duration::from_secs(10)).await {
                 Err(StorageError::Backend { source, .. }) => {
                     assert_eq!(source.to_string(), "connection refused");
                 }

@@ -16,7 +16,7 @@ use shoal_protocol::{Chunk, EntityAddress, Headers, Reply, ReplyFrame, ShardId, 
 
 use crate::error::StorageError;
 use crate::lease::Epoch;
-use crate::messages::checks::stored_key;
+use crate::messages::checks::{RequestView, duplicate_or_conflict, stored_key};
 use crate::messages::{
     Claim, ClaimedMessage, EnvelopeKind, PersistedEnvelope, PersistedRequest, StoredReply,
     StoredReplyKind,
@@ -401,11 +401,17 @@ impl MessageRow {
     }
 }
 
-/// A request row found by key or id, with its latest reply (for duplicates).
+/// A message row found by key or id (for duplicates and conflicts), with the latest reply of a
+/// request.
 #[derive(Debug, sqlx::FromRow)]
 pub(crate) struct OriginalRow {
     pub(crate) id: i64,
+    pub(crate) kind: i16,
     pub(crate) message_key: Option<String>,
+    pub(crate) entity_type: String,
+    pub(crate) entity_id: String,
+    pub(crate) tag: Option<String>,
+    pub(crate) payload: Option<Vec<u8>>,
     pub(crate) reply_id: Option<i64>,
     pub(crate) reply_kind: Option<i16>,
     pub(crate) reply_sequence: Option<i32>,
@@ -413,7 +419,33 @@ pub(crate) struct OriginalRow {
     pub(crate) reply_acked: Option<bool>,
 }
 
-/// The outcome of a batch insert for each request: saved, or a duplicate of a stored original.
+impl OriginalRow {
+    fn view(&self) -> Option<RequestView<'_>> {
+        (self.kind == KIND_REQUEST).then(|| RequestView {
+            key: self.message_key.as_deref(),
+            entity_type: &self.entity_type,
+            entity_id: &self.entity_id,
+            tag: self.tag.as_deref().unwrap_or_default(),
+            payload: self.payload.as_deref().unwrap_or_default(),
+        })
+    }
+}
+
+impl RequestRow {
+    fn view(&self) -> RequestView<'_> {
+        RequestView {
+            key: self.key.as_deref(),
+            entity_type: &self.entity_type,
+            entity_id: &self.entity_id,
+            tag: &self.tag,
+            payload: &self.payload,
+        }
+    }
+}
+
+/// The outcome of a batch insert for each request: saved, a duplicate of a stored original, or
+/// a conflict with a stored message that is another request (or an interrupt) under the same id
+/// or key.
 pub(crate) fn save_results<R: std::borrow::Borrow<RequestRow>>(
     rows: &[R],
     inserted: &std::collections::HashSet<i64>,
@@ -423,22 +455,14 @@ pub(crate) fn save_results<R: std::borrow::Borrow<RequestRow>>(
     let mut by_key = std::collections::HashMap::new();
     let mut by_id = std::collections::HashMap::new();
     for original in originals {
-        let request_id = original.id;
-        let last_reply = joined_reply(
-            original.reply_id,
-            request_id,
-            original.reply_kind,
-            original.reply_sequence,
-            original.reply_frame,
-            original.reply_acked,
-        );
-        let entry = std::sync::Arc::new((snowflake(request_id), last_reply));
-        if let Some(key) = original.message_key {
-            by_key.insert(key, entry.clone());
+        let original = std::sync::Arc::new(original);
+        if let Some(key) = &original.message_key {
+            by_key.insert(key.clone(), original.clone());
         }
-        by_id.insert(request_id, entry);
+        by_id.insert(original.id, original);
     }
-    // Each inserted id answers `Saved` once; another caller with the same id is a duplicate.
+    // Each inserted id answers `Saved` once; another caller with the same id is a duplicate (or
+    // a conflict).
     let mut answered = std::collections::HashSet::new();
     rows.iter()
         .map(|row| {
@@ -446,33 +470,45 @@ pub(crate) fn save_results<R: std::borrow::Borrow<RequestRow>>(
             if inserted.contains(&row.id) && answered.insert(row.id) {
                 return Ok(SaveResult::Saved);
             }
-            let original = row
-                .key
-                .as_ref()
-                .and_then(|key| by_key.get(key))
-                .or_else(|| by_id.get(&row.id))
-                .ok_or_else(|| {
-                    StorageError::backend(
-                        "save_request",
-                        format!(
-                            "request {} conflicted with a stored request that was deleted \
-                             meanwhile (cleared or swept); save it again",
-                            snowflake(row.id)
-                        ),
-                    )
-                })?;
-            let (original_id, last_reply) = &**original;
-            match last_reply {
-                Ok(last_reply) => Ok(SaveResult::Duplicate {
-                    original_id: *original_id,
-                    last_reply: last_reply.clone(),
-                }),
-                Err(StorageError::Malformed { what, detail }) => Err(StorageError::Malformed {
-                    what: what.clone(),
-                    detail: detail.clone(),
-                }),
-                Err(other) => Err(StorageError::backend("save_request", other.to_string())),
-            }
+            let (original, same_key) = match row.key.as_ref().and_then(|key| by_key.get(key)) {
+                Some(original) => (original, true),
+                None => (
+                    by_id.get(&row.id).ok_or_else(|| {
+                        StorageError::backend(
+                            "save_request",
+                            format!(
+                                "request {} conflicted with a stored message that was deleted \
+                                 meanwhile (cleared or swept); save it again",
+                                snowflake(row.id)
+                            ),
+                        )
+                    })?,
+                    false,
+                ),
+            };
+            let Some(stored) = original.view() else {
+                return Err(StorageError::Conflict {
+                    operation: "save_request",
+                    detail: format!(
+                        "its id {} is already used by an interrupt (two processes made the \
+                         same id: make a new id and save again)",
+                        snowflake(row.id)
+                    ),
+                });
+            };
+            duplicate_or_conflict(&row.view(), &stored, same_key)?;
+            let last_reply = joined_reply(
+                original.reply_id,
+                original.id,
+                original.reply_kind,
+                original.reply_sequence,
+                original.reply_frame.clone(),
+                original.reply_acked,
+            )?;
+            Ok(SaveResult::Duplicate {
+                original_id: snowflake(original.id),
+                last_reply,
+            })
         })
         .collect()
 }

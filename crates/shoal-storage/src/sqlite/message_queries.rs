@@ -24,7 +24,10 @@ pub(super) struct MessageQueries {
     pub(super) lease_epochs: SqlStr,
     pub(super) mark_requests_processed: SqlStr,
     pub(super) mark_envelopes_processed: SqlStr,
-    pub(super) save_interrupt: SqlStr,
+    pub(super) interrupted_request: SqlStr,
+    pub(super) insert_interrupt: SqlStr,
+    pub(super) message_request: SqlStr,
+    pub(super) pending_request: SqlStr,
     pub(super) ack_chunk: SqlStr,
     pub(super) replies_for: SqlStr,
     pub(super) claim: SqlStr,
@@ -67,19 +70,22 @@ impl MessageQueries {
         let in_json = |n: u8| format!("(SELECT value FROM json_each(?{n}))");
         Self {
             prefix: prefix.clone(),
-            // ?1 JSON keys, ?2 JSON ids. Each original with its final reply, else its last
-            // chunk.
+            // ?1 JSON keys, ?2 JSON ids. Each message holding one of them (requests and
+            // interrupts: an id may collide with either), a request with its final reply, else
+            // its last chunk.
             originals: sql(
                 prefix,
                 &format!(
-                    "SELECT m.id, m.message_key, r.id AS reply_id, r.kind AS reply_kind, \
+                    "SELECT m.id, m.kind, m.message_key, m.entity_type, m.entity_id, m.tag, \
+                       m.payload, r.id AS reply_id, r.kind AS reply_kind, \
                        r.sequence AS reply_sequence, r.frame AS reply_frame, \
                        r.acked AS reply_acked \
                      FROM {{prefix}}_messages m \
-                     LEFT JOIN {{prefix}}_replies r ON r.id = ( \
-                       SELECT id FROM {{prefix}}_replies WHERE request_id = m.id \
-                       ORDER BY kind, sequence DESC LIMIT 1) \
-                     WHERE m.kind = 0 AND (m.message_key IN {} OR m.id IN {})",
+                     LEFT JOIN {{prefix}}_replies r ON m.kind = 0 AND r.request_id = m.id \
+                       AND r.id = ( \
+                         SELECT id FROM {{prefix}}_replies WHERE request_id = m.id \
+                         ORDER BY kind, sequence DESC LIMIT 1) \
+                     WHERE m.message_key IN {} OR m.id IN {}",
                     in_json(1),
                     in_json(2)
                 ),
@@ -112,16 +118,35 @@ impl MessageQueries {
                     in_json(1)
                 ),
             ),
-            // ?1 envelope id, ?2 request id, ?3 shard, ?4 entity type, ?5 entity id. Stored only
-            // when the request is, processed if the request is (one statement: atomic).
-            save_interrupt: sql(
+            // ?1 request id: the request an interrupt names.
+            interrupted_request: sql(
+                prefix,
+                "SELECT shard_id, entity_type, entity_id, uninterruptible, \
+                   processed_at IS NOT NULL \
+                 FROM {prefix}_messages WHERE id = ?1 AND kind = 0",
+            ),
+            // ?1 envelope id, ?2 request id, ?3 shard, ?4 entity type, ?5 entity id, ?6
+            // processed; returns a row when stored.
+            insert_interrupt: sql(
                 prefix,
                 "INSERT INTO {prefix}_messages (id, shard_id, entity_type, entity_id, kind, \
                    request_id, processed_at, created_at) \
-                 SELECT ?1, ?3, ?4, ?5, 1, ?2, processed_at, {now} FROM {prefix}_messages \
-                 WHERE id = ?2 AND kind = 0 \
-                 ON CONFLICT DO NOTHING \
-                 RETURNING processed_at IS NULL AS pending",
+                 VALUES (?1, ?3, ?4, ?5, 1, ?2, CASE WHEN ?6 THEN {now} END, {now}) \
+                 ON CONFLICT DO NOTHING RETURNING 1",
+            ),
+            // ?1 id: the request an interrupt stored under this id interrupts (NULL: a request).
+            message_request: sql(
+                prefix,
+                "SELECT CASE WHEN kind <> 0 THEN request_id END FROM {prefix}_messages \
+                 WHERE id = ?1",
+            ),
+            // ?1 id: the stored request if it is unprocessed.
+            pending_request: sql(
+                prefix,
+                &format!(
+                    "SELECT {MESSAGE_COLUMNS} FROM {{prefix}}_messages \
+                     WHERE id = ?1 AND kind = 0 AND processed_at IS NULL"
+                ),
             ),
             // ?1 chunk id, ?2 request id.
             ack_chunk: sql(

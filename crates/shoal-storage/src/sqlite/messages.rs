@@ -13,13 +13,13 @@ use tokio::sync::broadcast;
 use super::message_queries::MessageQueries;
 use super::runner::{SqliteLocation, SqliteRunnerStorage};
 use crate::error::StorageError;
-use crate::messages::checks::check_reply;
+use crate::messages::checks::{check_envelope_id, check_interrupt, check_reply};
 use crate::messages::{
     Claim, ClaimedMessage, EnvelopeKind, Fence, MessageEvent, MessageStorage, PersistedEnvelope,
     PersistedRequest, SaveResult, StoredReply,
 };
 use crate::options::StorageOptions;
-use crate::sql::call::{call, with_deadline};
+use crate::sql::call::{call, observed};
 use crate::sql::group_commit::{BatchResult, GroupCommit};
 use crate::sql::messages::{
     MAX_BATCH, MessageRow, OriginalRow, REPLY_FINAL, ReplyInsert, ReplyRow, RequestRow, db_epoch,
@@ -406,12 +406,11 @@ impl MessageStorage for SqliteMessageStorage {
     ) -> Result<SaveResult, StorageError> {
         let op = Op::Request(RequestRow::new(request, claim));
         let timeout = self.options().call_timeout;
-        match with_deadline(
+        match observed(
             BACKEND,
             "save_request",
             1,
-            timeout,
-            self.inner.writer.submit("save_request", op),
+            self.inner.writer.submit("save_request", op, timeout),
         )
         .await?
         {
@@ -438,26 +437,85 @@ impl MessageStorage for SqliteMessageStorage {
                 .await
             }
             EnvelopeKind::Interrupt => {
-                let sql = self.inner.sql.save_interrupt.clone();
+                let sql = self.inner.sql.clone();
                 let pending = self
                     .call("save_envelope", 1, async |conn| {
-                        sqlx::query_scalar::<_, bool>(sql)
+                        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+                        let request = sqlx::query_as::<_, (String, String, String, bool, bool)>(
+                            sql.interrupted_request.clone(),
+                        )
+                        .bind(db_id(envelope.request_id))
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                        // An interrupt of a request storage does not hold (never persisted,
+                        // cleared or swept) has nothing to interrupt.
+                        let Some((shard, entity_type, entity_id, uninterruptible, processed)) =
+                            request
+                        else {
+                            return Ok(Ok(false));
+                        };
+                        if let Err(refused) = check_interrupt(
+                            envelope,
+                            &shard,
+                            &entity_type,
+                            &entity_id,
+                            uninterruptible,
+                        ) {
+                            return Ok(Err(refused));
+                        }
+                        let stored = sqlx::query(sql.insert_interrupt.clone())
                             .bind(db_id(envelope.id))
                             .bind(db_id(envelope.request_id))
-                            .bind(envelope.address.shard.to_string())
-                            .bind(envelope.address.entity_type.as_str())
-                            .bind(envelope.address.entity_id.as_str())
-                            .fetch_optional(conn)
-                            .await
+                            .bind(&shard)
+                            .bind(&entity_type)
+                            .bind(&entity_id)
+                            .bind(processed)
+                            .fetch_optional(&mut *tx)
+                            .await?;
+                        let result = match stored {
+                            Some(_) => Ok(!processed),
+                            None => {
+                                let holder = sqlx::query_scalar::<_, Option<i64>>(
+                                    sql.message_request.clone(),
+                                )
+                                .bind(db_id(envelope.id))
+                                .fetch_optional(&mut *tx)
+                                .await?
+                                .flatten()
+                                .map(snowflake);
+                                check_envelope_id(envelope, holder).map(|()| false)
+                            }
+                        };
+                        tx.commit().await?;
+                        Ok(result)
                     })
-                    .await?;
-                if pending == Some(true) {
+                    .await??;
+                if pending {
                     let _ = self.inner.events.send(MessageEvent::Saved {
                         shard: envelope.address.shard.clone(),
                     });
                 }
                 Ok(())
             }
+        }
+    }
+
+    async fn pending_request(
+        &self,
+        id: Snowflake,
+    ) -> Result<Option<PersistedRequest>, StorageError> {
+        let sql = self.inner.sql.pending_request.clone();
+        let row = self
+            .call("pending_request", 0, async |conn| {
+                sqlx::query_as::<_, MessageRow>(sql)
+                    .bind(db_id(id))
+                    .fetch_optional(conn)
+                    .await
+            })
+            .await?;
+        match row.map(MessageRow::decode).transpose()? {
+            Some(ClaimedMessage::Request { request, .. }) => Ok(Some(*request)),
+            _ => Ok(None),
         }
     }
 
@@ -468,12 +526,11 @@ impl MessageStorage for SqliteMessageStorage {
             fence: fence.clone(),
         });
         let timeout = self.options().call_timeout;
-        match with_deadline(
+        match observed(
             BACKEND,
             "save_reply",
             1,
-            timeout,
-            self.inner.writer.submit("save_reply", op),
+            self.inner.writer.submit("save_reply", op, timeout),
         )
         .await?
         {

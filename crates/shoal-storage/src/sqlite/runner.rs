@@ -15,7 +15,7 @@ use sqlx::sqlite::{
 use sqlx::{ConnectOptions, Connection};
 
 use super::queries::Queries;
-use crate::encoded::{EncodedRunner, EncodedRunnerStorage, Typed};
+use crate::encoded::{EncodedLease, EncodedRunner, EncodedRunnerStorage, Typed};
 use crate::error::StorageError;
 use crate::options::StorageOptions;
 use crate::sql::call::{Checkout, call, map_error, with_deadline};
@@ -104,13 +104,14 @@ impl std::fmt::Debug for MemoryKeeper {
 /// ```
 /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
 /// use std::time::Duration;
-/// use shoal_protocol::{Runner, ShardGroup};
+/// use shoal_protocol::{Incarnation, Runner, RunnerId, ShardGroup};
 /// use shoal_storage::{RunnerStorage, SqliteLocation, SqliteRunnerStorage, StorageOptions};
 ///
 /// let storage = SqliteRunnerStorage::open(SqliteLocation::Memory, StorageOptions::new()).await?;
-/// let me = Runner::new("127.0.0.1:34431".parse()?, [ShardGroup::default_group()], 1.try_into()?);
-/// storage.register(&me, true, Duration::from_secs(30)).await?;
-/// let held = storage.acquire(&me.address, &["default:7".parse()?], Duration::from_secs(30)).await?;
+/// let runner = Runner::new("127.0.0.1:34431".parse()?, [ShardGroup::default_group()], 1.try_into()?);
+/// let me = RunnerId::new(runner.address.clone(), Incarnation::random());
+/// storage.register(&runner, me.incarnation, true, Duration::from_secs(30)).await?;
+/// let held = storage.acquire(&me, &["default:7".parse()?], Duration::from_secs(30)).await?;
 /// assert_eq!(held[0].epoch.0, 1);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// # }).unwrap();
@@ -305,29 +306,46 @@ impl EncodedRunnerStorage for SqliteRunnerStorage {
         &self,
         address: &str,
         runner: &str,
+        incarnation: i64,
         healthy: bool,
         ttl: Duration,
-    ) -> Result<i64, StorageError> {
+    ) -> Result<Option<(i64, i64)>, StorageError> {
         let ttl = ttl_millis("register", ttl)?;
-        let sql = self.sql.register.clone();
+        let register = self.sql.register.clone();
+        let registered = self.sql.registered.clone();
         self.call("register", 0, async |conn| {
-            sqlx::query_scalar::<_, i64>(sql)
+            let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+            let written = sqlx::query(register)
                 .bind(address)
                 .bind(runner)
+                .bind(incarnation)
                 .bind(healthy)
                 .bind(ttl)
-                .fetch_one(conn)
-                .await
+                .fetch_optional(&mut *tx)
+                .await?;
+            let holder = match written {
+                Some(_) => None,
+                None => Some(
+                    sqlx::query_as::<_, (i64, i64)>(registered)
+                        .bind(address)
+                        .fetch_optional(&mut *tx)
+                        .await?
+                        .unwrap_or((0, 0)),
+                ),
+            };
+            tx.commit().await?;
+            Ok(holder)
         })
         .await
     }
 
-    async fn unregister(&self, address: &str) -> Result<(), StorageError> {
+    async fn unregister(&self, address: &str, incarnation: i64) -> Result<(), StorageError> {
         let sql = self.sql.unregister.clone();
         let keep = millis(self.options.forget_dead_runners_after);
         self.call("unregister", 0, async |conn| {
             sqlx::query(sql)
                 .bind(address)
+                .bind(incarnation)
                 .bind(keep)
                 .execute(conn)
                 .await
@@ -340,16 +358,17 @@ impl EncodedRunnerStorage for SqliteRunnerStorage {
         let sql = self.sql.runners.clone();
         let rows = self
             .call("runners", 0, async |conn| {
-                sqlx::query_as::<_, (String, String, bool)>(sql)
+                sqlx::query_as::<_, (String, String, i64, bool)>(sql)
                     .fetch_all(conn)
                     .await
             })
             .await?;
         Ok(rows
             .into_iter()
-            .map(|(address, runner, healthy)| EncodedRunner {
+            .map(|(address, runner, incarnation, healthy)| EncodedRunner {
                 address,
                 runner,
+                incarnation,
                 healthy,
             })
             .collect())
@@ -368,12 +387,10 @@ impl EncodedRunnerStorage for SqliteRunnerStorage {
         .await
     }
 
-    async fn leases(&self) -> Result<Vec<(String, String, i64)>, StorageError> {
+    async fn leases(&self) -> Result<Vec<EncodedLease>, StorageError> {
         let sql = self.sql.leases.clone();
         self.call("leases", 0, async |conn| {
-            sqlx::query_as::<_, (String, String, i64)>(sql)
-                .fetch_all(conn)
-                .await
+            sqlx::query_as::<_, EncodedLease>(sql).fetch_all(conn).await
         })
         .await
     }
@@ -381,6 +398,7 @@ impl EncodedRunnerStorage for SqliteRunnerStorage {
     async fn acquire(
         &self,
         address: &str,
+        incarnation: i64,
         shards: &[String],
         ttl: Duration,
     ) -> Result<Vec<(String, i64)>, StorageError> {
@@ -394,6 +412,7 @@ impl EncodedRunnerStorage for SqliteRunnerStorage {
         self.call("acquire", shards.len(), async |conn| {
             sqlx::query_as::<_, (String, i64)>(sql)
                 .bind(address)
+                .bind(incarnation)
                 .bind(json)
                 .bind(ttl)
                 .fetch_all(conn)
@@ -405,6 +424,7 @@ impl EncodedRunnerStorage for SqliteRunnerStorage {
     async fn refresh(
         &self,
         address: &str,
+        incarnation: i64,
         shards: &[String],
         ttl: Duration,
     ) -> Result<Vec<(String, i64)>, StorageError> {
@@ -417,11 +437,13 @@ impl EncodedRunnerStorage for SqliteRunnerStorage {
             let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
             sqlx::query(heartbeat)
                 .bind(address)
+                .bind(incarnation)
                 .bind(ttl)
                 .execute(&mut *tx)
                 .await?;
             let held = sqlx::query_as::<_, (String, i64)>(refresh)
                 .bind(address)
+                .bind(incarnation)
                 .bind(json)
                 .bind(ttl)
                 .fetch_all(&mut *tx)
@@ -432,7 +454,12 @@ impl EncodedRunnerStorage for SqliteRunnerStorage {
         .await
     }
 
-    async fn release(&self, address: &str, shards: &[String]) -> Result<(), StorageError> {
+    async fn release(
+        &self,
+        address: &str,
+        incarnation: i64,
+        shards: &[String],
+    ) -> Result<(), StorageError> {
         if shards.is_empty() {
             return Ok(());
         }
@@ -442,6 +469,7 @@ impl EncodedRunnerStorage for SqliteRunnerStorage {
         self.call("release", shards.len(), async |conn| {
             sqlx::query(sql)
                 .bind(address)
+                .bind(incarnation)
                 .bind(json)
                 .execute(conn)
                 .await
@@ -450,10 +478,112 @@ impl EncodedRunnerStorage for SqliteRunnerStorage {
         .await
     }
 
-    async fn release_all(&self, address: &str) -> Result<(), StorageError> {
+    async fn release_all(&self, address: &str, incarnation: i64) -> Result<(), StorageError> {
         let sql = self.sql.release_all.clone();
         self.call("release_all", 0, async |conn| {
-            sqlx::query(sql).bind(address).execute(conn).await.map(drop)
+            sqlx::query(sql)
+                .bind(address)
+                .bind(incarnation)
+                .execute(conn)
+                .await
+                .map(drop)
+        })
+        .await
+    }
+
+    async fn lease_machine_id(
+        &self,
+        incarnation: i64,
+        now_ms: i64,
+        ttl: Duration,
+    ) -> Result<Option<(i64, i64, i64)>, StorageError> {
+        let ttl = ttl_millis("lease_machine_id", ttl)?;
+        let free = self.sql.free_machine_id.clone();
+        let take = self.sql.take_machine_id.clone();
+        self.call("lease_machine_id", 0, async |conn| {
+            let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+            let candidate = sqlx::query_as::<_, (i64, i64)>(free)
+                .bind(incarnation)
+                .bind(now_ms)
+                .fetch_optional(&mut *tx)
+                .await?;
+            let Some((machine, floor)) = candidate else {
+                return Ok(None);
+            };
+            let reserved = sqlx::query_scalar::<_, i64>(take)
+                .bind(machine)
+                .bind(incarnation)
+                .bind(ttl)
+                .bind(now_ms)
+                .fetch_one(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(Some((machine, floor, reserved)))
+        })
+        .await
+    }
+
+    async fn renew_machine_id(
+        &self,
+        machine_id: i64,
+        incarnation: i64,
+        now_ms: i64,
+        ttl: Duration,
+    ) -> Result<Option<i64>, StorageError> {
+        let ttl = ttl_millis("renew_machine_id", ttl)?;
+        let sql = self.sql.renew_machine_id.clone();
+        self.call("renew_machine_id", 0, async |conn| {
+            sqlx::query_scalar::<_, i64>(sql)
+                .bind(machine_id)
+                .bind(incarnation)
+                .bind(now_ms)
+                .bind(ttl)
+                .fetch_optional(conn)
+                .await
+        })
+        .await
+    }
+
+    async fn release_machine_id(
+        &self,
+        machine_id: i64,
+        incarnation: i64,
+        minted_until: i64,
+    ) -> Result<(), StorageError> {
+        let sql = self.sql.release_machine_id.clone();
+        self.call("release_machine_id", 0, async |conn| {
+            sqlx::query(sql)
+                .bind(machine_id)
+                .bind(incarnation)
+                .bind(minted_until)
+                .execute(conn)
+                .await
+                .map(drop)
+        })
+        .await
+    }
+
+    async fn cluster_parameters(
+        &self,
+        proposed: &[(String, String)],
+    ) -> Result<Vec<(String, String)>, StorageError> {
+        let json = serde_json::Value::Object(
+            proposed
+                .iter()
+                .map(|(k, v)| (k.clone(), serde_json::Value::from(v.as_str())))
+                .collect(),
+        )
+        .to_string();
+        let store = self.sql.store_parameters.clone();
+        let read = self.sql.parameters.clone();
+        self.call("cluster_parameters", 0, async |conn| {
+            let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+            sqlx::query(store).bind(json).execute(&mut *tx).await?;
+            let stored = sqlx::query_as::<_, (String, String)>(read)
+                .fetch_all(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(stored)
         })
         .await
     }

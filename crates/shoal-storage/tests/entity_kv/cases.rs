@@ -4,7 +4,7 @@ use std::num::NonZeroU32;
 use std::time::Duration;
 
 use bytes::Bytes;
-use shoal_protocol::{EntityAddress, Runner, ShardGroup, ShardId};
+use shoal_protocol::{EntityAddress, Incarnation, Runner, RunnerId, ShardGroup, ShardId};
 use shoal_storage::kv::{
     DEFAULT_LIST_LIMIT, KvEntry, KvQuery, MAX_KEY_SIZE, MAX_KEYS, MAX_PUT_PAYLOAD, MAX_VALUE_SIZE,
 };
@@ -22,6 +22,11 @@ pub fn runner(n: u16) -> Runner {
     )
 }
 
+/// Runner `n` in a fixed incarnation.
+pub fn holder(n: u16) -> RunnerId {
+    RunnerId::new(runner(n).address, Incarnation::from_raw(u64::from(n) + 1))
+}
+
 pub fn shard(n: u32) -> ShardId {
     format!("default:{n}").parse().unwrap()
 }
@@ -33,9 +38,13 @@ pub fn entity(ty: &str, id: &str, shard_no: u32) -> EntityAddress {
 /// Acquires `shard` for runner `n` and returns the fence to write under.
 pub async fn lease(runners: &dyn RunnerStorage, n: u16, shard_no: u32) -> Fence {
     let me = runner(n);
-    runners.register(&me, true, LONG).await.unwrap();
+    let id = holder(n);
+    runners
+        .register(&me, id.incarnation, true, LONG)
+        .await
+        .unwrap();
     let held = runners
-        .acquire(&me.address, &[shard(shard_no)], LONG)
+        .acquire(&id, &[shard(shard_no)], LONG)
         .await
         .unwrap();
     assert_eq!(
@@ -549,10 +558,7 @@ pub async fn stale_epoch_writes_are_fenced(env: &Env) {
     kv.put(&a, &[e("x", "1"), e("y", "1")], &old).await.unwrap();
 
     // Runner 1 hands the shard off; runner 2 takes it under a newer epoch.
-    runners
-        .release(&runner(1).address, &[shard(4)])
-        .await
-        .unwrap();
+    runners.release(&holder(1), &[shard(4)]).await.unwrap();
     let new = lease(runners, 2, 4).await;
     assert!(new.epoch > old.epoch);
 
@@ -578,10 +584,7 @@ pub async fn stale_epoch_writes_are_fenced(env: &Env) {
     assert_eq!(kv.get(&a, &[b("x")]).await.unwrap(), [Some(b("2"))]);
 
     // The old runner getting the shard back gets another, newer epoch; its old fence stays stale.
-    runners
-        .release(&runner(2).address, &[shard(4)])
-        .await
-        .unwrap();
+    runners.release(&holder(2), &[shard(4)]).await.unwrap();
     let again = lease(runners, 1, 4).await;
     assert!(again.epoch > new.epoch);
     fenced(
@@ -647,10 +650,7 @@ pub async fn concurrent_puts_are_fenced_one_by_one(env: &Env) {
     let runners = &*env.runners;
     let current = lease(runners, 1, 6).await;
     let old = lease(runners, 1, 7).await;
-    runners
-        .release(&runner(1).address, &[shard(7)])
-        .await
-        .unwrap();
+    runners.release(&holder(1), &[shard(7)]).await.unwrap();
     let new = lease(runners, 2, 7).await;
     let mut tasks = Vec::new();
     for i in 0..100u32 {

@@ -6,8 +6,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use shoal_protocol::{ErrorCode, Failure, Headers, ReplyFrame, Snowflake};
 use shoal_storage::{
-    ClaimedMessage, Fence, MessageEvent, MessageStorage, PersistedRequest, SaveResult,
-    StorageError, StoredReply, StoredReplyKind,
+    ClaimedMessage, Fence, MessageEvent, MessageStorage, PersistedEnvelope, PersistedRequest,
+    SaveResult, StorageError, StoredReply, StoredReplyKind,
 };
 
 use crate::fixtures::*;
@@ -572,7 +572,7 @@ pub async fn stale_epoch_replies_are_fenced(env: &Env) {
     let leases = &*env.runners;
     let mut id = ids();
     let a = address(1, "a");
-    let (one, two) = (runner(1), runner(2));
+    let (one, two) = (holder(1), holder(2));
     let held = leases.acquire(&one, &[shard(1)], LONG).await.unwrap();
     let old = Fence {
         shard: shard(1),
@@ -858,4 +858,97 @@ pub async fn concurrent_saves_get_their_own_results(env: &Env) {
         .await
         .unwrap();
     assert!(claim_ids(&*storage, &[1, 2, 3, 4, 5], 1).await.is_empty());
+}
+
+pub async fn a_reused_id_is_refused_not_answered_with_another_requests_reply(env: &Env) {
+    let s = &*env.messages;
+    let mut id = ids();
+    let first = request(id(), &address(1, "a"));
+    saved(s, &first).await;
+    s.save_reply(&final_value(id(), first.id, b"a's reply"), &unfenced(1))
+        .await
+        .unwrap();
+    // Another process minted the same id for another entity, or for the same entity with another
+    // message: storage refuses it rather than answering it with the first request's reply.
+    let others = [
+        PersistedRequest {
+            id: first.id,
+            ..request(id(), &address(2, "b"))
+        },
+        PersistedRequest {
+            payload: Bytes::from_static(b"another payload"),
+            ..first.clone()
+        },
+        PersistedRequest {
+            tag: "get".parse().unwrap(),
+            ..first.clone()
+        },
+    ];
+    for other in others {
+        let result = s.save_request(&other, None).await;
+        assert!(
+            matches!(result, Err(StorageError::Conflict { .. })),
+            "a different request under a stored id must be refused, got {result:?}"
+        );
+    }
+    // The same request saved again (a retry) is still a duplicate.
+    assert!(matches!(
+        s.save_request(&first, None).await.unwrap(),
+        SaveResult::Duplicate { original_id, .. } if original_id == first.id
+    ));
+}
+
+pub async fn interrupts_must_match_their_request(env: &Env) {
+    let s = &*env.messages;
+    let mut id = ids();
+    let r = request(id(), &address(1, "a"));
+    saved(s, &r).await;
+    assert_eq!(claim_ids(s, &[1, 2], 1).await, vec![r.id]);
+    // An interrupt naming another entity (or the same id under another shard) is refused and
+    // stored nowhere.
+    for wrong in [address(2, "b"), address(2, "a"), address(1, "b")] {
+        let envelope = PersistedEnvelope {
+            address: wrong,
+            ..interrupt(id(), &r)
+        };
+        let result = s.save_envelope(&envelope).await;
+        assert!(
+            matches!(result, Err(StorageError::Refused { .. })),
+            "{result:?}"
+        );
+    }
+    assert!(claim_ids(s, &[1, 2], 1).await.is_empty());
+    // An uninterruptible request refuses interrupts, whatever the caller believes.
+    let u = PersistedRequest {
+        uninterruptible: true,
+        ..request(id(), &address(1, "u"))
+    };
+    saved(s, &u).await;
+    assert_eq!(claim_ids(s, &[1], 1).await, vec![u.id]);
+    let result = s.save_envelope(&interrupt(id(), &u)).await;
+    assert!(
+        matches!(result, Err(StorageError::Refused { .. })),
+        "{result:?}"
+    );
+    assert!(claim_ids(s, &[1], 1).await.is_empty());
+    // A matching interrupt of an interruptible request is stored under the request's shard.
+    let stop = interrupt(id(), &r);
+    s.save_envelope(&stop).await.unwrap();
+    assert_eq!(claim_ids(s, &[1], 1).await, vec![stop.id]);
+}
+
+pub async fn keys_that_differ_only_in_where_the_separator_falls_do_not_collide(env: &Env) {
+    let s = &*env.messages;
+    let mut id = ids();
+    let tag = "increment".parse().unwrap();
+    let one = address(1, "a/increment");
+    let two = address(1, "a");
+    let first = keyed(id(), &one, &shoal_storage::message_key(&one, &tag, "k"));
+    let second = keyed(
+        id(),
+        &two,
+        &shoal_storage::message_key(&two, &tag, "increment/k"),
+    );
+    saved(s, &first).await;
+    saved(s, &second).await;
 }

@@ -5,8 +5,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use shoal_protocol::{
-    EntityAddress, Headers, MachineId, ReplyFrame, RunnerAddress, ShardId, Snowflake,
-    SnowflakeGenerator,
+    EntityAddress, Headers, Incarnation, MachineId, ReplyFrame, RunnerAddress, RunnerId, ShardId,
+    Snowflake, SnowflakeGenerator,
 };
 use shoal_storage::{
     Claim, ClaimedMessage, EnvelopeKind, Epoch, Fence, PersistedEnvelope, PersistedRequest,
@@ -28,7 +28,7 @@ pub async fn outlive_short() {
 pub fn ids() -> impl FnMut() -> Snowflake {
     static MACHINE: AtomicI64 = AtomicI64::new(1);
     let generator = SnowflakeGenerator::new(MachineId(MACHINE.fetch_add(1, Ordering::Relaxed)));
-    move || generator.next_id()
+    move || generator.next_id().expect("an unbounded generator")
 }
 
 pub fn shard(id: u32) -> ShardId {
@@ -45,6 +45,11 @@ pub fn address(shard_id: u32, entity: &str) -> EntityAddress {
 
 pub fn runner(port: u16) -> RunnerAddress {
     RunnerAddress::tcp("127.0.0.1", port).unwrap()
+}
+
+/// The runner at `port` in a fixed incarnation (for leases).
+pub fn holder(port: u16) -> RunnerId {
+    RunnerId::new(runner(port), Incarnation::from_raw(u64::from(port) + 1))
 }
 
 pub fn claim(port: u16, duration: Duration) -> Claim {

@@ -54,6 +54,9 @@ macro_rules! backend {
             cases::sweep_deletes_old_processed_messages_only,
             cases::events_are_published,
             cases::concurrent_saves_get_their_own_results,
+            cases::a_reused_id_is_refused_not_answered_with_another_requests_reply,
+            cases::interrupts_must_match_their_request,
+            cases::keys_that_differ_only_in_where_the_separator_falls_do_not_collide,
             $($path::$case),*
         );
     };
@@ -93,12 +96,12 @@ mod connect {
         let r = request(id(), &address(1, "a"));
         messages.save_request(&r, None).await.unwrap();
         let old = runners
-            .acquire(&runner(1), &[shard(1)], LONG)
+            .acquire(&holder(1), &[shard(1)], LONG)
             .await
             .unwrap();
-        runners.release_all(&runner(1)).await.unwrap();
+        runners.release_all(&holder(1)).await.unwrap();
         runners
-            .acquire(&runner(2), &[shard(1)], LONG)
+            .acquire(&holder(2), &[shard(1)], LONG)
             .await
             .unwrap();
         let stale = Fence {

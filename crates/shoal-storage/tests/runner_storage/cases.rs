@@ -4,8 +4,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::num::NonZeroU32;
 use std::time::Duration;
 
-use shoal_protocol::{Runner, RunnerAddress, ShardGroup, ShardId};
-use shoal_storage::{Epoch, HeldShard, RunnerStorage, StorageError};
+use shoal_protocol::{
+    Incarnation, MachineId, Runner, RunnerAddress, RunnerId, ShardGroup, ShardId,
+};
+use shoal_storage::{ClusterParameters, Epoch, HeldShard, RunnerStorage, StorageError};
 
 use crate::harness::{Env, Kind};
 
@@ -29,6 +31,27 @@ pub fn runner_weighted(port: u16, weight: u32) -> Runner {
         RunnerAddress::tcp("127.0.0.1", port).unwrap(),
         [ShardGroup::default_group()],
         NonZeroU32::new(weight).unwrap(),
+    )
+}
+
+/// `runner` in its incarnation for the tests (one per port, fixed).
+pub fn id(runner: &Runner) -> RunnerId {
+    let port = runner
+        .address
+        .as_str()
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse::<u64>().ok())
+        .unwrap_or(0);
+    RunnerId::new(runner.address.clone(), Incarnation::from_raw(port + 1))
+}
+
+/// `runner` in another incarnation (the process at its address started again).
+pub fn restarted(runner: &Runner) -> RunnerId {
+    let first = id(runner);
+    RunnerId::new(
+        first.address,
+        Incarnation::from_raw(first.incarnation.raw() + 1_000_000),
     )
 }
 
@@ -68,42 +91,231 @@ async fn listed(storage: &dyn RunnerStorage) -> BTreeMap<RunnerAddress, (Runner,
         .collect()
 }
 
-pub async fn register_assigns_unique_machine_ids(env: &Env) {
-    let s = &*env.storage;
-    let (a, b, c) = (runner(1), runner(2), runner(3));
-    let ma = s.register(&a, true, LONG).await.unwrap();
-    let mb = s.register(&b, true, LONG).await.unwrap();
-    let mc = s.register(&c, true, LONG).await.unwrap();
-    let mut seen = BTreeSet::from([ma, mb, mc]);
-    assert_eq!(seen.len(), 3, "machine ids repeat: {ma:?} {mb:?} {mc:?}");
+/// Wall-clock milliseconds for machine-id reservations.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
 
-    // Registering the same address again gives a new id, never one handed out before, and the
-    // stored description is replaced.
-    let a2 = runner_weighted(1, 5);
-    for _ in 0..3 {
-        let again = s.register(&a2, true, LONG).await.unwrap();
-        assert!(seen.insert(again), "machine id {again:?} was reused");
+pub async fn machine_ids_are_unique_among_live_processes(env: &Env) {
+    let s = &*env.storage;
+    let (one, two, three) = (
+        Incarnation::from_raw(1),
+        Incarnation::from_raw(2),
+        Incarnation::from_raw(3),
+    );
+    let now = now_ms();
+    let a = s.lease_machine_id(one, now, LONG).await.unwrap();
+    let b = s.lease_machine_id(two, now, LONG).await.unwrap();
+    let c = s.lease_machine_id(three, now, LONG).await.unwrap();
+    // The lowest free ids, each reserved from now for the lease's length.
+    assert_eq!(
+        [a.machine_id, b.machine_id, c.machine_id],
+        [MachineId(0), MachineId(1), MachineId(2)]
+    );
+    assert_eq!(a.floor, 0);
+    assert!(a.reserved_until >= now + LONG.as_millis() as u64);
+    // The same process asking again gets its own back.
+    let again = s.lease_machine_id(two, now, LONG).await.unwrap();
+    assert_eq!(again.machine_id, b.machine_id);
+    // Renewing extends the reservation; another incarnation cannot renew it.
+    let later = now + 5_000;
+    let reserved = s
+        .renew_machine_id(b.machine_id, two, later, LONG)
+        .await
+        .unwrap();
+    let reserved = reserved.unwrap();
+    assert!(reserved >= later + LONG.as_millis() as u64);
+    assert!(reserved >= again.reserved_until);
+    assert_eq!(
+        s.renew_machine_id(b.machine_id, one, later, LONG)
+            .await
+            .unwrap(),
+        None
+    );
+    // A released id goes to the next process, which starts after what the last holder made.
+    s.release_machine_id(a.machine_id, one, now + 7)
+        .await
+        .unwrap();
+    let d = s
+        .lease_machine_id(Incarnation::from_raw(4), now + 8, LONG)
+        .await
+        .unwrap();
+    assert_eq!(d.machine_id, a.machine_id);
+    assert_eq!(d.floor, now + 7);
+    assert!(d.reserved_until > d.floor);
+}
+
+pub async fn a_lapsed_machine_id_is_taken_after_its_reservation(env: &Env) {
+    let s = &*env.storage;
+    let (old, new) = (Incarnation::from_raw(1), Incarnation::from_raw(2));
+    let now = now_ms();
+    let first = s.lease_machine_id(old, now, SHORT).await.unwrap();
+    // The holder extended its reservation far ahead, then froze.
+    let far = now + 60_000;
+    let reserved = s
+        .renew_machine_id(first.machine_id, old, far, SHORT)
+        .await
+        .unwrap()
+        .unwrap();
+    outlive_short().await;
+    // Its lease lapsed: the id is free again, but other free ids whose reservations have passed
+    // go first.
+    let taken = s.lease_machine_id(new, now_ms(), LONG).await.unwrap();
+    assert_eq!(taken.machine_id, MachineId(1));
+    // Once every other id is held, it is handed out, and its next holder's ids start after
+    // everything the frozen holder may still make.
+    let mut next = 3;
+    let reused = loop {
+        let lease = s
+            .lease_machine_id(Incarnation::from_raw(next), now_ms(), LONG)
+            .await
+            .unwrap();
+        if lease.machine_id == first.machine_id {
+            break lease;
+        }
+        assert!(next < 2000, "machine id 0 was never handed out again");
+        next += 1;
+    };
+    assert_eq!(reused.floor, reserved);
+    assert!(reused.reserved_until > reserved);
+    // All 1024 are held now.
+    assert!(matches!(
+        s.lease_machine_id(Incarnation::from_raw(5000), now_ms(), LONG)
+            .await,
+        Err(StorageError::NoMachineId)
+    ));
+    // The old holder learns that it lost the id.
+    assert_eq!(
+        s.renew_machine_id(first.machine_id, old, now_ms(), LONG)
+            .await
+            .unwrap(),
+        None
+    );
+}
+
+pub async fn a_live_address_is_refused_to_another_incarnation(env: &Env) {
+    let s = &*env.storage;
+    let a = runner(1);
+    let (first, second) = (id(&a), restarted(&a));
+    s.register(&a, first.incarnation, true, SHORT)
+        .await
+        .unwrap();
+    // Registering again in the same incarnation replaces the description.
+    let heavier = runner_weighted(1, 5);
+    s.register(&heavier, first.incarnation, true, SHORT)
+        .await
+        .unwrap();
+    assert_eq!(listed(s).await[&a.address].0, heavier);
+    // Another process at the same address is refused while the first one's heartbeat lives.
+    match s.register(&a, second.incarnation, true, LONG).await {
+        Err(StorageError::AddressInUse {
+            address, holder, ..
+        }) => {
+            assert_eq!(address, a.address);
+            assert_eq!(holder, first.incarnation);
+        }
+        other => panic!("expected AddressInUse, got {other:?}"),
     }
-    let runners = listed(s).await;
-    assert_eq!(runners.len(), 3);
-    assert_eq!(runners[&a.address].0, a2);
+    outlive_short().await;
+    // Once it lapsed, the new process registers; the old one can no longer keep the row alive
+    // nor remove it.
+    s.register(&a, second.incarnation, true, LONG)
+        .await
+        .unwrap();
+    s.refresh(&first, &[], SHORT).await.unwrap();
+    s.unregister(&first).await.unwrap();
+    let runners = s.runners().await.unwrap();
+    assert_eq!(runners.len(), 1);
+    assert_eq!(runners[0].incarnation, second.incarnation);
+}
+
+pub async fn leases_belong_to_an_incarnation(env: &Env) {
+    let s = &*env.storage;
+    let a = runner(1);
+    let (first, second) = (id(&a), restarted(&a));
+    let held = s.acquire(&first, &shards([1, 2]), SHORT).await.unwrap();
+    assert_eq!(epochs(&held), BTreeMap::from([(1, 1), (2, 1)]));
+    // The same address in another incarnation holds nothing of it.
+    assert!(
+        s.acquire(&second, &shards([1, 2]), LONG)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        s.refresh(&second, &shards([1, 2]), LONG)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    s.release(&second, &shards([1])).await.unwrap();
+    s.release_all(&second).await.unwrap();
+    let leases = s.leases().await.unwrap();
+    assert_eq!(leases.len(), 2);
+    assert!(leases.iter().all(|l| l.incarnation == first.incarnation));
+    outlive_short().await;
+    // After the lapse the new incarnation takes them under new epochs; the old one lost them.
+    let taken = s.acquire(&second, &shards([1, 2]), LONG).await.unwrap();
+    assert_eq!(epochs(&taken), BTreeMap::from([(1, 2), (2, 2)]));
+    assert!(
+        s.refresh(&first, &shards([1, 2]), LONG)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        s.leases()
+            .await
+            .unwrap()
+            .iter()
+            .all(|l| l.incarnation == second.incarnation)
+    );
+}
+
+pub async fn cluster_parameters_are_stored_once(env: &Env) {
+    let s = &*env.storage;
+    let first = ClusterParameters::new()
+        .with("shards_per_group", "300")
+        .with("shard_hash", "xxh3-64");
+    assert_eq!(s.cluster_parameters(&first).await.unwrap(), first);
+    // A later process with other values gets the stored ones back (and compares); a parameter
+    // the cluster does not have yet is added.
+    let later = ClusterParameters::new()
+        .with("shards_per_group", "128")
+        .with("protocol", "2");
+    let stored = s.cluster_parameters(&later).await.unwrap();
+    assert_eq!(stored.get("shards_per_group"), Some("300"));
+    assert_eq!(stored.get("shard_hash"), Some("xxh3-64"));
+    assert_eq!(stored.get("protocol"), Some("2"));
+    let differences = later.differences(&stored);
+    assert_eq!(differences.len(), 1);
+    assert_eq!(differences[0].name, "shards_per_group");
 }
 
 pub async fn unregister_removes_only_that_runner(env: &Env) {
     let s = &*env.storage;
     let (a, b) = (runner(1), runner(2));
-    s.register(&a, true, LONG).await.unwrap();
-    s.register(&b, true, LONG).await.unwrap();
-    let held = s.acquire(&a.address, &shards([1]), LONG).await.unwrap();
-    s.unregister(&a.address).await.unwrap();
+    s.register(&a, id(&a).incarnation, true, LONG)
+        .await
+        .unwrap();
+    s.register(&b, id(&b).incarnation, true, LONG)
+        .await
+        .unwrap();
+    let held = s.acquire(&id(&a), &shards([1]), LONG).await.unwrap();
+    s.unregister(&id(&a)).await.unwrap();
     let runners = listed(s).await;
     assert_eq!(runners.keys().collect::<Vec<_>>(), vec![&b.address]);
     // Its leases are not touched (release_all does that).
     assert_eq!(owners(s).await[&1], (a.address.clone(), held[0].epoch));
     // Unregistering an unknown address is not an error.
-    s.unregister(&runner(9).address).await.unwrap();
-    // A new registration after unregistering gets yet another machine id.
-    s.register(&a, true, LONG).await.unwrap();
+    s.unregister(&id(&runner(9))).await.unwrap();
+    // Another process may register at the address at once.
+    s.register(&a, restarted(&a).incarnation, true, LONG)
+        .await
+        .unwrap();
     assert_eq!(listed(s).await.len(), 2);
 }
 
@@ -114,37 +326,49 @@ pub async fn unregister_forgets_long_dead_runners(env: &Env) {
         .handle_with(|o| o.with_forget_dead_runners_after(Duration::ZERO))
         .await;
     let (a, dead) = (runner(1), runner(2));
-    s.register(&a, true, LONG).await.unwrap();
-    s.register(&dead, true, SHORT).await.unwrap();
+    s.register(&a, id(&a).incarnation, true, LONG)
+        .await
+        .unwrap();
+    s.register(&dead, id(&dead).incarnation, true, SHORT)
+        .await
+        .unwrap();
     outlive_short().await;
-    s.unregister(&a.address).await.unwrap();
+    s.unregister(&id(&a)).await.unwrap();
     // The dead runner's row is gone: a late refresh (heartbeat) does not bring it back.
-    s.refresh(&dead.address, &[], LONG).await.unwrap();
+    s.refresh(&id(&dead), &[], LONG).await.unwrap();
     assert!(listed(&*s).await.is_empty());
 }
 
 pub async fn lapsed_runner_reappears_on_refresh(env: &Env) {
     let s = &*env.storage;
     let (a, b) = (runner(1), runner(2));
-    s.register(&a, true, SHORT).await.unwrap();
-    s.register(&b, true, LONG).await.unwrap();
+    s.register(&a, id(&a).incarnation, true, SHORT)
+        .await
+        .unwrap();
+    s.register(&b, id(&b).incarnation, true, LONG)
+        .await
+        .unwrap();
     outlive_short().await;
     assert!(!listed(s).await.contains_key(&a.address));
     // Within the retention, an unregister of another runner keeps the lapsed row (SQL backends;
     // the memory backend forgets lapsed rows at once), and a refresh (the heartbeat) lists it
     // again.
     if env.kind != Kind::Memory {
-        s.unregister(&b.address).await.unwrap();
+        s.unregister(&id(&b)).await.unwrap();
     }
-    s.refresh(&a.address, &[], LONG).await.unwrap();
+    s.refresh(&id(&a), &[], LONG).await.unwrap();
     assert!(listed(s).await.contains_key(&a.address));
 }
 
 pub async fn health_flags(env: &Env) {
     let s = &*env.storage;
     let (a, b) = (runner(1), runner(2));
-    s.register(&a, false, LONG).await.unwrap();
-    s.register(&b, true, LONG).await.unwrap();
+    s.register(&a, id(&a).incarnation, false, LONG)
+        .await
+        .unwrap();
+    s.register(&b, id(&b).incarnation, true, LONG)
+        .await
+        .unwrap();
     let runners = listed(s).await;
     assert!(!runners[&a.address].1);
     assert!(runners[&b.address].1);
@@ -161,10 +385,14 @@ pub async fn health_flags(env: &Env) {
 pub async fn heartbeat_expiry_hides_runner(env: &Env) {
     let s = &*env.storage;
     let (a, b) = (runner(1), runner(2));
-    s.register(&a, true, SHORT).await.unwrap();
-    s.register(&b, true, SHORT).await.unwrap();
+    s.register(&a, id(&a).incarnation, true, SHORT)
+        .await
+        .unwrap();
+    s.register(&b, id(&b).incarnation, true, SHORT)
+        .await
+        .unwrap();
     // b keeps its heartbeat going through refresh (also with no shards).
-    s.refresh(&b.address, &[], LONG).await.unwrap();
+    s.refresh(&id(&b), &[], LONG).await.unwrap();
     outlive_short().await;
     let runners = listed(s).await;
     assert!(
@@ -180,8 +408,10 @@ pub async fn heartbeat_expiry_hides_runner(env: &Env) {
 pub async fn acquire_free_shards(env: &Env) {
     let s = &*env.storage;
     let a = runner(1);
-    s.register(&a, true, LONG).await.unwrap();
-    let held = s.acquire(&a.address, &shards(1..=3), LONG).await.unwrap();
+    s.register(&a, id(&a).incarnation, true, LONG)
+        .await
+        .unwrap();
+    let held = s.acquire(&id(&a), &shards(1..=3), LONG).await.unwrap();
     assert_eq!(ids(&held), BTreeSet::from([1, 2, 3]));
     assert!(held.iter().all(|h| h.epoch == Epoch(1)), "{held:?}");
     let owners = owners(s).await;
@@ -191,52 +421,47 @@ pub async fn acquire_free_shards(env: &Env) {
             .values()
             .all(|(o, e)| *o == a.address && *e == Epoch(1))
     );
-    // Asking again for what it holds keeps the epochs.
-    let again = s.acquire(&a.address, &shards(1..=3), LONG).await.unwrap();
-    assert_eq!(epochs(&again), epochs(&held));
+    // Asking again for what it holds grants them again, under new epochs (the runner asks only
+    // for shards it does not serve: whatever ran under the old epoch must be fenced).
+    let again = s.acquire(&id(&a), &shards(1..=3), LONG).await.unwrap();
+    assert_eq!(epochs(&again), BTreeMap::from([(1, 2), (2, 2), (3, 2)]));
     // Nothing asked, nothing returned.
-    assert!(s.acquire(&a.address, &[], LONG).await.unwrap().is_empty());
+    assert!(s.acquire(&id(&a), &[], LONG).await.unwrap().is_empty());
 }
 
 pub async fn acquire_refused_while_another_lease_is_live(env: &Env) {
     let s = &*env.storage;
     let (a, b) = (runner(1), runner(2));
-    s.acquire(&a.address, &shards([1, 2]), LONG).await.unwrap();
-    let got = s
-        .acquire(&b.address, &shards([1, 2, 3]), LONG)
-        .await
-        .unwrap();
+    s.acquire(&id(&a), &shards([1, 2]), LONG).await.unwrap();
+    let got = s.acquire(&id(&b), &shards([1, 2, 3]), LONG).await.unwrap();
     assert_eq!(ids(&got), BTreeSet::from([3]));
     let owners = owners(s).await;
     assert_eq!(owners[&1].0, a.address);
     assert_eq!(owners[&2].0, a.address);
     assert_eq!(owners[&3].0, b.address);
     // b's refresh does not report or extend a's shards.
-    let refreshed = s
-        .refresh(&b.address, &shards([1, 2, 3]), LONG)
-        .await
-        .unwrap();
+    let refreshed = s.refresh(&id(&b), &shards([1, 2, 3]), LONG).await.unwrap();
     assert_eq!(ids(&refreshed), BTreeSet::from([3]));
 }
 
 pub async fn takeover_after_expiry(env: &Env) {
     let s = &*env.storage;
     let (a, b) = (runner(1), runner(2));
-    let first = s.acquire(&a.address, &shards([1, 2]), SHORT).await.unwrap();
+    let first = s.acquire(&id(&a), &shards([1, 2]), SHORT).await.unwrap();
     assert_eq!(epochs(&first), BTreeMap::from([(1, 1), (2, 1)]));
     // While live, b gets nothing.
     assert!(
-        s.acquire(&b.address, &shards([1, 2]), LONG)
+        s.acquire(&id(&b), &shards([1, 2]), LONG)
             .await
             .unwrap()
             .is_empty()
     );
     outlive_short().await;
-    let taken = s.acquire(&b.address, &shards([1, 2]), LONG).await.unwrap();
+    let taken = s.acquire(&id(&b), &shards([1, 2]), LONG).await.unwrap();
     assert_eq!(epochs(&taken), BTreeMap::from([(1, 2), (2, 2)]));
     // a learns on its next refresh that it lost them.
     assert!(
-        s.refresh(&a.address, &shards([1, 2]), LONG)
+        s.refresh(&id(&a), &shards([1, 2]), LONG)
             .await
             .unwrap()
             .is_empty()
@@ -248,72 +473,70 @@ pub async fn takeover_after_expiry(env: &Env) {
 pub async fn refresh_extends_held_leases(env: &Env) {
     let s = &*env.storage;
     let (a, b) = (runner(1), runner(2));
-    let held = s.acquire(&a.address, &shards([1, 2]), SHORT).await.unwrap();
+    let held = s.acquire(&id(&a), &shards([1, 2]), SHORT).await.unwrap();
     // Refresh with a longer TTL: both still held, same epochs; a shard a never acquired is not
     // reported.
-    let refreshed = s
-        .refresh(&a.address, &shards([1, 2, 3]), LONG)
-        .await
-        .unwrap();
+    let refreshed = s.refresh(&id(&a), &shards([1, 2, 3]), LONG).await.unwrap();
     assert_eq!(epochs(&refreshed), epochs(&held));
     outlive_short().await;
     // Past the original expiry the leases are still live: b cannot take them.
     assert!(
-        s.acquire(&b.address, &shards([1, 2]), LONG)
+        s.acquire(&id(&b), &shards([1, 2]), LONG)
             .await
             .unwrap()
             .is_empty()
     );
-    let again = s.refresh(&a.address, &shards([1, 2]), LONG).await.unwrap();
+    let again = s.refresh(&id(&a), &shards([1, 2]), LONG).await.unwrap();
     assert_eq!(epochs(&again), epochs(&held));
 }
 
 pub async fn refresh_does_not_renew_a_lapsed_lease(env: &Env) {
     let s = &*env.storage;
     let a = runner(1);
-    s.acquire(&a.address, &shards([1]), SHORT).await.unwrap();
+    s.acquire(&id(&a), &shards([1]), SHORT).await.unwrap();
     outlive_short().await;
     // Nobody took it, but it lapsed: refresh must not revive it.
     assert!(
-        s.refresh(&a.address, &shards([1]), LONG)
+        s.refresh(&id(&a), &shards([1]), LONG)
             .await
             .unwrap()
             .is_empty()
     );
     assert!(owners(s).await.is_empty());
     // Acquiring it again is a new grant, under a new epoch.
-    let again = s.acquire(&a.address, &shards([1]), LONG).await.unwrap();
+    let again = s.acquire(&id(&a), &shards([1]), LONG).await.unwrap();
     assert_eq!(epochs(&again), BTreeMap::from([(1, 2)]));
 }
 
 pub async fn release_hands_over_at_once(env: &Env) {
     let s = &*env.storage;
     let (a, b) = (runner(1), runner(2));
-    s.acquire(&a.address, &shards([1, 2]), LONG).await.unwrap();
-    s.release(&a.address, &shards([1])).await.unwrap();
-    let taken = s.acquire(&b.address, &shards([1, 2]), LONG).await.unwrap();
+    s.acquire(&id(&a), &shards([1, 2]), LONG).await.unwrap();
+    s.release(&id(&a), &shards([1])).await.unwrap();
+    let taken = s.acquire(&id(&b), &shards([1, 2]), LONG).await.unwrap();
     assert_eq!(epochs(&taken), BTreeMap::from([(1, 2)]));
     // a releasing a shard it no longer holds changes nothing.
-    s.release(&a.address, &shards([1])).await.unwrap();
+    s.release(&id(&a), &shards([1])).await.unwrap();
     let owners = owners(s).await;
     assert_eq!(owners[&1], (b.address.clone(), Epoch(2)));
     assert_eq!(owners[&2], (a.address.clone(), Epoch(1)));
     // a's refresh reports only what it still holds.
-    let refreshed = s.refresh(&a.address, &shards([1, 2]), LONG).await.unwrap();
+    let refreshed = s.refresh(&id(&a), &shards([1, 2]), LONG).await.unwrap();
     assert_eq!(epochs(&refreshed), BTreeMap::from([(2, 1)]));
     // Releasing nothing is fine.
-    s.release(&a.address, &[]).await.unwrap();
+    s.release(&id(&a), &[]).await.unwrap();
 }
 
 pub async fn release_all_hands_over_at_once(env: &Env) {
     let s = &*env.storage;
     let (a, b) = (runner(1), runner(2));
-    s.acquire(&a.address, &shards(1..=5), LONG).await.unwrap();
-    s.acquire(&b.address, &shards([6]), LONG).await.unwrap();
-    s.release_all(&a.address).await.unwrap();
+    s.acquire(&id(&a), &shards(1..=5), LONG).await.unwrap();
+    s.acquire(&id(&b), &shards([6]), LONG).await.unwrap();
+    s.release_all(&id(&a)).await.unwrap();
     assert_eq!(owners(s).await.keys().copied().collect::<Vec<_>>(), vec![6]);
-    let taken = s.acquire(&b.address, &shards(1..=6), LONG).await.unwrap();
-    let expected: BTreeMap<u32, u64> = (1..=5).map(|i| (i, 2)).chain([(6, 1)]).collect();
+    let taken = s.acquire(&id(&b), &shards(1..=6), LONG).await.unwrap();
+    // Every shard granted under a new epoch (also the one b held).
+    let expected: BTreeMap<u32, u64> = (1..=6).map(|i| (i, 2)).collect();
     assert_eq!(epochs(&taken), expected);
 }
 
@@ -323,35 +546,35 @@ pub async fn epochs_never_go_back(env: &Env) {
     let one = [shard(1)];
     let mut seen = Vec::new();
     let mut grant = async |who: &Runner, ttl| {
-        let held = s.acquire(&who.address, &one, ttl).await.unwrap();
+        let held = s.acquire(&id(who), &one, ttl).await.unwrap();
         assert_eq!(held.len(), 1);
         seen.push(held[0].epoch.0);
     };
     grant(&a, LONG).await; // 1
-    grant(&a, LONG).await; // still 1: held live
-    s.release(&a.address, &one).await.unwrap();
-    grant(&a, LONG).await; // 2: same runner after release
-    s.release_all(&a.address).await.unwrap();
-    grant(&b, SHORT).await; // 3: another runner
+    grant(&a, LONG).await; // 2: granted again while held live
+    s.release(&id(&a), &one).await.unwrap();
+    grant(&a, LONG).await; // 3: same runner after release
+    s.release_all(&id(&a)).await.unwrap();
+    grant(&b, SHORT).await; // 4: another runner
     outlive_short().await;
-    grant(&b, LONG).await; // 4: same runner after a lapse
-    s.release(&b.address, &one).await.unwrap();
-    grant(&a, LONG).await; // 5
-    assert_eq!(seen, vec![1, 1, 2, 3, 4, 5]);
+    grant(&b, LONG).await; // 5: same runner after a lapse
+    s.release(&id(&b), &one).await.unwrap();
+    grant(&a, LONG).await; // 6
+    assert_eq!(seen, vec![1, 2, 3, 4, 5, 6]);
 }
 
 pub async fn acquire_returns_only_requested_shards(env: &Env) {
     let s = &*env.storage;
     let a = runner(1);
-    s.acquire(&a.address, &shards(1..=5), LONG).await.unwrap();
-    let got = s.acquire(&a.address, &shards([6]), LONG).await.unwrap();
+    s.acquire(&id(&a), &shards(1..=5), LONG).await.unwrap();
+    let got = s.acquire(&id(&a), &shards([6]), LONG).await.unwrap();
     assert_eq!(ids(&got), BTreeSet::from([6]));
-    let refreshed = s.refresh(&a.address, &shards([2, 6]), LONG).await.unwrap();
+    let refreshed = s.refresh(&id(&a), &shards([2, 6]), LONG).await.unwrap();
     assert_eq!(ids(&refreshed), BTreeSet::from([2, 6]));
     // Shards of another group are other shards.
     let other: ShardId = "other:1".parse().unwrap();
     let got = s
-        .acquire(&a.address, std::slice::from_ref(&other), LONG)
+        .acquire(&id(&a), std::slice::from_ref(&other), LONG)
         .await
         .unwrap();
     assert_eq!(got.len(), 1);
@@ -361,10 +584,10 @@ pub async fn acquire_returns_only_requested_shards(env: &Env) {
 pub async fn leases_lists_live_leases_only(env: &Env) {
     let s = &*env.storage;
     let (a, b) = (runner(1), runner(2));
-    s.acquire(&a.address, &shards([1, 2]), LONG).await.unwrap();
-    s.acquire(&b.address, &shards([3]), SHORT).await.unwrap();
-    s.acquire(&b.address, &shards([4]), LONG).await.unwrap();
-    s.release(&a.address, &shards([2])).await.unwrap();
+    s.acquire(&id(&a), &shards([1, 2]), LONG).await.unwrap();
+    s.acquire(&id(&b), &shards([3]), SHORT).await.unwrap();
+    s.acquire(&id(&b), &shards([4]), LONG).await.unwrap();
+    s.release(&id(&a), &shards([2])).await.unwrap();
     outlive_short().await;
     let owners = owners(s).await;
     assert_eq!(
@@ -385,12 +608,25 @@ pub async fn prefix_isolation(env: &Env) {
         .await;
     let s = &*env.storage;
     let (a, b) = (runner(1), runner(2));
-    let ma = s.register(&a, true, LONG).await.unwrap();
-    let mb = other.register(&b, true, LONG).await.unwrap();
-    // Each prefix has its own machine id sequence.
-    assert_eq!(ma, mb);
-    let mine = s.acquire(&a.address, &shards([1]), LONG).await.unwrap();
-    let theirs = other.acquire(&b.address, &shards([1]), LONG).await.unwrap();
+    s.register(&a, id(&a).incarnation, true, LONG)
+        .await
+        .unwrap();
+    other
+        .register(&b, id(&b).incarnation, true, LONG)
+        .await
+        .unwrap();
+    // Each prefix has its own machine ids.
+    let ma = s
+        .lease_machine_id(id(&a).incarnation, now_ms(), LONG)
+        .await
+        .unwrap();
+    let mb = other
+        .lease_machine_id(id(&b).incarnation, now_ms(), LONG)
+        .await
+        .unwrap();
+    assert_eq!(ma.machine_id, mb.machine_id);
+    let mine = s.acquire(&id(&a), &shards([1]), LONG).await.unwrap();
+    let theirs = other.acquire(&id(&b), &shards([1]), LONG).await.unwrap();
     assert_eq!(epochs(&mine), BTreeMap::from([(1, 1)]));
     assert_eq!(epochs(&theirs), BTreeMap::from([(1, 1)]));
     assert_eq!(listed(s).await.keys().collect::<Vec<_>>(), vec![&a.address]);
@@ -400,7 +636,7 @@ pub async fn prefix_isolation(env: &Env) {
     );
     assert_eq!(owners(s).await[&1].0, a.address);
     assert_eq!(owners(&*other).await[&1].0, b.address);
-    s.release_all(&a.address).await.unwrap();
+    s.release_all(&id(&a)).await.unwrap();
     assert_eq!(owners(&*other).await[&1].0, b.address);
     if env.kind == Kind::Postgres {
         crate::harness::drop_postgres_tables(&crate::harness::database_url(), &other_prefix).await;
@@ -442,6 +678,9 @@ pub async fn migrations_are_idempotent(env: &Env) {
     // Opening another handle migrates again (a no-op), and so does an explicit call.
     let again = env.handle().await;
     let a = runner(1);
-    again.register(&a, true, LONG).await.unwrap();
+    again
+        .register(&a, id(&a).incarnation, true, LONG)
+        .await
+        .unwrap();
     assert_eq!(listed(&*env.storage).await.len(), 1);
 }

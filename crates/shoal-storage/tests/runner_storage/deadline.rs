@@ -6,7 +6,7 @@ use std::time::Duration;
 use shoal_storage::{PostgresRunnerStorage, RunnerStorage, SqliteRunnerStorage, StorageError};
 use sqlx::{Connection, Executor};
 
-use crate::cases::{LONG, runner, shards};
+use crate::cases::{LONG, id, runner, shards};
 use crate::harness::{Env, Kind};
 
 const DEADLINE: Duration = Duration::from_millis(500);
@@ -44,10 +44,7 @@ async fn postgres(env: &Env) {
     let storage = PostgresRunnerStorage::connect(&url, options).await.unwrap();
     let pool = storage.inner().pool().clone();
     let (a, b) = (runner(1), runner(2));
-    storage
-        .acquire(&a.address, &shards([1]), LONG)
-        .await
-        .unwrap();
+    storage.acquire(&id(&a), &shards([1]), LONG).await.unwrap();
     let pid_before: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
         .fetch_one(&pool)
         .await
@@ -66,11 +63,11 @@ async fn postgres(env: &Env) {
         .unwrap();
 
     assert_timeout(
-        storage.acquire(&b.address, &shards([1]), LONG).await,
+        storage.acquire(&id(&b), &shards([1]), LONG).await,
         "acquire",
     );
     assert_timeout(
-        storage.refresh(&a.address, &shards([1]), LONG).await,
+        storage.refresh(&id(&a), &shards([1]), LONG).await,
         "refresh",
     );
 
@@ -79,14 +76,11 @@ async fn postgres(env: &Env) {
 
     // The next calls work, on a new connection: the one that hung was closed, not pooled. The
     // lease is still a's: the calls that timed out changed nothing.
-    let got = storage
-        .refresh(&a.address, &shards([1]), LONG)
-        .await
-        .unwrap();
+    let got = storage.refresh(&id(&a), &shards([1]), LONG).await.unwrap();
     assert_eq!(got.len(), 1);
     assert!(
         storage
-            .acquire(&b.address, &shards([1]), LONG)
+            .acquire(&id(&b), &shards([1]), LONG)
             .await
             .unwrap()
             .is_empty()
@@ -111,10 +105,7 @@ async fn sqlite_file(env: &Env) {
         .with_migrate(false);
     let storage = SqliteRunnerStorage::open_file(path, options).await.unwrap();
     let (a, b) = (runner(1), runner(2));
-    storage
-        .acquire(&a.address, &shards([1]), LONG)
-        .await
-        .unwrap();
+    storage.acquire(&id(&a), &shards([1]), LONG).await.unwrap();
 
     // Another connection (another process, as far as SQLite is concerned) takes the write lock
     // and sits on it.
@@ -123,25 +114,19 @@ async fn sqlite_file(env: &Env) {
     blocker.execute("BEGIN IMMEDIATE").await.unwrap();
 
     assert_timeout(
-        storage.acquire(&b.address, &shards([2]), LONG).await,
+        storage.acquire(&id(&b), &shards([2]), LONG).await,
         "acquire",
     );
     assert_timeout(
-        storage.refresh(&a.address, &shards([1]), LONG).await,
+        storage.refresh(&id(&a), &shards([1]), LONG).await,
         "refresh",
     );
 
     blocker.execute("ROLLBACK").await.unwrap();
     blocker.close().await.unwrap();
 
-    let got = storage
-        .refresh(&a.address, &shards([1]), LONG)
-        .await
-        .unwrap();
+    let got = storage.refresh(&id(&a), &shards([1]), LONG).await.unwrap();
     assert_eq!(got.len(), 1);
-    let got = storage
-        .acquire(&b.address, &shards([2]), LONG)
-        .await
-        .unwrap();
+    let got = storage.acquire(&id(&b), &shards([2]), LONG).await.unwrap();
     assert_eq!(got.len(), 1);
 }

@@ -33,7 +33,11 @@ macro_rules! conformance {
 macro_rules! backend {
     ($backend:ident => $kind:expr; $($path:ident :: $case:ident),* $(,)?) => {
         conformance!($backend => $kind;
-            cases::register_assigns_unique_machine_ids,
+            cases::machine_ids_are_unique_among_live_processes,
+            cases::a_lapsed_machine_id_is_taken_after_its_reservation,
+            cases::a_live_address_is_refused_to_another_incarnation,
+            cases::leases_belong_to_an_incarnation,
+            cases::cluster_parameters_are_stored_once,
             cases::unregister_removes_only_that_runner,
             cases::unregister_forgets_long_dead_runners,
             cases::lapsed_runner_reappears_on_refresh,

@@ -9,7 +9,7 @@ use parking_lot::Mutex;
 use shoal_protocol::{RunnerAddress, ShardId};
 use shoal_storage::{Epoch, HeldShard, RunnerStorage};
 
-use crate::cases::{runner, shards};
+use crate::cases::{id, runner, shards};
 use crate::harness::Env;
 
 const RUNNERS: usize = 8;
@@ -116,7 +116,10 @@ impl Checker {
 
 async fn run_runner(who: usize, storage: Arc<dyn RunnerStorage>, checker: Arc<Mutex<Checker>>) {
     let me = runner(10_000 + who as u16);
-    storage.register(&me, true, TTL * 10).await.unwrap();
+    storage
+        .register(&me, id(&me).incarnation, true, TTL * 10)
+        .await
+        .unwrap();
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (who as u64 + 1).wrapping_mul(0xbf58_476d_1ce4_e5b9));
     let mut held: Vec<ShardId> = Vec::new();
     for _ in 0..ROUNDS {
@@ -133,7 +136,7 @@ async fn run_runner(who: usize, storage: Arc<dyn RunnerStorage>, checker: Arc<Mu
                 };
                 let asked = shards((from..from + len).map(|i| (i - 1) % SHARDS + 1));
                 let started = Instant::now();
-                let got = storage.acquire(&me.address, &asked, TTL).await.unwrap();
+                let got = storage.acquire(&id(&me), &asked, TTL).await.unwrap();
                 checker.lock().observe(who, started, &asked, &got);
                 let mut set: HashSet<ShardId> = held.drain(..).collect();
                 set.extend(got.into_iter().map(|h| h.shard));
@@ -142,7 +145,7 @@ async fn run_runner(who: usize, storage: Arc<dyn RunnerStorage>, checker: Arc<Mu
             // Refresh what it holds.
             9..=13 => {
                 let started = Instant::now();
-                let got = storage.refresh(&me.address, &held, TTL).await.unwrap();
+                let got = storage.refresh(&id(&me), &held, TTL).await.unwrap();
                 checker.lock().observe(who, started, &held, &got);
                 held = got.into_iter().map(|h| h.shard).collect();
             }
@@ -156,7 +159,7 @@ async fn run_runner(who: usize, storage: Arc<dyn RunnerStorage>, checker: Arc<Mu
                         checker.lose(who, shard);
                     }
                 }
-                storage.release(&me.address, &released).await.unwrap();
+                storage.release(&id(&me), &released).await.unwrap();
             }
             16 => {
                 {
@@ -166,7 +169,7 @@ async fn run_runner(who: usize, storage: Arc<dyn RunnerStorage>, checker: Arc<Mu
                     }
                 }
                 held.clear();
-                storage.release_all(&me.address).await.unwrap();
+                storage.release_all(&id(&me)).await.unwrap();
             }
             // Pause long enough for some of its leases to lapse (waiting for time to pass).
             _ => {

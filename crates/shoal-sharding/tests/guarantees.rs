@@ -1,0 +1,509 @@
+//! The runtime's promises under the ways they used to break without any storage fault: process
+//! identity (machine ids, incarnations, cluster parameters) and entity lifecycle (one live
+//! instance per entity, writes fenced by the epoch an instance started under, no delivery on an
+//! unconfirmed lease).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use common::{counter_definition, eventually, fast_config, init_logs};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use shoal_protocol::{
+    EntityAddress, ErrorCode, Headers, Incarnation, ReplyFrame, Request, Runner, RunnerAddress,
+    RunnerId, ShardGroup, Snowflake,
+};
+use shoal_sharding::{
+    Entity, EntityContext, EntityDefinition, Handler, HandlerError, InProcessNetwork, Message,
+    Sharding, ShardingConfig,
+};
+use shoal_storage::testing::{Fault, FaultyRunnerStorage};
+use shoal_storage::{EntityKv, MemoryEntityKv, MemoryRunnerStorage, RunnerStorage};
+use tokio::sync::Notify;
+
+fn address(port: u16) -> RunnerAddress {
+    format!("127.0.0.1:{port}").parse().unwrap()
+}
+
+async fn start_runner(
+    config: ShardingConfig,
+    storage: Arc<dyn RunnerStorage>,
+    network: &Arc<InProcessNetwork>,
+    at: RunnerAddress,
+) -> Result<Sharding, shoal_sharding::StartError> {
+    Sharding::builder(config)
+        .storage(storage)
+        .in_process(network)
+        .runner(at)
+        .entity(counter_definition())
+        .start()
+        .await
+}
+
+// ---------------------------------------------------------------------------------------------
+// Identity.
+
+/// After many registrations in a long-lived cluster (every restart is one), and for client-only
+/// processes, no two live processes stamp ids with the same machine bits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_processes_never_share_machine_bits() {
+    init_logs();
+    let memory = Arc::new(MemoryRunnerStorage::new());
+    let storage: Arc<dyn RunnerStorage> = memory.clone();
+    let network = InProcessNetwork::new();
+    let config = fast_config().build().unwrap();
+    let first = start_runner(config.clone(), storage.clone(), &network, address(42_001))
+        .await
+        .unwrap();
+    // Processes come and go (restarts, deploys) while the first one lives on: each registers,
+    // leases a machine id, and gives both back when it stops.
+    for port in 0..1023u16 {
+        let churn = Runner::new(
+            address(50_000 + port),
+            [ShardGroup::default_group()],
+            1.try_into().unwrap(),
+        );
+        let id = RunnerId::new(churn.address.clone(), Incarnation::random());
+        storage
+            .register(&churn, id.incarnation, true, Duration::from_secs(5))
+            .await
+            .unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        let machine = storage
+            .lease_machine_id(id.incarnation, now, Duration::from_secs(60))
+            .await
+            .unwrap();
+        storage
+            .release_machine_id(machine.machine_id, id.incarnation, now)
+            .await
+            .unwrap();
+        storage.unregister(&id).await.unwrap();
+    }
+    let second = start_runner(config.clone(), storage.clone(), &network, address(42_002))
+        .await
+        .unwrap();
+    let clients = [
+        Sharding::builder(config.clone())
+            .storage(storage.clone())
+            .in_process(&network)
+            .client_only()
+            .start()
+            .await
+            .unwrap(),
+        Sharding::builder(config.clone())
+            .storage(storage.clone())
+            .in_process(&network)
+            .client_only()
+            .start()
+            .await
+            .unwrap(),
+    ];
+    let mut seen = HashMap::new();
+    for (who, process) in [
+        ("first runner", &first),
+        ("second runner", &second),
+        ("first client", &clients[0]),
+        ("second client", &clients[1]),
+    ] {
+        let machine = process
+            .machine_id()
+            .unwrap_or_else(|| panic!("the {who} has no machine id from storage"));
+        let bits = machine.0 & 1023;
+        if let Some(other) = seen.insert(bits, who) {
+            panic!("the {who} and the {other} both stamp ids with machine bits {bits}");
+        }
+    }
+    for process in clients.iter().chain([&first, &second]) {
+        process.shutdown().await;
+    }
+}
+
+/// A second process given the address of a live runner (a duplicated `advertise_host`, a
+/// restart while the old process is frozen) must not become a second owner of its shards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_process_at_a_live_runners_address_is_refused() {
+    init_logs();
+    let storage: Arc<dyn RunnerStorage> = Arc::new(MemoryRunnerStorage::new());
+    let config = fast_config().build().unwrap();
+    let at = address(42_011);
+    let first = start_runner(
+        config.clone(),
+        storage.clone(),
+        &InProcessNetwork::new(),
+        at.clone(),
+    )
+    .await
+    .unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "the first runner holds every shard",
+        || first.active_shards().len() == 60,
+    )
+    .await;
+    let second = start_runner(
+        config.clone(),
+        storage.clone(),
+        &InProcessNetwork::new(),
+        at.clone(),
+    )
+    .await;
+    match second {
+        Err(error) => {
+            let text = error.to_string();
+            assert!(
+                text.contains(at.as_str()),
+                "the error names the address: {text}"
+            );
+        }
+        Ok(second) => {
+            let mine: HashSet<_> = first.active_shards().into_iter().collect();
+            let both = second
+                .active_shards()
+                .into_iter()
+                .filter(|s| mine.contains(s))
+                .count();
+            panic!("a second process at {at} started; {both} shards are served by both");
+        }
+    }
+    first.shutdown().await;
+}
+
+/// Runners that map ids to shards differently must not share a cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_with_another_shard_count_refuses_to_start() {
+    init_logs();
+    let storage: Arc<dyn RunnerStorage> = Arc::new(MemoryRunnerStorage::new());
+    let network = InProcessNetwork::new();
+    let first = start_runner(
+        fast_config().build().unwrap(),
+        storage.clone(),
+        &network,
+        address(42_021),
+    )
+    .await
+    .unwrap();
+    let other = fast_config().shards_per_group(30).build().unwrap();
+    let runner = start_runner(other.clone(), storage.clone(), &network, address(42_022)).await;
+    let error = runner.expect_err("a runner with 30 shards per group is refused");
+    assert!(
+        error.to_string().contains("shards_per_group"),
+        "the error names the setting: {error}"
+    );
+    let client = Sharding::builder(other)
+        .storage(storage.clone())
+        .in_process(&network)
+        .client_only()
+        .start()
+        .await;
+    let error = client.expect_err("a client with 30 shards per group is refused");
+    assert!(error.to_string().contains("shards_per_group"), "{error}");
+    first.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Entity lifecycle: an entity whose state lives in its KV, saved when it deactivates.
+
+/// Test hooks per entity id (ids are unique per test).
+#[derive(Default)]
+struct Hooks {
+    /// Set once `deactivate` has started.
+    deactivating: Notify,
+    /// `deactivate` waits for this before it saves.
+    save: Notify,
+    /// A task spawned by a handler waits for this before it writes.
+    write: Notify,
+    /// What that late write got.
+    late_write: Mutex<Option<Result<(), String>>>,
+}
+
+static HOOKS: LazyLock<Mutex<HashMap<String, Arc<Hooks>>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
+
+fn hooks(id: &str) -> Arc<Hooks> {
+    HOOKS.lock().entry(id.to_owned()).or_default().clone()
+}
+
+struct Saver {
+    n: i64,
+    hooks: Arc<Hooks>,
+}
+
+impl Entity for Saver {
+    const TYPE: &'static str = "saver";
+
+    async fn activate(ctx: &EntityContext) -> Result<Self, HandlerError> {
+        let kv = ctx.kv().expect("entity kv");
+        let n = match kv.get("n").await.map_err(HandlerError::fatal)? {
+            Some(bytes) => String::from_utf8_lossy(&bytes).parse().unwrap_or(0),
+            None => 0,
+        };
+        Ok(Saver {
+            n,
+            hooks: hooks(ctx.address().entity_id.as_str()),
+        })
+    }
+
+    async fn deactivate(&mut self, ctx: &EntityContext) {
+        self.hooks.deactivating.notify_one();
+        self.hooks.save.notified().await;
+        if let Some(kv) = ctx.kv() {
+            let _ = kv.put("n", self.n.to_string()).await;
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Bump;
+
+impl Message for Bump {
+    const TAG: &'static str = "bump";
+    type Reply = i64;
+}
+
+impl Handler<Bump> for Saver {
+    async fn handle(&mut self, _: Bump, _: &EntityContext) -> Result<i64, HandlerError> {
+        self.n += 1;
+        Ok(self.n)
+    }
+}
+
+/// Spawns a task that keeps the handler's context and writes to the entity's KV later.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct WriteLater;
+
+impl Message for WriteLater {
+    const TAG: &'static str = "write_later";
+    type Reply = ();
+}
+
+impl Handler<WriteLater> for Saver {
+    async fn handle(&mut self, _: WriteLater, ctx: &EntityContext) -> Result<(), HandlerError> {
+        let ctx = ctx.clone();
+        let hooks = self.hooks.clone();
+        tokio::spawn(async move {
+            hooks.write.notified().await;
+            let result = match ctx.kv() {
+                Some(kv) => kv.put("late", "stale").await.map_err(|e| e.to_string()),
+                None => Err("no kv".to_owned()),
+            };
+            *hooks.late_write.lock() = Some(result);
+        });
+        Ok(())
+    }
+}
+
+fn saver_definition() -> EntityDefinition<Saver> {
+    EntityDefinition::<Saver>::new()
+        .handle::<Bump>()
+        .handle::<WriteLater>()
+        .max_idle_time(Duration::from_millis(50))
+}
+
+fn unique(test: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{test}-{nanos:x}")
+}
+
+/// A new instance of an entity must not start while the previous one is still deactivating: it
+/// would load state the old one has not saved yet, and the old one's late save would then
+/// overwrite the new one's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_instance_waits_for_the_previous_one_to_deactivate() {
+    init_logs();
+    let memory = Arc::new(MemoryRunnerStorage::new());
+    let kv: Arc<dyn EntityKv> = Arc::new(MemoryEntityKv::new(memory.clone()));
+    let runner = Sharding::builder(fast_config().build().unwrap())
+        .storage(memory.clone())
+        .entity_kv(kv)
+        .in_process(&InProcessNetwork::new())
+        .runner(address(42_031))
+        .entity(saver_definition())
+        .start()
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "the runner holds its shards",
+        || runner.active_shards().len() == 60,
+    )
+    .await;
+    let id = unique("passivation");
+    let hooks = hooks(&id);
+    let savers = runner.client::<Saver>();
+    assert_eq!(savers.call(&id, Bump).await.unwrap(), 1);
+    // The instance idles out and starts deactivating; its save is held back.
+    hooks.deactivating.notified().await;
+    let second = tokio::spawn({
+        let savers = savers.clone();
+        let id = id.clone();
+        async move { savers.call(&id, Bump).await }
+    });
+    let mut second = second;
+    let early = tokio::time::timeout(Duration::from_millis(300), &mut second).await;
+    hooks.save.notify_one();
+    let reply = match early {
+        Ok(done) => done.unwrap(),
+        Err(_) => second.await.unwrap(),
+    };
+    assert_eq!(
+        reply.unwrap(),
+        2,
+        "the second instance must see the state the first one saved"
+    );
+    // Let the second instance save too, then stop.
+    hooks.save.notify_one();
+    runner.shutdown().await;
+}
+
+/// A task a handler spawned keeps its `EntityContext`; after the runner lost the shard and took
+/// it again, that task must not write over the new instance's state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_carry_the_epoch_the_instance_started_under() {
+    init_logs();
+    let memory = Arc::new(MemoryRunnerStorage::new());
+    let faulty = Arc::new(FaultyRunnerStorage::new(memory.clone()));
+    let kv: Arc<dyn EntityKv> = Arc::new(MemoryEntityKv::new(memory.clone()));
+    let runner = Sharding::builder(fast_config().build().unwrap())
+        .storage(faulty.clone())
+        .entity_kv(kv)
+        .in_process(&InProcessNetwork::new())
+        .runner(address(42_041))
+        .entity(saver_definition())
+        .start()
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "the runner holds its shards",
+        || runner.active_shards().len() == 60,
+    )
+    .await;
+    let id = unique("epoch");
+    let hooks = hooks(&id);
+    let shard = runner.shard_of::<Saver>(&id.parse().unwrap());
+    runner
+        .client::<Saver>()
+        .call(&id, WriteLater)
+        .await
+        .unwrap();
+    let before = runner.shard_epoch(&shard).unwrap();
+    // Lease storage fails: the runner stops its entities before its leases can lapse.
+    faulty.set_fault(Fault::Fail);
+    eventually(
+        Duration::from_secs(10),
+        "the runner lets the shard go",
+        || !runner.holds(&shard),
+    )
+    .await;
+    // Storage is back: the runner takes the shard again.
+    faulty.set_fault(Fault::None);
+    eventually(
+        Duration::from_secs(10),
+        "the runner holds the shard again",
+        || runner.holds(&shard),
+    )
+    .await;
+    hooks.save.notify_one();
+    hooks.write.notify_one();
+    eventually(Duration::from_secs(10), "the late write finished", || {
+        hooks.late_write.lock().is_some()
+    })
+    .await;
+    let late = hooks.late_write.lock().clone().unwrap();
+    assert!(
+        late.as_ref().is_err_and(|e| e.contains("refused")),
+        "a write from the instance of epoch {before} after the shard was taken again (epoch \
+         {:?}) must be fenced, got {late:?}",
+        runner.shard_epoch(&shard)
+    );
+    runner.shutdown().await;
+}
+
+/// A runner that was frozen (SIGSTOP, a VM pause) longer than its lease must not serve a call
+/// before it has confirmed its lease again, even if its watchdog has not run yet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runner_back_from_a_freeze_refuses_calls_until_its_lease_is_confirmed() {
+    init_logs();
+    let memory = Arc::new(MemoryRunnerStorage::new());
+    let storage: Arc<dyn RunnerStorage> = memory.clone();
+    let network = InProcessNetwork::new();
+    let config = fast_config().build().unwrap();
+    let (freeze_tx, freeze_rx) = tokio::sync::oneshot::channel::<()>();
+    // The frozen runner runs alone on a current-thread runtime: blocking that thread stops
+    // everything it does (lease keeper, watchdog, timers), as SIGSTOP would.
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+    let frozen = std::thread::spawn({
+        let (storage, network, config) = (storage.clone(), network.clone(), config.clone());
+        move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let a = start_runner(config, storage, &network, address(42_051))
+                    .await
+                    .unwrap();
+                started_tx.send(a.clone()).ok();
+                freeze_rx.await.ok();
+                // Frozen: this thread is its runtime's only thread.
+                std::thread::sleep(Duration::from_secs(4));
+                a.shutdown().await;
+            });
+        }
+    });
+    let a = started_rx.await.unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "the first runner holds every shard",
+        || a.active_shards().len() == 60,
+    )
+    .await;
+    freeze_tx.send(()).unwrap();
+    // Another runner takes the shards once the frozen runner's leases lapse.
+    let b = start_runner(config.clone(), storage.clone(), &network, address(42_052))
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(3),
+        "the second runner holds every shard",
+        || b.active_shards().len() == 60,
+    )
+    .await;
+    // The frozen runner still believes it holds them; a call delivered to it now is refused.
+    let entity = "frozen-call".parse().unwrap();
+    let request = Request {
+        id: Snowflake::from_raw(1),
+        address: EntityAddress::new(
+            a.shard_in(&ShardGroup::default_group(), &entity),
+            "counter".parse().unwrap(),
+            entity,
+        ),
+        tag: "get".parse().unwrap(),
+        payload: bytes::Bytes::from_static(b"null"),
+        headers: Headers::new(),
+        persisted: false,
+        timeout: Some(Duration::from_secs(1)),
+        streaming: false,
+    };
+    let answer = tokio::time::timeout(Duration::from_secs(1), a.handle_request(request)).await;
+    match answer {
+        Ok(ReplyFrame::Failure(failure)) if failure.code == ErrorCode::EntityNotAssigned => {}
+        other => panic!(
+            "a runner whose lease is not confirmed served a call while another runner holds the \
+             shard: {other:?}"
+        ),
+    }
+    frozen.join().unwrap();
+    b.shutdown().await;
+}
