@@ -67,3 +67,7 @@ pub use spec::{WorkerOptions, WorkerSource, WorkerSpec};
 
 /// The `shoal.worker.v1` protocol version this crate speaks.
 pub const PROTOCOL_VERSION: u32 = 1;
+
+/// How many KV requests of one session the runner holds by default (queued, running, or answered
+/// and not yet handed to the transport; [`WorkerOptions::max_kv_in_flight`]).
+pub const DEFAULT_MAX_KV_IN_FLIGHT: usize = 256;
