@@ -288,3 +288,54 @@ async fn a_kv_flood_is_held_to_the_cap_with_backpressure() {
     hosted.stop().await;
     server.stop();
 }
+
+/// A handler of a Rust SDK worker that makes far more KV requests at once than the limit, while
+/// storage answers nothing: the SDK sends at most its limit (the same as the runner's by
+/// default), so the runner holds exactly that many and never has to stop reading the session.
+/// Every request is answered once storage answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sdk_keeps_its_kv_requests_under_the_runners_cap() {
+    let dir = short_tempdir();
+    let gate = Arc::new(Mutex::new(None::<Arc<GatedKv>>));
+    let spec = common::test_worker_spec(dir.path(), &[])
+        .options(common::fast_options().request_timeout(Duration::from_secs(60)));
+    let hosted = Hosted::start_with_kv(spec, |kv| {
+        let gated = GatedKv::closed(kv);
+        *gate.lock() = Some(gated.clone());
+        gated
+    })
+    .await;
+    let gate = gate.lock().clone().unwrap();
+    let limit = shoal_worker::DEFAULT_MAX_KV_IN_FLIGHT;
+    let burst = {
+        let client = hosted.client("probe");
+        tokio::spawn(async move {
+            client
+                .call(
+                    "a",
+                    "kv",
+                    Bytes::from("burst 2000"),
+                    shoal_sharding::CallOptions::default(),
+                )
+                .await
+        })
+    };
+    eventually(|| {
+        let full = hosted.host.kv_in_flight() >= limit;
+        async move { full }
+    })
+    .await;
+    assert_eq!(hosted.host.kv_in_flight(), limit);
+    gate.open();
+    let reply = burst.await.unwrap().unwrap();
+    assert_eq!(&reply[..], b"answered 2000");
+    assert_eq!(
+        hosted.host.kv_backpressure_pauses(),
+        0,
+        "the SDK sent more KV requests than the runner holds"
+    );
+    // Normal KV calls still work.
+    assert_eq!(hosted.call("a", "kv", "put x=1").await.unwrap(), "ok");
+    assert_eq!(hosted.call("a", "kv", "get x").await.unwrap(), "1");
+    hosted.stop().await;
+}
