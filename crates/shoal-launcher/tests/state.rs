@@ -153,6 +153,67 @@ async fn a_symlinked_state_dir_is_refused() {
     assert_eq!(StateDir::open(&real).unwrap().path(), real);
 }
 
+/// The files the launcher reads and writes by path inside the state directory are not followed
+/// through symbolic links: the metadata's temporary file, the metadata a status reads, the
+/// lock's PID stamp.
+#[test]
+fn slot_files_are_not_followed_through_symlinks() {
+    let root = tempfile::tempdir().unwrap();
+    let state_dir = StateDir::open(root.path().join("state")).unwrap();
+    let paths = state_dir.paths(&hash("13ddf92fa852a381"));
+    let meta_path = paths.meta.clone().unwrap();
+    let victim = root.path().join("victim");
+    std::fs::write(&victim, br#"{"cmd":["planted"],"launcher_pid":1}"#).unwrap();
+
+    // Writing the metadata does not write through a link planted at its temporary name.
+    let mut tmp = meta_path.clone();
+    tmp.set_extension(format!("meta.tmp{}", std::process::id()));
+    std::os::unix::fs::symlink(&victim, &tmp).unwrap();
+    let meta = Meta {
+        cmd: vec!["worker".to_owned()],
+        cwd: "/w".to_owned(),
+        socket: paths.socket.to_string_lossy().into_owned(),
+        started_at: StartedAt::now(),
+        launcher_pid: 1,
+    };
+    let error = meta.write(&meta_path).unwrap_err();
+    assert!(error.to_string().contains("symbolic link"), "{error}");
+    assert!(
+        std::fs::symlink_metadata(&tmp).is_err(),
+        "the planted link is removed"
+    );
+    assert_eq!(
+        std::fs::read(&victim).unwrap(),
+        br#"{"cmd":["planted"],"launcher_pid":1}"#
+    );
+    // With the link gone, the next write works.
+    meta.write(&meta_path).unwrap();
+    assert_eq!(
+        shoal_launcher::MetaFields::read(&meta_path).cmd,
+        ["worker".to_owned()]
+    );
+
+    // Reading: a metadata file that is a link reads as empty.
+    let _ = std::fs::remove_file(&meta_path);
+    std::os::unix::fs::symlink(&victim, &meta_path).unwrap();
+    assert_eq!(
+        shoal_launcher::MetaFields::read(&meta_path).cmd,
+        Vec::<String>::new()
+    );
+
+    // A lock file that is a link to a file stamped with a live PID is not read as held.
+    let stamped = root.path().join("stamped");
+    std::fs::write(&stamped, std::process::id().to_string()).unwrap();
+    std::os::unix::fs::symlink(&stamped, &paths.lock).unwrap();
+    assert_eq!(shoal_launcher::read_stamp_at(&paths.lock), None);
+    // Nor locked through.
+    assert!(try_acquire(&paths.lock).is_err());
+    assert_eq!(
+        std::fs::read_to_string(&stamped).unwrap(),
+        std::process::id().to_string()
+    );
+}
+
 fn write_meta(state_dir: &StateDir, hash: &TupleHash, cmd: &str) {
     let paths = state_dir.paths(hash);
     Meta {
