@@ -17,6 +17,8 @@ pub const RETRY: &str = "lanes.retry";
 pub const DEAD_LETTER: &str = "lanes.dead-letter";
 /// A lane token was refused.
 pub const AUTH_FAILURE: &str = "lanes.auth-failure";
+/// A call was refused because the exposure's replay guard is full of unexpired token ids.
+pub const REPLAY_GUARD_FULL: &str = "lanes.replay-guard-full";
 /// A task or event was sent to another process through an RPC lane.
 pub const REMOTE_CALL: &str = "lanes.remote-call";
 /// The exposure server was not started (nothing served).

@@ -57,6 +57,7 @@ pub struct ExposureConfig {
     pub(crate) edge: EdgeAuth,
     pub(crate) max_request_bytes: usize,
     pub(crate) replay_protection: bool,
+    pub(crate) replay_capacity: usize,
 }
 
 impl ExposureConfig {
@@ -67,6 +68,7 @@ impl ExposureConfig {
             edge,
             max_request_bytes: 2 * 1024 * 1024,
             replay_protection: false,
+            replay_capacity: crate::auth::DEFAULT_REPLAY_CAPACITY,
         }
     }
 
@@ -80,6 +82,17 @@ impl ExposureConfig {
     /// Refuse a lane token whose `jti` was already used within its lifetime (per process).
     pub fn replay_protection(mut self, enabled: bool) -> Self {
         self.replay_protection = enabled;
+        self
+    }
+
+    /// How many unexpired token ids replay protection remembers (default
+    /// [`crate::DEFAULT_REPLAY_CAPACITY`]; at least 1). A token id is remembered until its `exp`
+    /// plus the lane's clock skew. When the guard is full, a call with a new token is refused
+    /// with `lanes-replay-guard-full` (gRPC `UNAVAILABLE`; the call did not run) until ids expire:
+    /// forgetting an unexpired id instead would allow that token to be replayed. Size it for the
+    /// peak call rate times the token window (TTL + clock skew, 90 s by default).
+    pub fn replay_capacity(mut self, capacity: usize) -> Self {
+        self.replay_capacity = capacity;
         self
     }
 }
@@ -182,6 +195,11 @@ impl ExposureService {
                 tonic::Code::Unauthenticated,
                 "lanes-auth-unauthorized",
                 "unauthorized",
+            )),
+            ServeFailure::ReplayGuardFull => Err(refusal(
+                tonic::Code::Unavailable,
+                "lanes-replay-guard-full",
+                "the replay guard is full; the call did not run, retry later with a fresh token",
             )),
             ServeFailure::Unavailable => Err(refusal(
                 tonic::Code::Unavailable,

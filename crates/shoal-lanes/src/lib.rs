@@ -68,8 +68,8 @@ mod runtime;
 mod topology;
 
 pub use auth::{
-    Algorithm, AuthError, KeyError, LaneAuth, LaneClaims, MIN_HMAC_SECRET_LEN, Subject, TargetKind,
-    Unauthorized, context_hash, payload_hash,
+    Algorithm, AuthError, DEFAULT_MAX_TOKEN_LIFETIME, DEFAULT_REPLAY_CAPACITY, KeyError, LaneAuth,
+    LaneClaims, MIN_HMAC_SECRET_LEN, Subject, TargetKind, Unauthorized, context_hash, payload_hash,
 };
 pub use communicator::{Communicator, GrpcCommunicator, RemoteCall, RemoteError};
 pub use context::CallContext;

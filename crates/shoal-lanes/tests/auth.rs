@@ -374,3 +374,52 @@ fn queued_events_are_checked_against_their_enqueue_time() {
             .is_ok()
     );
 }
+
+/// A call token's lifetime is bounded (default one hour, never below the verifier's own TTL):
+/// an absurd `exp` is refused without overflowing, whatever the clock skew.
+#[test]
+fn call_token_lifetime_is_bounded() {
+    let cx = CallContext::new();
+    let verifier = LaneAuth::hmac(HMAC_SECRET)
+        .unwrap()
+        .clock_skew(Duration::from_secs(u64::MAX));
+    let forever = LaneAuth::hmac(HMAC_SECRET).unwrap().ttl(Duration::MAX);
+    let token = forever.sign_at(&subject(b"1", &cx), NOW).unwrap().unwrap();
+    assert_eq!(
+        reason(verifier.verify_call_at(Some(&token), &subject(b"1", &cx), NOW)),
+        Unauthorized::LifetimeTooLong
+    );
+    // One hour is accepted by default, a second more is not.
+    let hour = LaneAuth::hmac(HMAC_SECRET)
+        .unwrap()
+        .ttl(DEFAULT_MAX_TOKEN_LIFETIME);
+    let token = hour.sign_at(&subject(b"1", &cx), NOW).unwrap().unwrap();
+    let default = LaneAuth::hmac(HMAC_SECRET).unwrap();
+    assert!(
+        default
+            .verify_call_at(Some(&token), &subject(b"1", &cx), NOW)
+            .is_ok()
+    );
+    let longer = LaneAuth::hmac(HMAC_SECRET)
+        .unwrap()
+        .ttl(DEFAULT_MAX_TOKEN_LIFETIME + Duration::from_secs(1));
+    let token = longer.sign_at(&subject(b"1", &cx), NOW).unwrap().unwrap();
+    assert_eq!(
+        reason(default.verify_call_at(Some(&token), &subject(b"1", &cx), NOW)),
+        Unauthorized::LifetimeTooLong
+    );
+    // The verifier's own TTL raises the bound, and so does the setting.
+    assert!(
+        longer
+            .verify_call_at(Some(&token), &subject(b"1", &cx), NOW)
+            .is_ok()
+    );
+    let tight = default.clone().max_token_lifetime(Duration::from_secs(30));
+    let token = default.sign_at(&subject(b"1", &cx), NOW).unwrap().unwrap();
+    assert!(
+        tight
+            .verify_call_at(Some(&token), &subject(b"1", &cx), NOW)
+            .is_ok(),
+        "the own TTL (60 s) wins over a shorter max lifetime"
+    );
+}

@@ -432,6 +432,112 @@ async fn replay_protection_refuses_a_reused_token() {
     server.shutdown().await;
 }
 
+/// A token whose `exp` is absurdly far away (here `i64::MAX`, from a producer whose TTL is
+/// `Duration::MAX`) is refused as `LifetimeTooLong`; computing its replay window must not
+/// overflow, and the exposure keeps serving.
+#[tokio::test]
+async fn replay_protection_refuses_an_absurd_exp_without_panicking() {
+    let server = serve(hmac(), |c| c.replay_protection(true)).await;
+    let raw = communicator(&server, Some(EDGE));
+    let body = serde_json::to_vec(&Charge { cents: 1 }).unwrap();
+    let forever = hmac().ttl(std::time::Duration::MAX);
+    let token = sign(
+        &forever,
+        TargetKind::Task,
+        "billing:charge",
+        &body,
+        &CallContext::new(),
+    );
+    assert_eq!(
+        raw.run_task(call("billing:charge", &body, token)).await,
+        Err(RemoteError::LaneUnauthorized)
+    );
+    // The server is still up, and a normal token is accepted once and refused on replay.
+    let token = sign(
+        &hmac(),
+        TargetKind::Task,
+        "billing:charge",
+        &body,
+        &CallContext::new(),
+    );
+    assert!(
+        raw.run_task(call("billing:charge", &body, token.clone()))
+            .await
+            .is_ok()
+    );
+    assert_eq!(
+        raw.run_task(call("billing:charge", &body, token)).await,
+        Err(RemoteError::LaneUnauthorized)
+    );
+    server.shutdown().await;
+
+    // A server that accepts such lifetimes (its own TTL is unbounded) remembers the token until
+    // the end of time, saturating rather than overflowing `exp + skew`, and refuses its replay.
+    let server = serve(forever.clone(), |c| c.replay_protection(true)).await;
+    let raw = communicator(&server, Some(EDGE));
+    let token = sign(
+        &forever,
+        TargetKind::Task,
+        "billing:charge",
+        &body,
+        &CallContext::new(),
+    );
+    assert!(
+        raw.run_task(call("billing:charge", &body, token.clone()))
+            .await
+            .is_ok()
+    );
+    assert_eq!(
+        raw.run_task(call("billing:charge", &body, token)).await,
+        Err(RemoteError::LaneUnauthorized)
+    );
+    server.shutdown().await;
+}
+
+/// The replay guard holds at most `replay_capacity` ids: once full, a new token is refused with
+/// `lanes-replay-guard-full` (nothing runs), and the ids it holds are still refused as replays.
+#[tokio::test]
+async fn replay_guard_full_refuses_new_tokens_and_still_refuses_replays() {
+    let auth = hmac();
+    let server = serve(auth.clone(), |c| {
+        c.replay_protection(true).replay_capacity(2)
+    })
+    .await;
+    let raw = communicator(&server, Some(EDGE));
+    let body = serde_json::to_vec(&Charge { cents: 1 }).unwrap();
+    let fresh = || {
+        sign(
+            &auth,
+            TargetKind::Task,
+            "billing:charge",
+            &body,
+            &CallContext::new(),
+        )
+    };
+    let first = fresh();
+    assert!(
+        raw.run_task(call("billing:charge", &body, first.clone()))
+            .await
+            .is_ok()
+    );
+    assert!(
+        raw.run_task(call("billing:charge", &body, fresh()))
+            .await
+            .is_ok()
+    );
+    match raw.run_task(call("billing:charge", &body, fresh())).await {
+        Err(RemoteError::Unavailable(message)) => {
+            assert!(message.contains("replay guard is full"), "{message}");
+        }
+        other => panic!("expected the replay guard to be full, got {other:?}"),
+    }
+    assert_eq!(
+        raw.run_task(call("billing:charge", &body, first)).await,
+        Err(RemoteError::LaneUnauthorized)
+    );
+    server.shutdown().await;
+}
+
 /// Asymmetric lane: the caller holds the private key, the server only the public key.
 #[tokio::test]
 async fn eddsa_rpc_lane() {

@@ -109,7 +109,8 @@ pub fn try_acquire(path: &Path) -> Result<Option<LockGuard>, LockError> {
             Err(e) => return Err(io(e.into())),
         }
         let locked = rustix::fs::fstat(&fd).map_err(|e| io(e.into()))?;
-        match rustix::fs::stat(path) {
+        // `lstat`: a link put at the path, even to the file we locked, is not our lock file.
+        match rustix::fs::lstat(path) {
             Ok(current) if current.st_dev == locked.st_dev && current.st_ino == locked.st_ino => {}
             // Unlinked or replaced between our open and our flock: lock the new file instead.
             _ => continue,
@@ -162,9 +163,16 @@ fn read_stamp(file: &File) -> Option<u32> {
     parse_stamp(&buf[..n])
 }
 
-/// The PID stamped in the lock file at `path`, if any.
+/// The PID stamped in the lock file at `path`, if any. A symbolic link at `path` is not followed
+/// (it has no stamp), and a FIFO planted there does not block.
 pub fn read_stamp_at(path: &Path) -> Option<u32> {
-    File::open(path).ok().and_then(|file| read_stamp(&file))
+    let fd = rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW | OFlags::NONBLOCK,
+        Mode::empty(),
+    )
+    .ok()?;
+    read_stamp(&File::from(fd))
 }
 
 fn parse_stamp(bytes: &[u8]) -> Option<u32> {

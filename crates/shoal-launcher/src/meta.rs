@@ -5,12 +5,27 @@
 //! trailing newline, mode 0600. Read tolerantly: any field order or formatting, `started_at` as an
 //! integer or a float, and anything unreadable comes back as empty values.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs::File;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+use rustix::fs::{Mode, OFlags};
 use serde::{Deserialize, Serialize};
+
+/// The most of a `.meta` file a reader looks at (real ones are a few hundred bytes).
+const MAX_META_BYTES: u64 = 1024 * 1024;
+
+/// Opens `path` without following a symbolic link at it: `ELOOP` becomes an error that says so.
+fn open_no_follow(path: &Path, flags: OFlags, mode: Mode) -> std::io::Result<File> {
+    match rustix::fs::open(path, flags | OFlags::CLOEXEC | OFlags::NOFOLLOW, mode) {
+        Ok(fd) => Ok(File::from(fd)),
+        Err(rustix::io::Errno::LOOP) => Err(std::io::Error::other(format!(
+            "{path:?} is a symbolic link; refusing to follow it"
+        ))),
+        Err(errno) => Err(errno.into()),
+    }
+}
 
 /// The contents of a `.meta` file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -77,17 +92,17 @@ impl Meta {
     }
 
     /// Writes `path` (mode 0600) through a temporary sibling and a rename, so readers never see a
-    /// half-written file.
+    /// half-written file. A symbolic link at the temporary name is not written through (the
+    /// write fails and the link is removed); the rename replaces whatever sits at `path` itself.
     pub fn write(&self, path: &Path) -> std::io::Result<()> {
         let mut tmp = PathBuf::from(path);
         tmp.set_extension(format!("meta.tmp{}", std::process::id()));
         let result = (|| {
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)?;
+            let mut file = open_no_follow(
+                &tmp,
+                OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC,
+                Mode::from_raw_mode(0o600),
+            )?;
             file.write_all(self.to_json().as_bytes())?;
             std::fs::rename(&tmp, path)
         })();
@@ -112,9 +127,19 @@ pub struct MetaFields {
 }
 
 impl MetaFields {
-    /// Reads `path`; a missing or unparsable file gives empty fields.
+    /// Reads `path`; a missing or unparsable file gives empty fields, and so does a symbolic link
+    /// (not followed) or anything but a regular file.
     pub fn read(path: &Path) -> Self {
-        std::fs::read(path)
+        let read = || -> std::io::Result<Vec<u8>> {
+            let file = open_no_follow(path, OFlags::RDONLY | OFlags::NONBLOCK, Mode::empty())?;
+            if !file.metadata()?.is_file() {
+                return Err(std::io::Error::other("not a regular file"));
+            }
+            let mut bytes = Vec::new();
+            file.take(MAX_META_BYTES).read_to_end(&mut bytes)?;
+            Ok(bytes)
+        };
+        read()
             .ok()
             .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
             .map(|value| Self::from_value(&value))

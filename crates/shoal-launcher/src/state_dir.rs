@@ -3,16 +3,25 @@
 //! `$XDG_RUNTIME_DIR/vgi-rpc` when `XDG_RUNTIME_DIR` is set and non-empty, otherwise
 //! `$TMPDIR/vgi-rpc-<euid>` (`/tmp` when `TMPDIR` is unset or empty) — the same directory the
 //! vgi-rpc launchers (Python, TypeScript, C++) use, so they all find each other's workers.
+//!
+//! The directory itself is never followed through a symbolic link: it is opened with
+//! `O_NOFOLLOW | O_DIRECTORY` and its owner and mode are checked (and tightened) on that handle,
+//! so a link planted at the path — in a shared `/tmp`, say — cannot redirect the launcher's
+//! sockets and locks into a directory someone else controls, nor pass the checks with another
+//! directory's owner and mode. The parent directories are trusted as they are.
 
 use std::ffi::OsString;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use rustix::fs::{Mode, OFlags};
+
 use crate::hash::TupleHash;
 use crate::paths::{SocketPaths, absolute_normalized, socket_paths};
 
-/// A state directory that exists, is a directory, belongs to the effective user and is not
-/// writable by group or others (mode 0700 when we created it or could tighten it).
+/// A state directory that exists, is a directory (not a symbolic link to one), belongs to the
+/// effective user and is not writable by group or others (mode 0700 when we created it or could
+/// tighten it).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StateDir {
     path: PathBuf,
@@ -21,9 +30,10 @@ pub struct StateDir {
 impl StateDir {
     /// Opens `path` as a state directory, creating it (mode 0700) when missing.
     ///
-    /// Refuses a directory owned by another user or writable by group or others (someone else
-    /// could plant sockets or lock files there). An owned directory with other permission bits is
-    /// tightened to 0700.
+    /// Refuses a symbolic link at `path` (even to a suitable directory: see the module doc), a
+    /// directory owned by another user or writable by group or others (someone else could plant
+    /// sockets or lock files there). An owned directory with other permission bits is tightened
+    /// to 0700.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StateDirError> {
         let path = absolute_normalized(path.as_ref()).map_err(|source| StateDirError::Io {
             path: path.as_ref().to_path_buf(),
@@ -33,8 +43,8 @@ impl StateDir {
             .recursive(true)
             .mode(0o700)
             .create(&path)
-            .or_else(|source| match std::fs::metadata(&path) {
-                // Something else already sits there: say what, below.
+            .or_else(|source| match std::fs::symlink_metadata(&path) {
+                // Something else already sits there (a file, a link): say what, below.
                 Ok(_) => Ok(()),
                 Err(_) => Err(StateDirError::Io {
                     path: path.clone(),
@@ -51,20 +61,27 @@ impl StateDir {
             path: path.as_ref().to_path_buf(),
             source,
         })?;
-        match std::fs::metadata(&path) {
+        match std::fs::symlink_metadata(&path) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             _ => Self::check(path).map(Some),
         }
     }
 
     fn check(path: PathBuf) -> Result<Self, StateDirError> {
-        let meta = std::fs::metadata(&path).map_err(|source| StateDirError::Io {
+        // The final component is not followed; owner and mode are those of what we opened.
+        let dir = rustix::fs::open(
+            &path,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|errno| Self::not_openable(&path, errno))?;
+        // `fstat` and `fchmod` on the handle, never the path again.
+        let dir = std::fs::File::from(dir);
+        let io = |path: &PathBuf, source: std::io::Error| StateDirError::Io {
             path: path.clone(),
             source,
-        })?;
-        if !meta.is_dir() {
-            return Err(StateDirError::NotADirectory { path });
-        }
+        };
+        let meta = dir.metadata().map_err(|source| io(&path, source))?;
         let euid = rustix::process::geteuid().as_raw();
         if meta.uid() != euid {
             return Err(StateDirError::NotOwned {
@@ -78,14 +95,27 @@ impl StateDir {
             return Err(StateDirError::Writable { path, mode });
         }
         if mode & 0o077 != 0 {
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700)).map_err(
-                |source| StateDirError::Io {
-                    path: path.clone(),
-                    source,
-                },
-            )?;
+            dir.set_permissions(std::fs::Permissions::from_mode(0o700))
+                .map_err(|source| io(&path, source))?;
         }
         Ok(Self { path })
+    }
+
+    /// Why `path` could not be opened as a directory without following a link.
+    fn not_openable(path: &Path, errno: rustix::io::Errno) -> StateDirError {
+        match std::fs::symlink_metadata(path) {
+            Ok(meta) if meta.file_type().is_symlink() => StateDirError::Symlink {
+                path: path.to_path_buf(),
+                target: std::fs::read_link(path).ok(),
+            },
+            Ok(meta) if !meta.is_dir() => StateDirError::NotADirectory {
+                path: path.to_path_buf(),
+            },
+            _ => StateDirError::Io {
+                path: path.to_path_buf(),
+                source: errno.into(),
+            },
+        }
     }
 
     /// The directory.
@@ -167,6 +197,20 @@ pub enum StateDirError {
     NotADirectory {
         /// The path.
         path: PathBuf,
+    },
+    /// A symbolic link sits at the path. It is not followed, even to a directory that would pass
+    /// the checks: whoever can replace the link could redirect the launcher's sockets and locks.
+    #[error(
+        "state directory {path:?} is a symbolic link{}; refusing to follow it: \
+         remove the link (or replace it with a real directory of mode 0700), or point \
+         XDG_RUNTIME_DIR/TMPDIR or the configured state directory at a real directory",
+        target.as_ref().map(|t| format!(" (to {t:?})")).unwrap_or_default()
+    )]
+    Symlink {
+        /// The link.
+        path: PathBuf,
+        /// What it points to, when readable.
+        target: Option<PathBuf>,
     },
     /// The directory belongs to another user.
     #[error(

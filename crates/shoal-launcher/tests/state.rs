@@ -93,6 +93,127 @@ fn a_missing_state_dir_is_created_0700_and_a_readable_one_tightened() {
     assert_eq!(StateDir::existing(root.path().join("nope")).unwrap(), None);
 }
 
+/// A state directory path that is a symbolic link — even to a 0700 directory of ours — is
+/// refused with a typed error naming the link; it is never followed (so nothing is created or
+/// tightened through it), and the directory it points to still works when named directly.
+#[tokio::test]
+async fn a_symlinked_state_dir_is_refused() {
+    let sandbox = Sandbox::new();
+    let real = sandbox.root.path().join("real");
+    std::fs::create_dir(&real).unwrap();
+    std::fs::set_permissions(&real, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::os::unix::fs::symlink(&real, &sandbox.state_dir).unwrap();
+    let link = sandbox.state_dir.clone();
+
+    let refused = |error: &StateDirError| {
+        let message = error.to_string();
+        assert!(
+            matches!(error, StateDirError::Symlink { path, target: Some(target) }
+                if *path == link && *target == real),
+            "{error:?}"
+        );
+        assert!(message.contains("symbolic link"), "{message}");
+        assert!(message.contains(link.to_str().unwrap()), "{message}");
+        assert!(message.contains("remove the link"), "{message}");
+    };
+    refused(&StateDir::open(&link).unwrap_err());
+    refused(&StateDir::existing(&link).unwrap_err());
+    match launch(&sandbox.config(&[])).await.unwrap_err() {
+        LaunchError::StateDir(error) => refused(&error),
+        other => panic!("expected a state directory error, got {other}"),
+    }
+    assert!(sandbox.started().is_empty());
+    assert_eq!(std::fs::read_dir(&real).unwrap().count(), 0);
+
+    // A link to a directory that would need tightening: refused, and the target left alone.
+    let loose = sandbox.root.path().join("loose");
+    std::fs::create_dir(&loose).unwrap();
+    std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let to_loose = sandbox.root.path().join("to-loose");
+    std::os::unix::fs::symlink(&loose, &to_loose).unwrap();
+    assert!(StateDir::open(&to_loose).is_err());
+    let mode = std::fs::metadata(&loose).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o755);
+
+    // A dangling link: refused the same way, nothing created at its target.
+    let dangling = sandbox.root.path().join("dangling");
+    std::os::unix::fs::symlink(sandbox.root.path().join("nowhere"), &dangling).unwrap();
+    let error = StateDir::open(&dangling).unwrap_err();
+    assert!(
+        matches!(&error, StateDirError::Symlink { path, .. } if *path == dangling),
+        "{error:?}"
+    );
+    assert!(matches!(
+        StateDir::existing(&dangling),
+        Err(StateDirError::Symlink { .. })
+    ));
+    assert!(!sandbox.root.path().join("nowhere").exists());
+
+    // The real directory, named directly, is fine.
+    assert_eq!(StateDir::open(&real).unwrap().path(), real);
+}
+
+/// The files the launcher reads and writes by path inside the state directory are not followed
+/// through symbolic links: the metadata's temporary file, the metadata a status reads, the
+/// lock's PID stamp.
+#[test]
+fn slot_files_are_not_followed_through_symlinks() {
+    let root = tempfile::tempdir().unwrap();
+    let state_dir = StateDir::open(root.path().join("state")).unwrap();
+    let paths = state_dir.paths(&hash("13ddf92fa852a381"));
+    let meta_path = paths.meta.clone().unwrap();
+    let victim = root.path().join("victim");
+    std::fs::write(&victim, br#"{"cmd":["planted"],"launcher_pid":1}"#).unwrap();
+
+    // Writing the metadata does not write through a link planted at its temporary name.
+    let mut tmp = meta_path.clone();
+    tmp.set_extension(format!("meta.tmp{}", std::process::id()));
+    std::os::unix::fs::symlink(&victim, &tmp).unwrap();
+    let meta = Meta {
+        cmd: vec!["worker".to_owned()],
+        cwd: "/w".to_owned(),
+        socket: paths.socket.to_string_lossy().into_owned(),
+        started_at: StartedAt::now(),
+        launcher_pid: 1,
+    };
+    let error = meta.write(&meta_path).unwrap_err();
+    assert!(error.to_string().contains("symbolic link"), "{error}");
+    assert!(
+        std::fs::symlink_metadata(&tmp).is_err(),
+        "the planted link is removed"
+    );
+    assert_eq!(
+        std::fs::read(&victim).unwrap(),
+        br#"{"cmd":["planted"],"launcher_pid":1}"#
+    );
+    // With the link gone, the next write works.
+    meta.write(&meta_path).unwrap();
+    assert_eq!(
+        shoal_launcher::MetaFields::read(&meta_path).cmd,
+        ["worker".to_owned()]
+    );
+
+    // Reading: a metadata file that is a link reads as empty.
+    let _ = std::fs::remove_file(&meta_path);
+    std::os::unix::fs::symlink(&victim, &meta_path).unwrap();
+    assert_eq!(
+        shoal_launcher::MetaFields::read(&meta_path).cmd,
+        Vec::<String>::new()
+    );
+
+    // A lock file that is a link to a file stamped with a live PID is not read as held.
+    let stamped = root.path().join("stamped");
+    std::fs::write(&stamped, std::process::id().to_string()).unwrap();
+    std::os::unix::fs::symlink(&stamped, &paths.lock).unwrap();
+    assert_eq!(shoal_launcher::read_stamp_at(&paths.lock), None);
+    // Nor locked through.
+    assert!(try_acquire(&paths.lock).is_err());
+    assert_eq!(
+        std::fs::read_to_string(&stamped).unwrap(),
+        std::process::id().to_string()
+    );
+}
+
 fn write_meta(state_dir: &StateDir, hash: &TupleHash, cmd: &str) {
     let paths = state_dir.paths(hash);
     Meta {

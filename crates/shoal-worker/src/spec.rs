@@ -45,6 +45,15 @@ pub struct WorkerOptions {
     /// Largest gRPC message on the session, both ways (default 64 MiB; KV lists and large
     /// payloads need more than gRPC's default 4 MiB).
     pub max_message_size: usize,
+    /// KV requests of one session the runner holds at once (default
+    /// [`DEFAULT_MAX_KV_IN_FLIGHT`](crate::DEFAULT_MAX_KV_IN_FLIGHT)): queued behind the earlier
+    /// requests of their entity, running, or answered and not yet handed to the transport. When
+    /// the worker has this many outstanding, the runner stops reading the session until one is
+    /// answered (backpressure through HTTP/2 flow control; calls' replies and heartbeats behind
+    /// the request wait too). A worker that keeps the session blocked past
+    /// [`WorkerOptions::heartbeat_timeout`] is closed as hung. The Rust SDK never sends more than
+    /// its own limit ([`crate::sdk::Worker::max_kv_in_flight`]), the same by default.
+    pub max_kv_in_flight: usize,
 }
 
 impl Default for WorkerOptions {
@@ -60,6 +69,7 @@ impl Default for WorkerOptions {
             restart_backoff_max: Duration::from_secs(10),
             restart_backoff_reset: Duration::from_secs(30),
             max_message_size: 64 * 1024 * 1024,
+            max_kv_in_flight: crate::DEFAULT_MAX_KV_IN_FLIGHT,
         }
     }
 }
@@ -105,6 +115,12 @@ impl WorkerOptions {
     pub fn restart_backoff(mut self, min: Duration, max: Duration) -> Self {
         self.restart_backoff_min = min;
         self.restart_backoff_max = max.max(min);
+        self
+    }
+
+    /// Sets [`WorkerOptions::max_kv_in_flight`] (at least 1).
+    pub fn max_kv_in_flight(mut self, max: usize) -> Self {
+        self.max_kv_in_flight = max.max(1);
         self
     }
 

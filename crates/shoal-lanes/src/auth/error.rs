@@ -35,6 +35,9 @@ pub enum Unauthorized {
     MessageTooOld,
     /// The token id was already used (replay protection).
     Replayed,
+    /// The token's lifetime (`exp - iat`) is longer than the lane accepts for a call (see
+    /// [`crate::LaneAuth::max_token_lifetime`]).
+    LifetimeTooLong,
 }
 
 impl Unauthorized {
@@ -55,6 +58,7 @@ impl Unauthorized {
             Unauthorized::IssuedInFuture => "token issued in the future",
             Unauthorized::MessageTooOld => "message older than the lane's max message age",
             Unauthorized::Replayed => "token already used",
+            Unauthorized::LifetimeTooLong => "token lifetime longer than the lane accepts",
         }
     }
 }
@@ -98,6 +102,19 @@ pub enum AuthError {
         /// Why.
         reason: Unauthorized,
     },
+    /// Replay protection is on and its guard already holds as many unexpired token ids as it
+    /// may; the call is refused (it did not run) rather than forgetting an unexpired id, which
+    /// would allow that token to be replayed. Retry later with a fresh token, or raise
+    /// [`crate::ExposureConfig::replay_capacity`].
+    #[error(
+        "lane \"{lane}\": the replay guard is full ({capacity} unexpired token ids); the call was refused, retry later or raise the exposure's replay capacity"
+    )]
+    ReplayGuardFull {
+        /// The lane.
+        lane: String,
+        /// The guard's capacity.
+        capacity: usize,
+    },
     /// Signing failed (a key the backend cannot use).
     #[error("signing a lane token failed: {0}")]
     Signing(String),
@@ -117,6 +134,7 @@ impl AuthError {
             AuthError::SignerMissing { .. } => "lanes-auth-signer-missing",
             AuthError::VerifierMissing { .. } => "lanes-auth-verifier-missing",
             AuthError::Unauthorized { .. } => "lanes-auth-unauthorized",
+            AuthError::ReplayGuardFull { .. } => "lanes-replay-guard-full",
             AuthError::Signing(_) => "lanes-auth-signing-failed",
         }
     }

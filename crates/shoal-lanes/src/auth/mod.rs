@@ -18,7 +18,8 @@ use jsonwebtoken::{DecodingKey, EncodingKey, Header, Validation};
 pub(crate) use claims::constant_time_eq as claims_constant_time_eq;
 pub use claims::{LaneClaims, Subject, TargetKind, context_hash, payload_hash};
 pub use error::{AuthError, KeyError, Unauthorized};
-pub(crate) use replay::ReplayGuard;
+pub use replay::DEFAULT_REPLAY_CAPACITY;
+pub(crate) use replay::{ReplayGuard, ReplayRefusal};
 
 /// Signature algorithms a lane can use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +56,9 @@ enum Scheme {
     },
 }
 
+/// The longest lifetime (`exp - iat`) of a call token accepted by default: one hour.
+pub const DEFAULT_MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
+
 /// Shortest HMAC secret accepted, in bytes (the output size of SHA-256).
 pub const MIN_HMAC_SECRET_LEN: usize = 32;
 
@@ -76,6 +80,7 @@ pub struct LaneAuth {
     ttl: Duration,
     clock_skew: Duration,
     max_message_age: Duration,
+    max_token_lifetime: Duration,
 }
 
 impl fmt::Debug for LaneAuth {
@@ -88,6 +93,7 @@ impl fmt::Debug for LaneAuth {
             .field("ttl", &self.ttl)
             .field("clock_skew", &self.clock_skew)
             .field("max_message_age", &self.max_message_age)
+            .field("max_token_lifetime", &self.max_token_lifetime)
             .finish()
     }
 }
@@ -111,6 +117,7 @@ impl LaneAuth {
             ttl: Duration::from_secs(60),
             clock_skew: Duration::from_secs(30),
             max_message_age: Duration::from_secs(7 * 24 * 3600),
+            max_token_lifetime: DEFAULT_MAX_TOKEN_LIFETIME,
         }
     }
 
@@ -240,6 +247,17 @@ impl LaneAuth {
         self
     }
 
+    /// The longest lifetime (`exp - iat`) a call token may claim on an RPC lane (default
+    /// [`DEFAULT_MAX_TOKEN_LIFETIME`], one hour); a longer one is refused as
+    /// [`Unauthorized::LifetimeTooLong`]. The bound in force is never shorter than this auth's
+    /// own [`LaneAuth::ttl`], so a consumer accepts tokens minted with its own settings. It keeps
+    /// a token with an absurd `exp` from being valid (and remembered by the replay guard) for
+    /// ever. Queued events are bounded by [`LaneAuth::max_message_age`] instead.
+    pub fn max_token_lifetime(mut self, lifetime: Duration) -> Self {
+        self.max_token_lifetime = lifetime;
+        self
+    }
+
     /// The scheme's name: `none`, `hmac` or `asymmetric`.
     pub fn mode_name(&self) -> &'static str {
         match self.scheme {
@@ -338,6 +356,10 @@ impl LaneAuth {
         }
         if claims.iat > now.saturating_add(skew) {
             return unauthorized(Unauthorized::IssuedInFuture);
+        }
+        let max_lifetime = secs(self.max_token_lifetime).max(secs(self.ttl));
+        if claims.exp.saturating_sub(claims.iat) > max_lifetime {
+            return unauthorized(Unauthorized::LifetimeTooLong);
         }
         Ok(Some(claims))
     }

@@ -16,7 +16,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::{AuthError, ReplayGuard, Subject, TargetKind};
+use crate::auth::{AuthError, ReplayGuard, ReplayRefusal, Subject, TargetKind};
 use crate::communicator::{RemoteCall, RemoteError};
 use crate::context::CallContext;
 use crate::diagnostics as diag;
@@ -129,7 +129,7 @@ impl LanesBuilder {
             .exposure
             .as_ref()
             .filter(|e| e.replay_protection)
-            .map(|_| ReplayGuard::default());
+            .map(|e| ReplayGuard::with_capacity(e.replay_capacity));
         let inner = Arc::new_cyclic(|me| Inner {
             registry: self.registry,
             plan,
@@ -368,6 +368,7 @@ impl Lanes {
 pub(crate) enum ServeFailure {
     NotExposed,
     Unauthorized,
+    ReplayGuardFull,
     Unavailable,
     Typed(Bytes),
     InvalidInput,
@@ -930,14 +931,37 @@ impl Inner {
         };
         if let (Some(replay), Some(claims)) = (&self.replay, &claims) {
             let now = crate::auth::now_ms() / 1000;
-            let skew = binding.auth.skew_secs();
-            if !replay.first_use(&claims.jti, claims.exp + skew, now) {
-                let err = AuthError::Unauthorized {
-                    lane: lane.clone(),
-                    reason: crate::auth::Unauthorized::Replayed,
-                };
-                auth_failure(lane, kind, id, &err);
-                return Err(ServeFailure::Unauthorized);
+            // Remembered until the token can no longer be accepted: `exp` plus the clock skew.
+            let until = claims.exp.saturating_add(binding.auth.skew_secs());
+            match replay.check(&claims.jti, until, now) {
+                Ok(()) => {}
+                Err(ReplayRefusal::Replayed) => {
+                    let err = AuthError::Unauthorized {
+                        lane: lane.clone(),
+                        reason: crate::auth::Unauthorized::Replayed,
+                    };
+                    auth_failure(lane, kind, id, &err);
+                    return Err(ServeFailure::Unauthorized);
+                }
+                Err(ReplayRefusal::Full { capacity }) => {
+                    let err = AuthError::ReplayGuardFull {
+                        lane: lane.clone(),
+                        capacity,
+                    };
+                    tracing::warn!(
+                        target: diag::TARGET,
+                        diag = diag::REPLAY_GUARD_FULL,
+                        lane = %lane,
+                        %kind,
+                        target_id = id,
+                        error_id = err.id(),
+                        reason = %err,
+                        "call refused: replay guard full"
+                    );
+                    metrics::counter!("shoal_lanes_replay_guard_full_total", "lane" => lane.clone())
+                        .increment(1);
+                    return Err(ServeFailure::ReplayGuardFull);
+                }
             }
         }
         let context = context.only(&binding.allowed_context);

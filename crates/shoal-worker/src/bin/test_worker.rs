@@ -156,6 +156,17 @@ async fn kv_command(ctx: CallContext, payload: Bytes) -> Result<Bytes, Failure> 
             kv.drop_all().await.map_err(kv_failure)?;
             "ok".to_owned()
         }
+        "burst" => {
+            // `burst N`: N gets at once, without waiting for one before sending the next.
+            let n: usize = rest.first().and_then(|s| s.parse().ok()).unwrap_or(0);
+            let gets = (0..n).map(|i| kv.get_one(format!("burst-{i}")));
+            let answered = futures::future::join_all(gets)
+                .await
+                .into_iter()
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(kv_failure)?;
+            format!("answered {}", answered.len())
+        }
         other => return Err(Failure::malformed(format!("unknown KV command {other:?}"))),
     };
     Ok(Bytes::from(reply))

@@ -3,7 +3,14 @@
 //! Requests of one activation run one after another, in the order the worker sent them (a put
 //! followed by a get sees the put); requests of different activations run concurrently; none of
 //! them holds up the session's reader (Rivet processes KV inline in its socket loop, so one slow
-//! transaction stalls every actor of the runner).
+//! transaction stalls every actor of the runner) — until the worker has
+//! [`max_kv_in_flight`](crate::WorkerOptions::max_kv_in_flight) requests outstanding.
+//!
+//! Memory is bounded by that cap: the reader takes a slot of the session's KV semaphore before
+//! it hands a request over, the slot travels with the request through its activation's queue
+//! and with the answer through the session's outgoing queue, and it is given back when the
+//! transport takes the answer. With no slot free the reader waits, so the worker's further
+//! messages stay in HTTP/2 flow control instead of in the runner.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,20 +20,39 @@ use parking_lot::Mutex;
 use shoal_protocol::proto::worker::v1 as pb;
 use shoal_storage::kv::{KvEntry, KvQuery, KvSelection};
 use shoal_storage::{Fence, StorageError};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::sync::mpsc;
 
 use super::session::Session;
 
-/// The per-activation queues of one session.
-#[derive(Debug, Default)]
+/// A request waiting in its activation's queue, with its session slot.
+type Queued = (pb::KvRequest, OwnedSemaphorePermit);
+
+/// The per-activation queues of one session. Each is a bounded channel of the session's KV cap;
+/// the session's slots bound them all together.
+#[derive(Debug)]
 pub(crate) struct KvQueues {
-    queues: Mutex<HashMap<u64, mpsc::UnboundedSender<pb::KvRequest>>>,
+    queues: Mutex<HashMap<u64, mpsc::Sender<Queued>>>,
+    capacity: usize,
 }
 
 impl KvQueues {
-    /// Queues `request` behind the earlier requests of its activation. A request for an
-    /// activation not announced in this session is refused at once.
-    pub(crate) fn submit(&self, session: &Arc<Session>, request: pb::KvRequest) {
+    /// Queues of `capacity` requests each (the session's KV cap).
+    pub(crate) fn new(capacity: usize) -> Self {
+        Self {
+            queues: Mutex::new(HashMap::new()),
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// Queues `request`, holding `slot`, behind the earlier requests of its activation. A request
+    /// for an activation not announced in this session is refused at once.
+    pub(crate) fn submit(
+        &self,
+        session: &Arc<Session>,
+        request: pb::KvRequest,
+        slot: OwnedSemaphorePermit,
+    ) {
         let activation = request.activation_id;
         if !session.is_announced(activation) || session.is_closed() {
             let response = refused(
@@ -34,16 +60,33 @@ impl KvQueues {
                 pb::KvErrorCode::NotActive,
                 format!("activation {activation} is not an active entity of this session"),
             );
-            session.send(pb::runner_message::Kind::Kv(response));
+            session.send_kv(response, slot);
             return;
         }
         let mut queues = self.queues.lock();
         let tx = queues.entry(activation).or_insert_with(|| {
-            let (tx, rx) = mpsc::unbounded_channel();
+            let (tx, rx) = mpsc::channel(self.capacity);
             tokio::spawn(serve_queue(session.clone(), activation, rx));
             tx
         });
-        let _ = tx.send(request);
+        match tx.try_send((request, slot)) {
+            Ok(()) => {}
+            // Cannot happen while every queued request holds one of the session's slots (no
+            // more of them than the queue's capacity); answered rather than dropped all the same.
+            Err(mpsc::error::TrySendError::Full((request, slot))) => {
+                let response = refused(
+                    &request,
+                    pb::KvErrorCode::Unavailable,
+                    format!(
+                        "activation {activation} has {} KV requests queued; nothing was read or written",
+                        self.capacity
+                    ),
+                );
+                session.send_kv(response, slot);
+            }
+            // The queue's task ended: the session is closing, and nobody awaits an answer.
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
     }
 
     /// Ends the queue of `activation` (its pending requests still get answers).
@@ -57,17 +100,13 @@ impl KvQueues {
     }
 }
 
-async fn serve_queue(
-    session: Arc<Session>,
-    activation: u64,
-    mut requests: mpsc::UnboundedReceiver<pb::KvRequest>,
-) {
-    while let Some(request) = requests.recv().await {
+async fn serve_queue(session: Arc<Session>, activation: u64, mut requests: mpsc::Receiver<Queued>) {
+    while let Some((request, slot)) = requests.recv().await {
         if session.is_closed() {
             return;
         }
         let response = answer(&session, activation, request).await;
-        session.send(pb::runner_message::Kind::Kv(response));
+        session.send_kv(response, slot);
     }
 }
 

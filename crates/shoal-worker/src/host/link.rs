@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use futures::StreamExt;
 use shoal_launcher::{LaunchAndConnectError, connect_unix, launch_and_connect};
 use shoal_protocol::proto::worker::v1 as pb;
 use shoal_protocol::proto::worker::v1::worker_service_client::WorkerServiceClient;
@@ -10,7 +11,7 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::transport::Channel;
 
 use super::Shared;
-use super::session::{Session, status_text};
+use super::session::{Outgoing, Session, status_text};
 use crate::PROTOCOL_VERSION;
 use crate::describe::{self, DescribeProblem, WorkerEntityType};
 use crate::error::WorkerError;
@@ -127,11 +128,12 @@ async fn describe_and_open(
         worker: worker.clone(),
         message,
     };
-    if tx.send(start).is_err() || tx.send(hello).is_err() {
+    if tx.send(Outgoing::message(start)).is_err() || tx.send(Outgoing::message(hello)).is_err() {
         return Err(refused("the session closed before it opened".to_owned()));
     }
     let mut inbound = client
-        .session(UnboundedReceiverStream::new(rx))
+        // A KV answer's slot is given back as the transport takes the answer.
+        .session(UnboundedReceiverStream::new(rx).map(Outgoing::into_message))
         .await
         .map_err(|status| refused(status_text(&status)))?
         .into_inner();

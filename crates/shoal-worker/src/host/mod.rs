@@ -45,6 +45,8 @@ pub(crate) struct Shared {
     pub(crate) options: WorkerOptions,
     activations: Mutex<HashMap<u64, Arc<Activation>>>,
     next_activation: AtomicU64,
+    /// Times a session's reader waited for a KV slot.
+    kv_pauses: AtomicU64,
 }
 
 impl Shared {
@@ -60,6 +62,13 @@ impl Shared {
 
     fn remove_activation(&self, id: u64) {
         self.activations.lock().remove(&id);
+    }
+
+    /// A session's reader waits for a KV slot.
+    pub(crate) fn kv_paused(&self) {
+        self.kv_pauses.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("shoal_worker_kv_backpressure_total", "worker" => self.name.to_string())
+            .increment(1);
     }
 }
 
@@ -141,6 +150,7 @@ impl WorkerHost {
             options: spec.options.clone(),
             activations: Mutex::new(HashMap::new()),
             next_activation: AtomicU64::new(1),
+            kv_pauses: AtomicU64::new(0),
         });
         let link = link::link(&shared, &spec, 1)
             .instrument(tracing::info_span!("worker_start", worker = %name))
@@ -242,6 +252,24 @@ impl WorkerHost {
     /// How many times the worker was restarted (or reconnected to) after its session ended.
     pub fn restarts(&self) -> u64 {
         self.inner.restarts.load(Ordering::Relaxed)
+    }
+
+    /// KV requests of the current session the runner holds: queued, running, or answered and not
+    /// yet handed to the transport. Never more than [`WorkerOptions::max_kv_in_flight`]
+    /// (0 while no session is up).
+    pub fn kv_in_flight(&self) -> usize {
+        match &*self.inner.state.borrow() {
+            HostState::Up(session) => session.kv_in_flight(),
+            _ => 0,
+        }
+    }
+
+    /// How many times a session's reader stopped reading because the worker had
+    /// [`WorkerOptions::max_kv_in_flight`] KV requests outstanding (over every session of this
+    /// host; also the counter `shoal_worker_kv_backpressure_total`). A worker on the Rust SDK
+    /// with the default limits never causes one.
+    pub fn kv_backpressure_pauses(&self) -> u64 {
+        self.inner.shared.kv_pauses.load(Ordering::Relaxed)
     }
 
     /// Whether a live session to the worker is open.

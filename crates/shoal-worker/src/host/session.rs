@@ -3,19 +3,43 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
 use shoal_protocol::EntityAddress;
 use shoal_protocol::proto::worker::v1 as pb;
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::Shared;
 use super::kv::KvQueues;
+
+/// A message on its way to the worker. A KV answer carries its session slot, given back when
+/// the transport takes the message off the queue ([`Outgoing::into_message`]).
+#[derive(Debug)]
+pub(crate) struct Outgoing {
+    message: pb::RunnerMessage,
+    slot: Option<OwnedSemaphorePermit>,
+}
+
+impl Outgoing {
+    /// A message that holds no KV slot.
+    pub(crate) fn message(message: pb::RunnerMessage) -> Self {
+        Self {
+            message,
+            slot: None,
+        }
+    }
+
+    /// The message for the transport; the KV slot it held (if any) is free again.
+    pub(crate) fn into_message(self) -> pb::RunnerMessage {
+        drop(self.slot);
+        self.message
+    }
+}
 
 /// What happens to a call, as the reader sees it.
 #[derive(Debug)]
@@ -70,7 +94,7 @@ pub(crate) struct Session {
     /// The worker's process id, as it reported it.
     pub(crate) pid: Option<u32>,
     shared: Arc<Shared>,
-    outgoing: Mutex<Option<mpsc::UnboundedSender<pb::RunnerMessage>>>,
+    outgoing: Mutex<Option<mpsc::UnboundedSender<Outgoing>>>,
     calls: Mutex<Calls>,
     /// Activations announced to the worker in this session.
     announced: Mutex<HashSet<u64>>,
@@ -80,6 +104,11 @@ pub(crate) struct Session {
     reason: Mutex<Option<CloseReason>>,
     pub(crate) opened_at: Instant,
     pub(crate) kv: KvQueues,
+    /// One permit per KV request the runner may hold ([`crate::WorkerOptions::max_kv_in_flight`]).
+    kv_slots: Arc<Semaphore>,
+    kv_cap: usize,
+    /// Whether this session already logged that the worker reached the KV cap.
+    kv_cap_logged: AtomicBool,
 }
 
 impl Session {
@@ -87,9 +116,13 @@ impl Session {
         number: u64,
         pid: Option<u32>,
         shared: Arc<Shared>,
-        outgoing: mpsc::UnboundedSender<pb::RunnerMessage>,
+        outgoing: mpsc::UnboundedSender<Outgoing>,
         handshake_nonce: u64,
     ) -> Self {
+        let kv_cap = shared
+            .options
+            .max_kv_in_flight
+            .clamp(1, Semaphore::MAX_PERMITS);
         Self {
             number,
             pid,
@@ -105,7 +138,10 @@ impl Session {
             closed: CancellationToken::new(),
             reason: Mutex::new(None),
             opened_at: Instant::now(),
-            kv: KvQueues::default(),
+            kv: KvQueues::new(kv_cap),
+            kv_slots: Arc::new(Semaphore::new(kv_cap)),
+            kv_cap,
+            kv_cap_logged: AtomicBool::new(false),
         }
     }
 
@@ -116,7 +152,52 @@ impl Session {
     /// Queues a message to the worker (dropped when the session is closed).
     pub(crate) fn send(&self, kind: pb::runner_message::Kind) {
         if let Some(tx) = &*self.outgoing.lock() {
-            let _ = tx.send(pb::RunnerMessage { kind: Some(kind) });
+            let _ = tx.send(Outgoing::message(pb::RunnerMessage { kind: Some(kind) }));
+        }
+    }
+
+    /// Queues the answer to a KV request; its `slot` is free again once the transport takes it
+    /// (or at once when the session is closed).
+    pub(crate) fn send_kv(&self, response: pb::KvResponse, slot: OwnedSemaphorePermit) {
+        if let Some(tx) = &*self.outgoing.lock() {
+            let _ = tx.send(Outgoing {
+                message: pb::RunnerMessage {
+                    kind: Some(pb::runner_message::Kind::Kv(response)),
+                },
+                slot: Some(slot),
+            });
+        }
+    }
+
+    /// KV requests of the worker the runner holds now: queued, running, or answered and not yet
+    /// handed to the transport.
+    pub(crate) fn kv_in_flight(&self) -> usize {
+        self.kv_cap
+            .saturating_sub(self.kv_slots.available_permits())
+    }
+
+    /// A slot for the next KV request; waits while the worker has the cap outstanding (the
+    /// reader stops reading meanwhile). `None` when the session closed first.
+    async fn kv_slot(&self) -> Option<OwnedSemaphorePermit> {
+        match self.kv_slots.clone().try_acquire_owned() {
+            Ok(slot) => return Some(slot),
+            Err(TryAcquireError::Closed) => return None,
+            Err(TryAcquireError::NoPermits) => {}
+        }
+        self.shared.kv_paused();
+        if !self.kv_cap_logged.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                worker = %self.shared.name,
+                session = self.number,
+                max_kv_in_flight = self.kv_cap,
+                "the worker has max_kv_in_flight KV requests outstanding; the runner stops \
+                 reading its session until one is answered (logged once per session)"
+            );
+        }
+        tokio::select! {
+            biased;
+            () = self.closed.cancelled() => None,
+            slot = self.kv_slots.clone().acquire_owned() => slot.ok(),
         }
     }
 
@@ -150,6 +231,7 @@ impl Session {
         };
         self.outgoing.lock().take();
         self.kv.clear();
+        self.kv_slots.close();
         self.announced.lock().clear();
         self.closed.cancel();
         for (_, tx) in pending {
@@ -234,6 +316,14 @@ impl Session {
                 next = inbound.message() => next,
             };
             match next {
+                Ok(Some(pb::WorkerMessage {
+                    kind: Some(pb::worker_message::Kind::Kv(request)),
+                })) => {
+                    let Some(slot) = self.kv_slot().await else {
+                        return;
+                    };
+                    self.kv.submit(&self, request, slot);
+                }
                 Ok(Some(message)) => self.dispatch(message),
                 Ok(None) => break "it closed the session".to_owned(),
                 Err(status) => break format!("the session broke ({})", status_text(&status)),
@@ -262,7 +352,8 @@ impl Session {
                 };
                 self.deliver(reply.call_id, event);
             }
-            Some(Kind::Kv(request)) => self.kv.submit(self, request),
+            // Taken by the reader, which needs a slot for it first.
+            Some(Kind::Kv(_)) => {}
             Some(Kind::KeepAlive(keep)) => {
                 if self.is_announced(keep.activation_id)
                     && let Some(activation) = self.shared.activation(keep.activation_id)

@@ -191,6 +191,7 @@ impl Registry {
 pub struct Worker {
     name: String,
     types: Vec<EntityType>,
+    max_kv_in_flight: usize,
 }
 
 /// Why [`Worker::run`] failed.
@@ -210,12 +211,24 @@ impl Worker {
         Self {
             name: name.into(),
             types: Vec::new(),
+            max_kv_in_flight: crate::DEFAULT_MAX_KV_IN_FLIGHT,
         }
     }
 
     /// Adds an entity type.
     pub fn entity(mut self, entity_type: EntityType) -> Self {
         self.types.push(entity_type);
+        self
+    }
+
+    /// How many KV requests one session may have outstanding (default
+    /// [`DEFAULT_MAX_KV_IN_FLIGHT`](crate::DEFAULT_MAX_KV_IN_FLIGHT), at least 1). A handler's KV
+    /// request past it waits for an earlier one's answer before it is sent, so the requests
+    /// waiting for answers, and those queued to the runner, stay bounded. Keep it at or below
+    /// the runner's [`WorkerOptions::max_kv_in_flight`](crate::WorkerOptions::max_kv_in_flight):
+    /// past that the runner stops reading the session until it has answered one.
+    pub fn max_kv_in_flight(mut self, max: usize) -> Self {
+        self.max_kv_in_flight = max.max(1);
         self
     }
 
@@ -257,8 +270,10 @@ impl Worker {
     /// limit each way).
     pub fn into_router(self) -> Router {
         const MAX_MESSAGE: usize = 64 * 1024 * 1024;
+        let max_kv_in_flight = self.max_kv_in_flight;
         let service = WorkerServiceServer::new(Service {
             registry: Arc::new(self.registry()),
+            max_kv_in_flight,
         })
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
@@ -290,6 +305,7 @@ impl Worker {
 
 struct Service {
     registry: Arc<Registry>,
+    max_kv_in_flight: usize,
 }
 
 type SessionStream = UnboundedReceiverStream<Result<pb::WorkerMessage, tonic::Status>>;
@@ -310,7 +326,7 @@ impl WorkerService for Service {
         request: tonic::Request<tonic::Streaming<pb::RunnerMessage>>,
     ) -> Result<tonic::Response<Self::SessionStream>, tonic::Status> {
         let (tx, rx) = mpsc::unbounded_channel();
-        let state = Arc::new(session::SessionState::new(tx));
+        let state = Arc::new(session::SessionState::new(tx, self.max_kv_in_flight));
         tokio::spawn(session::run(
             self.registry.clone(),
             state,

@@ -10,7 +10,7 @@ use futures::FutureExt;
 use futures::future::AbortHandle;
 use parking_lot::Mutex;
 use shoal_protocol::proto::worker::v1 as pb;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use super::context::{CallContext, CallInfo, ChunkWriter};
 use super::failure::Failure;
@@ -18,28 +18,46 @@ use super::kv::{KvError, KvErrorKind};
 use super::{Handler, Registry};
 
 /// What a session's calls share: the outgoing queue, the running calls, the pending KV requests.
+///
+/// KV requests are bounded by `kv_slots` (the worker's `max_kv_in_flight`): a request holds a
+/// slot from before it is sent until its answer arrives (even when the handler that made it
+/// stopped waiting), so the waiting map and the KV requests in the outgoing queue never hold
+/// more than that many. The queue itself stays unbounded so the
+/// session's reader never waits on it (it answers heartbeats, and the runner's reader may be
+/// waiting for the answers this reader routes).
 pub(crate) struct SessionState {
     out: mpsc::UnboundedSender<Result<pb::WorkerMessage, tonic::Status>>,
     calls: Mutex<HashMap<u64, AbortHandle>>,
     kv: Mutex<KvPending>,
     next_kv: AtomicU64,
+    kv_slots: Arc<Semaphore>,
 }
+
+/// A request waiting for its answer, and the slot it holds until then.
+type Waiter = (
+    oneshot::Sender<pb::kv_response::Result>,
+    OwnedSemaphorePermit,
+);
 
 #[derive(Default)]
 struct KvPending {
     closed: bool,
-    waiting: HashMap<u64, oneshot::Sender<pb::kv_response::Result>>,
+    waiting: HashMap<u64, Waiter>,
 }
 
 impl SessionState {
     pub(crate) fn new(
         out: mpsc::UnboundedSender<Result<pb::WorkerMessage, tonic::Status>>,
+        max_kv_in_flight: usize,
     ) -> Self {
         Self {
             out,
             calls: Mutex::new(HashMap::new()),
             kv: Mutex::new(KvPending::default()),
             next_kv: AtomicU64::new(1),
+            kv_slots: Arc::new(Semaphore::new(
+                max_kv_in_flight.clamp(1, Semaphore::MAX_PERMITS),
+            )),
         }
     }
 
@@ -65,7 +83,8 @@ impl SessionState {
         self.reply(call_id, pb::reply::Outcome::Chunk(item))
     }
 
-    /// Sends a KV request for `activation` and waits for the runner's answer.
+    /// Sends a KV request for `activation` and waits for the runner's answer. Waits first while
+    /// the session has `max_kv_in_flight` requests outstanding.
     pub(crate) async fn kv_request(
         &self,
         activation: u64,
@@ -77,6 +96,14 @@ impl SessionState {
                 "the session with the runner closed",
             )
         };
+        // Fair (first come, first served), so requests keep the order they were made in. Held
+        // in the waiting map until the answer arrives.
+        let slot = self
+            .kv_slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| closed())?;
         let request_id = self.next_kv.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         {
@@ -84,7 +111,7 @@ impl SessionState {
             if kv.closed {
                 return Err(closed());
             }
-            kv.waiting.insert(request_id, tx);
+            kv.waiting.insert(request_id, (tx, slot));
         }
         let sent = self.send(pb::worker_message::Kind::Kv(pb::KvRequest {
             request_id,
@@ -100,7 +127,7 @@ impl SessionState {
 
     fn kv_answered(&self, response: pb::KvResponse) {
         let waiter = self.kv.lock().waiting.remove(&response.request_id);
-        if let (Some(waiter), Some(result)) = (waiter, response.result) {
+        if let (Some((waiter, _slot)), Some(result)) = (waiter, response.result) {
             let _ = waiter.send(result);
         }
     }
@@ -113,6 +140,7 @@ impl SessionState {
         let mut kv = self.kv.lock();
         kv.closed = true;
         kv.waiting.clear();
+        self.kv_slots.close();
     }
 }
 

@@ -98,9 +98,26 @@ impl Hosted {
 
     /// Like [`Hosted::start`], returning the host's error.
     pub async fn try_start(spec: WorkerSpec) -> Result<Self, WorkerError> {
+        Self::try_start_with_kv(spec, |kv| kv).await
+    }
+
+    /// Like [`Hosted::start`], with the in-memory entity KV wrapped by `wrap` (for example in a
+    /// [`GatedKv`]).
+    pub async fn start_with_kv(
+        spec: WorkerSpec,
+        wrap: impl FnOnce(Arc<dyn EntityKv>) -> Arc<dyn EntityKv>,
+    ) -> Self {
+        Self::try_start_with_kv(spec, wrap).await.unwrap()
+    }
+
+    /// Like [`Hosted::start_with_kv`], returning the host's error.
+    pub async fn try_start_with_kv(
+        spec: WorkerSpec,
+        wrap: impl FnOnce(Arc<dyn EntityKv>) -> Arc<dyn EntityKv>,
+    ) -> Result<Self, WorkerError> {
         init_logs();
         let runners = Arc::new(MemoryRunnerStorage::new());
-        let kv: Arc<dyn EntityKv> = Arc::new(MemoryEntityKv::new(runners.clone()));
+        let kv: Arc<dyn EntityKv> = wrap(Arc::new(MemoryEntityKv::new(runners.clone())));
         let (host, definitions) = WorkerHost::start(spec, kv.clone()).await?;
         let messages = Arc::new(MemoryMessageStorage::new(runners.clone()));
         let mut builder = Sharding::builder(sharding_config())
@@ -257,5 +274,90 @@ pub fn init_logs() {
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .with_test_writer()
             .try_init();
+    }
+}
+
+/// Entity KV whose reads (`get`, `list`) wait while the gate is closed: a runner that answers
+/// KV requests slowly, under the test's control. Writes pass through.
+#[derive(Debug)]
+pub struct GatedKv {
+    inner: Arc<dyn EntityKv>,
+    open: tokio::sync::watch::Sender<bool>,
+}
+
+impl GatedKv {
+    /// Wraps `inner`, with the gate closed.
+    pub fn closed(inner: Arc<dyn EntityKv>) -> Arc<Self> {
+        Arc::new(Self {
+            inner,
+            open: tokio::sync::watch::Sender::new(false),
+        })
+    }
+
+    /// Lets every waiting and later read through.
+    pub fn open(&self) {
+        self.open.send_replace(true);
+    }
+
+    async fn pass(&self) {
+        let mut open = self.open.subscribe();
+        let _ = open.wait_for(|open| *open).await;
+    }
+}
+
+#[async_trait::async_trait]
+impl EntityKv for GatedKv {
+    async fn get(
+        &self,
+        entity: &shoal_protocol::EntityAddress,
+        keys: &[Bytes],
+    ) -> Result<Vec<Option<Bytes>>, shoal_storage::StorageError> {
+        self.pass().await;
+        self.inner.get(entity, keys).await
+    }
+
+    async fn list(
+        &self,
+        entity: &shoal_protocol::EntityAddress,
+        query: &shoal_storage::KvQuery,
+    ) -> Result<Vec<shoal_storage::KvEntry>, shoal_storage::StorageError> {
+        self.pass().await;
+        self.inner.list(entity, query).await
+    }
+
+    async fn put(
+        &self,
+        entity: &shoal_protocol::EntityAddress,
+        entries: &[shoal_storage::KvEntry],
+        fence: &shoal_storage::Fence,
+    ) -> Result<(), shoal_storage::StorageError> {
+        self.inner.put(entity, entries, fence).await
+    }
+
+    async fn delete(
+        &self,
+        entity: &shoal_protocol::EntityAddress,
+        keys: &[Bytes],
+        fence: &shoal_storage::Fence,
+    ) -> Result<(), shoal_storage::StorageError> {
+        self.inner.delete(entity, keys, fence).await
+    }
+
+    async fn delete_range(
+        &self,
+        entity: &shoal_protocol::EntityAddress,
+        start: &[u8],
+        end: &[u8],
+        fence: &shoal_storage::Fence,
+    ) -> Result<(), shoal_storage::StorageError> {
+        self.inner.delete_range(entity, start, end, fence).await
+    }
+
+    async fn drop_all(
+        &self,
+        entity: &shoal_protocol::EntityAddress,
+        fence: &shoal_storage::Fence,
+    ) -> Result<(), shoal_storage::StorageError> {
+        self.inner.drop_all(entity, fence).await
     }
 }
