@@ -14,14 +14,17 @@ pub enum SendMode {
     Unary,
 }
 
-/// TLS material (PEM files) for TCP connections between runners.
+/// TLS material (PEM files) for TCP connections between runners. TLS is mutual: a runner
+/// presents `cert` both as a server and as a client, and accepts a peer (server or client) only
+/// if its certificate is signed by `ca`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsConfig {
-    /// This runner's certificate chain (server side).
+    /// This runner's certificate chain (presented as server and as client).
     pub cert: PathBuf,
-    /// This runner's private key (server side).
+    /// This runner's private key.
     pub key: PathBuf,
-    /// The CA that signs the other runners' certificates (client side).
+    /// The CA that signs every runner's certificate: the servers this runner calls and the
+    /// clients it serves are checked against it.
     pub ca: PathBuf,
     /// The name to expect in the other runners' certificates (default: the host being called).
     pub domain: Option<String>,
@@ -45,7 +48,7 @@ pub struct SocketConfig {
     pub mode: SendMode,
     /// Shared secret required from callers (`authorization: Bearer <token>` metadata).
     pub auth_token: Option<String>,
-    /// TLS for TCP connections (off by default).
+    /// Mutual TLS for TCP connections (off by default).
     pub tls: Option<TlsConfig>,
 }
 

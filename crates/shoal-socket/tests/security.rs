@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
+use shoal_protocol::proto::runner::v1 as pb;
 use shoal_sharding::{CallError, CallOptions};
 use shoal_socket::{SocketConfig, SocketRunner, TlsConfig};
 use shoal_storage::{MemoryRunnerStorage, RunnerStorage};
@@ -63,8 +64,13 @@ async fn a_token_is_required_when_configured() {
 
 struct Pki {
     _dir: tempfile::TempDir,
+    /// A runner's material: a certificate signed by the cluster CA, and that CA.
     tls: TlsConfig,
+    /// Another CA (that signed nothing of the cluster).
     other_ca: std::path::PathBuf,
+    /// A stranger's material: trusts the cluster CA, but its certificate is signed by the
+    /// other CA.
+    stranger: TlsConfig,
 }
 
 fn pki() -> Pki {
@@ -84,6 +90,12 @@ fn pki() -> Pki {
     let mut other_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     other_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     let other = other_params.self_signed(&other_key).unwrap();
+    let other_issuer = rcgen::Issuer::new(other_params, other_key);
+    let stranger_key = KeyPair::generate().unwrap();
+    let stranger_cert = CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .signed_by(&stranger_key, &other_issuer)
+        .unwrap();
 
     let write = |name: &str, pem: String| {
         let path = dir.path().join(name);
@@ -97,10 +109,16 @@ fn pki() -> Pki {
         domain: Some("localhost".to_owned()),
     };
     let other_ca = write("other-ca.pem", other.pem());
+    let stranger = TlsConfig {
+        cert: write("stranger.pem", stranger_cert.pem()),
+        key: write("stranger.key", stranger_key.serialize_pem()),
+        ..tls.clone()
+    };
     Pki {
         _dir: dir,
         tls,
         other_ca,
+        stranger,
     }
 }
 
@@ -178,5 +196,127 @@ async fn tls_between_runners() {
         stranger.shutdown().await;
     }
     client.shutdown().await;
+    runner.shutdown().await;
+}
+
+/// A runner on 127.0.0.1 with TLS, holding every shard.
+async fn tls_runner(tls: &TlsConfig, storage: Arc<dyn RunnerStorage>) -> RunnerProcess {
+    let runner = RunnerProcess::start(
+        "127.0.0.1:0".parse().unwrap(),
+        storage,
+        fast_config().build().unwrap(),
+        SocketConfig {
+            tls: Some(tls.clone()),
+            ..SocketConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    eventually(Duration::from_secs(10), "shards held", || {
+        runner.active_shards() == 60
+    })
+    .await;
+    runner
+}
+
+/// Pings `address` over TLS trusting `ca`, presenting `identity` (cert, key) if given.
+async fn raw_tls_ping(
+    address: &str,
+    ca: &std::path::Path,
+    identity: Option<(&std::path::Path, &std::path::Path)>,
+) -> Result<(), String> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(std::fs::read(ca).unwrap()))
+        .domain_name("localhost");
+    if let Some((cert, key)) = identity {
+        tls = tls.identity(Identity::from_pem(
+            std::fs::read(cert).unwrap(),
+            std::fs::read(key).unwrap(),
+        ));
+    }
+    let port = address.rsplit_once(':').unwrap().1;
+    let channel = Endpoint::from_shared(format!("https://127.0.0.1:{port}"))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect_timeout(Duration::from_secs(2))
+        .connect()
+        .await
+        .map_err(|e| format!("connect: {e:?}"))?;
+    let mut client = pb::runner_service_client::RunnerServiceClient::new(channel);
+    tokio::time::timeout(Duration::from_secs(2), client.ping(pb::PingRequest {}))
+        .await
+        .map_err(|_| "ping timed out".to_owned())?
+        .map(|_| ())
+        .map_err(|status| format!("ping: {status:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_requires_a_client_certificate_signed_by_the_ca() {
+    let pki = pki();
+    let storage: Arc<dyn RunnerStorage> = Arc::new(MemoryRunnerStorage::new());
+    let runner = tls_runner(&pki.tls, storage.clone()).await;
+
+    // A caller with the cluster's own material gets through.
+    raw_tls_ping(
+        &runner.address,
+        &pki.tls.ca,
+        Some((&pki.tls.cert, &pki.tls.key)),
+    )
+    .await
+    .unwrap();
+
+    // A caller that trusts the runner but presents no certificate is refused.
+    let anonymous = raw_tls_ping(&runner.address, &pki.tls.ca, None).await;
+    assert!(anonymous.is_err(), "a caller without a certificate got in");
+
+    // A caller whose certificate another CA signed is refused.
+    let stranger = raw_tls_ping(
+        &runner.address,
+        &pki.tls.ca,
+        Some((&pki.stranger.cert, &pki.stranger.key)),
+    )
+    .await;
+    assert!(
+        stranger.is_err(),
+        "a caller with a foreign certificate got in"
+    );
+    runner.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runner_with_a_foreign_certificate_is_refused() {
+    let pki = pki();
+    let storage: Arc<dyn RunnerStorage> = Arc::new(MemoryRunnerStorage::new());
+    let runner = tls_runner(&pki.tls, storage.clone()).await;
+    let stranger = SocketRunner::client_only(
+        fast_config().build().unwrap(),
+        SocketConfig {
+            tls: Some(pki.stranger.clone()),
+            ..SocketConfig::default()
+        },
+        storage.clone(),
+    )
+    .await
+    .unwrap();
+    let err = stranger
+        .sharding()
+        .client::<Counter>()
+        .call_with(
+            "mtls",
+            WhoAmI,
+            CallOptions::timeout(Duration::from_millis(800)),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            CallError::RunnerUnavailable { .. } | CallError::Timeout { .. }
+        ),
+        "{err:?}"
+    );
+    stranger.shutdown().await;
     runner.shutdown().await;
 }
