@@ -50,6 +50,12 @@ pub struct SocketConfig {
     pub auth_token: Option<String>,
     /// Mutual TLS for TCP connections (off by default).
     pub tls: Option<TlsConfig>,
+    /// Serve on a TCP address other hosts can reach (anything but 127.0.0.0/8 and `::1`) without
+    /// `auth_token` and without `tls` (default `false`: such a server refuses to start with
+    /// [`SocketError::InsecureTransport`](crate::SocketError::InsecureTransport)). Set it only
+    /// when the network itself keeps strangers away from the port: without a token or mutual TLS,
+    /// anything that reaches it can send requests to every entity of the runner.
+    pub insecure_transport: bool,
 }
 
 impl Default for SocketConfig {
@@ -63,6 +69,7 @@ impl Default for SocketConfig {
             mode: SendMode::Batch,
             auth_token: None,
             tls: None,
+            insecure_transport: false,
         }
     }
 }

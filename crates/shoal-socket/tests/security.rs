@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::*;
 use shoal_protocol::proto::runner::v1 as pb;
 use shoal_sharding::{CallError, CallOptions};
-use shoal_socket::{SocketConfig, SocketRunner, TlsConfig};
+use shoal_socket::{ServeOptions, SocketConfig, SocketError, SocketRunner, TlsConfig};
 use shoal_storage::{MemoryRunnerStorage, RunnerStorage};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -319,4 +319,70 @@ async fn a_runner_with_a_foreign_certificate_is_refused() {
     );
     stranger.shutdown().await;
     runner.shutdown().await;
+}
+
+/// Starts a runner listening on `listen` (advertised as 127.0.0.1).
+async fn serve_on(listen: &str, socket: SocketConfig) -> Result<SocketRunner, SocketError> {
+    SocketRunner::serve(
+        ServeOptions {
+            listen: listen.parse().unwrap(),
+            advertise_host: Some("127.0.0.1".to_owned()),
+            sharding: fast_config().build().unwrap(),
+            socket,
+        },
+        Arc::new(MemoryRunnerStorage::new()),
+        |builder| builder.entity(definition()),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_other_hosts_can_reach_needs_a_token_or_mutual_tls() {
+    for listen in ["0.0.0.0:0", "[::]:0"] {
+        let error = match serve_on(listen, SocketConfig::default()).await {
+            Ok(runner) => {
+                runner.shutdown().await;
+                panic!("{listen}: a runner open to every host started without authentication");
+            }
+            Err(error) => error,
+        };
+        assert!(
+            matches!(error, SocketError::InsecureTransport { .. }),
+            "{listen}: {error:?}"
+        );
+        let text = error.to_string();
+        for hint in ["runner_token", "tls", "insecure_transport = true"] {
+            assert!(text.contains(hint), "{listen}: {hint} not in {text:?}");
+        }
+    }
+    // A token, mutual TLS, or the explicit setting lets it start.
+    let pki = pki();
+    for socket in [
+        SocketConfig {
+            auth_token: Some("s3cret-token".to_owned()),
+            ..SocketConfig::default()
+        },
+        SocketConfig {
+            tls: Some(pki.tls.clone()),
+            ..SocketConfig::default()
+        },
+        SocketConfig {
+            insecure_transport: true,
+            ..SocketConfig::default()
+        },
+    ] {
+        serve_on("0.0.0.0:0", socket.clone())
+            .await
+            .unwrap_or_else(|e| panic!("{socket:?}: {e}"))
+            .shutdown()
+            .await;
+    }
+    // Loopback addresses only this machine reaches need nothing.
+    for listen in ["127.0.0.1:0", "127.0.0.2:0", "localhost:0"] {
+        serve_on(listen, SocketConfig::default())
+            .await
+            .unwrap_or_else(|e| panic!("{listen}: {e}"))
+            .shutdown()
+            .await;
+    }
 }
