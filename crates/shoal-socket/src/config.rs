@@ -40,7 +40,10 @@ pub struct SocketConfig {
     pub connect_timeout: Duration,
     /// Connections unused this long are closed (default 3 min).
     pub idle_timeout: Duration,
-    /// Requests that may be in flight to one runner before senders wait (default 8192).
+    /// Requests that may be in flight on one connection (default 8192). As a sender: callers
+    /// past it wait for a place. As a server: a batch stream with this many requests running
+    /// gets each further request refused at once with `mailbox_full` ("more than N requests in
+    /// flight on this connection") until replies free places; nothing past it is queued.
     pub window: usize,
     /// Most frames in one batch (default 512).
     pub max_batch: usize,

@@ -80,6 +80,7 @@ impl SocketRunner {
                 sharding: sharding.clone(),
                 max_batch: options.socket.max_batch,
                 max_message_size: options.socket.max_message_size,
+                window: options.socket.window,
             },
             &options.socket,
         )?;

@@ -280,6 +280,7 @@ pub async fn serve(
             sharding,
             max_batch: config.max_batch,
             max_message_size: config.max_message_size,
+            window: config.window,
         },
         config,
     )
