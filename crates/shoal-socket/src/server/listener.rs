@@ -1,7 +1,7 @@
 //! Binding TCP and Unix sockets and serving the runner service on them.
 
 use std::net::{IpAddr, SocketAddr};
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -97,7 +97,8 @@ fn check_exposure(
 }
 
 /// Binds the socket. A TCP address with port 0 gets a free port; a stale Unix socket file
-/// (nobody answers on it) is replaced, a live one or a non-socket file is an error. A TCP
+/// (nobody answers on it) is replaced, a live one or a non-socket file is an error, and the
+/// socket file has mode 0600 from the moment it appears. A TCP
 /// address other hosts can reach is refused unless `config` authenticates callers (token or
 /// mutual TLS) or sets `insecure_transport`.
 pub(crate) async fn bind(
@@ -123,16 +124,12 @@ pub(crate) async fn bind(
         ListenAddress::Unix(path) => {
             let path = absolute(path);
             clear_stale(&path).await?;
-            let listener = UnixListener::bind(&path).map_err(|source| SocketError::Bind {
-                address: listen.to_string(),
-                source,
-            })?;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(
-                |source| SocketError::Bind {
+            // Mode 0600 before the file appears at `path` and before it accepts anything.
+            let listener =
+                super::unix_socket::bind_private(&path).map_err(|source| SocketError::Bind {
                     address: listen.to_string(),
                     source,
-                },
-            )?;
+                })?;
             Ok(Listener::Unix(listener, path))
         }
     }
@@ -290,7 +287,62 @@ pub async fn serve(
 mod tests {
     #![allow(clippy::unwrap_used)]
 
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
+
+    /// Binds and unbinds a Unix socket many times while another thread stats its path: the
+    /// file must never be seen with a mode other than 0600 (another local user could connect
+    /// through a more open mode).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_unix_socket_file_never_appears_with_another_mode_than_0600() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, Ordering};
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("runner.sock");
+        let stop = Arc::new(AtomicBool::new(false));
+        let watcher = {
+            let (path, stop) = (path.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let (mut seen, mut stats) = (Vec::new(), 0u64);
+                while !stop.load(Ordering::Relaxed) {
+                    if let Ok(meta) = std::fs::symlink_metadata(&path) {
+                        stats += 1;
+                        let mode = meta.permissions().mode() & 0o777;
+                        if mode != 0o600 {
+                            seen.push(mode);
+                        }
+                    }
+                }
+                (seen, stats)
+            })
+        };
+        let listen = ListenAddress::Unix(path.clone());
+        for _ in 0..300 {
+            let listener = bind(&listen, &SocketConfig::default()).await.unwrap();
+            // Right after bind returns, before anything is accepted.
+            let mode = std::fs::symlink_metadata(&path)
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "mode {mode:o}");
+            drop(listener);
+            std::fs::remove_file(&path).unwrap();
+        }
+        stop.store(true, Ordering::Relaxed);
+        let (seen, stats) = watcher.join().unwrap();
+        assert!(stats > 0, "the watcher never saw the file");
+        assert!(
+            seen.is_empty(),
+            "the socket file was seen {} times (of {stats}) with modes {:?} (octal)",
+            seen.len(),
+            seen.iter()
+                .take(5)
+                .map(|m| format!("{m:o}"))
+                .collect::<Vec<_>>()
+        );
+    }
 
     #[test]
     fn only_loopback_addresses_count_as_local() {

@@ -4,6 +4,7 @@
 mod batch;
 mod listener;
 mod routes;
+mod unix_socket;
 
 pub use listener::{Bound, ServerHandle, serve};
 pub(crate) use listener::{bind, serve_on};
