@@ -124,6 +124,77 @@ fn switches_and_special_values() {
     );
 }
 
+#[test]
+fn insecure_transport_is_off_unless_set_by_file_environment_or_flag() {
+    let default = RunnerConfig::resolve(&Sources::new()).unwrap();
+    assert!(!default.socket.insecure_transport);
+    let file = Sources::new()
+        .with_file_text(Path::new("shoal.toml"), "insecure_transport = true")
+        .unwrap();
+    let environment = Sources::new().with_env(env(&[("SHOAL_INSECURE_TRANSPORT", "true")]));
+    let flag = Sources::new().with_flags(vec![(
+        setting("insecure_transport").expect("an insecure_transport setting"),
+        "true",
+    )]);
+    for (origin, sources) in [("file", file), ("env", environment), ("flag", flag)] {
+        let config = RunnerConfig::resolve(&sources).unwrap();
+        assert!(config.socket.insecure_transport, "{origin}");
+    }
+    let bad = error_of(Sources::new().with_env(env(&[("SHOAL_INSECURE_TRANSPORT", "maybe")])));
+    assert!(
+        bad.starts_with("invalid value for insecure_transport (SHOAL_INSECURE_TRANSPORT=maybe)"),
+        "{bad}"
+    );
+}
+
+#[test]
+fn the_binary_refuses_an_open_runner_port_without_authentication() {
+    use rustix::process::Signal;
+    let dir = tempfile::tempdir().unwrap();
+    let open = [
+        "run",
+        "--listen",
+        "0.0.0.0:0",
+        "--advertise-host",
+        "127.0.0.1",
+        "--gateway",
+        "127.0.0.1:0",
+        "--storage",
+        "memory:",
+    ];
+    let mut cmd = common::shoal(dir.path());
+    cmd.args(open);
+    let out = common::output(cmd);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for hint in [
+        "0.0.0.0:0",
+        "runner_token",
+        "tls_ca",
+        "insecure_transport = true",
+    ] {
+        assert!(stderr.contains(hint), "{hint} not in {stderr}");
+    }
+
+    // Set explicitly, it starts (and warns).
+    let mut cmd = common::shoal(dir.path());
+    cmd.args(open).arg("--insecure-transport");
+    let mut runner = common::Runner::start(cmd, dir.path().join("stderr.log"));
+    assert!(
+        runner.runner.as_deref().unwrap().starts_with("127.0.0.1:"),
+        "{:?}",
+        runner.runner
+    );
+    runner.signal(Signal::TERM);
+    let status = runner.wait(Duration::from_secs(30));
+    assert!(status.success(), "{status}: {}", runner.logs());
+    assert!(
+        runner.logs().contains("insecure_transport = true"),
+        "{}",
+        runner.logs()
+    );
+}
+
 fn error_of(sources: Sources) -> String {
     RunnerConfig::resolve(&sources).unwrap_err().to_string()
 }

@@ -39,13 +39,15 @@ impl SocketRunner {
     /// Starts a full runner: binds the socket, registers in `storage`, takes its share of shards
     /// and serves the runner RPCs. `configure` registers entity types (and may adjust the
     /// builder) before the runner takes shards. Health of other runners is checked by pinging
-    /// them over this transport.
+    /// them over this transport. Listening on a TCP address other hosts can reach (not loopback)
+    /// needs a token or mutual TLS in `options.socket`, or `insecure_transport`
+    /// ([`SocketError::InsecureTransport`] otherwise).
     pub async fn serve(
         options: ServeOptions,
         storage: Arc<dyn RunnerStorage>,
         configure: impl FnOnce(ShardingBuilder) -> ShardingBuilder,
     ) -> Result<Self, SocketError> {
-        let listener = crate::server::bind(&options.listen).await?;
+        let listener = crate::server::bind(&options.listen, &options.socket).await?;
         let listen_host = match &options.listen {
             ListenAddress::Tcp { host, .. } => host.clone(),
             ListenAddress::Unix(_) => String::new(),
@@ -78,6 +80,7 @@ impl SocketRunner {
                 sharding: sharding.clone(),
                 max_batch: options.socket.max_batch,
                 max_message_size: options.socket.max_message_size,
+                window: options.socket.window,
             },
             &options.socket,
         )?;

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use shoal_protocol::proto::runner::v1 as pb;
-use shoal_protocol::{EntityAddress, Headers, Request, RunnerAddress, Snowflake};
+use shoal_protocol::{
+    EntityAddress, ErrorCode, Headers, Reply, ReplyFrame, Request, RunnerAddress, Snowflake,
+};
 use shoal_sharding::{CallError, CallOptions, Runners, TransportError};
 use shoal_socket::{GrpcRunners, SocketConfig, SocketRunner};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -353,6 +355,126 @@ async fn a_frozen_runner_hits_the_callers_deadline_then_answers_again() {
         .await
         .unwrap();
     assert!((1..=3).contains(&value), "{value}");
+    client.shutdown().await;
+    runner.shutdown().await;
+}
+
+/// A request for the counter entity `id` (on its shard in `sharding`).
+fn counter_request(
+    sharding: &shoal_sharding::Sharding,
+    request_id: u64,
+    id: &str,
+    tag: &str,
+    payload: &str,
+) -> pb::ClientFrame {
+    let shard = sharding.shard_of::<Counter>(&id.try_into().unwrap());
+    let request = Request {
+        id: Snowflake::from_raw(request_id),
+        address: EntityAddress::new(shard, "counter".parse().unwrap(), id.parse().unwrap()),
+        tag: tag.parse().unwrap(),
+        payload: payload.as_bytes().to_vec().into(),
+        headers: Headers::new(),
+        persisted: false,
+        timeout: None,
+        streaming: false,
+    };
+    pb::ClientFrame {
+        kind: Some(pb::client_frame::Kind::Request((&request).into())),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_beyond_the_window_fail_at_once_and_the_stream_stays_usable() {
+    let window = 16;
+    let extra = 8;
+    let (runner, client, _) = one_runner(SocketConfig {
+        window,
+        ..SocketConfig::default()
+    })
+    .await;
+    let sharding = client.sharding();
+
+    // A raw batch stream that ignores the window: every request is written before any reply
+    // is read. Each request is for an entity of its own and takes 2 s.
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", runner.address))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut raw = pb::runner_service_client::RunnerServiceClient::new(channel);
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let mut replies = raw
+        .batch(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let started = Instant::now();
+    let total = window + extra;
+    for chunk in (1..=total as u64).collect::<Vec<_>>().chunks(5) {
+        let frames = chunk
+            .iter()
+            .map(|&n| counter_request(sharding, n, &format!("w{n}"), "slow", r#"{"ms":2000}"#))
+            .collect();
+        tx.send(pb::ClientBatch { frames }).await.unwrap();
+    }
+
+    let mut refused = Vec::new();
+    let mut served = 0;
+    let mut first_served_at = None;
+    while refused.len() + served < total {
+        let batch = tokio::time::timeout(Duration::from_secs(10), replies.message())
+            .await
+            .expect("every request is answered")
+            .unwrap()
+            .expect("the stream stays open");
+        for reply in batch.replies {
+            let reply = Reply::try_from(reply).unwrap();
+            match reply.frame {
+                ReplyFrame::Failure(failure) => refused.push((started.elapsed(), failure)),
+                ReplyFrame::Value(_) => {
+                    served += 1;
+                    first_served_at.get_or_insert(started.elapsed());
+                }
+                other => panic!("unexpected reply {other:?}"),
+            }
+        }
+    }
+    assert_eq!(refused.len(), extra, "{refused:?}");
+    assert_eq!(served, window);
+    for (at, failure) in &refused {
+        assert_eq!(failure.code, ErrorCode::MailboxFull, "{failure:?}");
+        assert!(
+            failure
+                .message
+                .contains("more than 16 requests in flight on this connection"),
+            "{failure:?}"
+        );
+        // Answered at once, not after the requests ahead of it.
+        assert!(*at < Duration::from_millis(1500), "refused after {at:?}");
+        assert!(Some(*at) < first_served_at, "{at:?} vs {first_served_at:?}");
+    }
+
+    // The window freed, the same stream serves again.
+    tx.send(pb::ClientBatch {
+        frames: vec![counter_request(
+            sharding,
+            1_000,
+            "after",
+            "increment",
+            r#"{"by":7}"#,
+        )],
+    })
+    .await
+    .unwrap();
+    let batch = tokio::time::timeout(Duration::from_secs(5), replies.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let reply = Reply::try_from(batch.replies.into_iter().next().unwrap()).unwrap();
+    assert_eq!(reply.request_id, Snowflake::from_raw(1_000));
+    assert_eq!(reply.frame, ReplyFrame::Value(b"7".as_slice().into()));
+    drop(tx);
     client.shutdown().await;
     runner.shutdown().await;
 }

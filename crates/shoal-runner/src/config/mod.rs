@@ -54,7 +54,7 @@ pub struct RunnerConfig {
     pub entities: Vec<WorkerEntityConfig>,
     /// Sharding settings.
     pub sharding: ShardingConfig,
-    /// Transport settings (token, TLS, message size).
+    /// Transport settings (token, TLS, insecure_transport, message size).
     pub socket: SocketConfig,
     /// The HTTP gateway (`None`: off).
     pub gateway: Option<GatewayConfig>,
@@ -350,6 +350,7 @@ fn socket_config(r: &Resolver<'_>) -> Result<SocketConfig, ConfigError> {
     let mut socket = SocketConfig {
         max_message_size: r.req("max_message_size", parse::size)?,
         auth_token: r.get("runner_token", parse::text)?,
+        insecure_transport: r.req("insecure_transport", parse::boolean)?,
         ..SocketConfig::default()
     };
     if let Some(token) = &socket.auth_token

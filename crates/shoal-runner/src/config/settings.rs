@@ -390,6 +390,18 @@ pub const SETTINGS: &[Setting] = &[
         Scopes::RUN,
     ),
     s(
+        "insecure_transport",
+        "SHOAL_INSECURE_TRANSPORT",
+        Switch {
+            name: "insecure-transport",
+            sets: "true",
+        },
+        Some("false"),
+        "BOOL",
+        "Allow listening on a non-loopback address with neither runner_token nor TLS (anything that reaches the port can then send requests)",
+        Scopes::RUN,
+    ),
+    s(
         "max_message_size",
         "SHOAL_MAX_MESSAGE_SIZE",
         Value("max-message-size"),

@@ -4,6 +4,12 @@
 //! it reads whatever requests arrived, hands them to the sharding runtime, and returns every reply
 //! that is ready as one encoded `ServerBatch`. It does no work while the caller is not reading
 //! replies (HTTP/2 flow control then stops the caller's requests too).
+//!
+//! The session enforces the caller's window itself: at most `window` requests (single,
+//! streaming, or notifications awaiting an answer) run at a time for one stream. A request beyond
+//! it is answered at once with a `mailbox_full` failure and not queued, whatever the caller
+//! does. Notifications nobody awaits (interrupts, acknowledgements) have a budget of `window` of
+//! their own; beyond it they are dropped.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -31,40 +37,80 @@ pub(crate) struct Session {
     inbound: Streaming<Vec<Inbound>>,
     inbound_open: bool,
     pending: FuturesUnordered<Pending>,
+    /// How many of `pending` will answer (the rest are unanswered notifications).
+    pending_answered: usize,
     streams: StreamMap<u64, BoxStream<'static, ReplyFrame>>,
     out: BytesMut,
     out_count: usize,
     max_batch: usize,
     max_message_size: usize,
+    /// Requests that may run at once; more are refused.
+    window: usize,
+    /// Unanswered notifications dropped over their budget (logged once per session).
+    dropped_notifications: u64,
 }
 
 impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Session")
             .field("pending", &self.pending.len())
+            .field("pending_answered", &self.pending_answered)
             .field("streams", &self.streams.len())
+            .field("window", &self.window)
             .finish_non_exhaustive()
     }
+}
+
+/// The limits of one session.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    /// Most replies in one outgoing batch.
+    pub(crate) max_batch: usize,
+    /// Largest request payload or reply value.
+    pub(crate) max_message_size: usize,
+    /// Most requests in flight.
+    pub(crate) window: usize,
 }
 
 impl Session {
     pub(crate) fn new(
         sharding: Sharding,
         inbound: Streaming<Vec<Inbound>>,
-        max_batch: usize,
-        max_message_size: usize,
+        limits: Limits,
     ) -> Self {
         Self {
             sharding,
             inbound,
             inbound_open: true,
             pending: FuturesUnordered::new(),
+            pending_answered: 0,
             streams: StreamMap::new(),
             out: BytesMut::new(),
             out_count: 0,
-            max_batch: max_batch.max(1),
-            max_message_size,
+            max_batch: limits.max_batch.max(1),
+            max_message_size: limits.max_message_size,
+            window: limits.window.max(1),
+            dropped_notifications: 0,
         }
+    }
+
+    /// Requests running that will be answered.
+    fn in_flight(&self) -> usize {
+        self.pending_answered + self.streams.len()
+    }
+
+    /// The failure for a request over the window, or `None` when it may run.
+    fn over_window(&self) -> Option<Failure> {
+        (self.in_flight() >= self.window).then(|| {
+            Failure::new(
+                ErrorCode::MailboxFull,
+                format!(
+                    "more than {} requests in flight on this connection (the runner's window); \
+                     this request was refused, not queued",
+                    self.window
+                ),
+            )
+        })
     }
 
     /// Adds a reply to the outgoing batch. A value larger than the limit is replaced by a
@@ -101,11 +147,15 @@ impl Session {
                 let id = request.id.raw();
                 if let Some(failure) = super::too_large(&request, self.max_message_size) {
                     self.reply(id, ReplyFrame::Failure(failure));
+                } else if let Some(failure) = self.over_window() {
+                    let failure = failure.with_address(request.address);
+                    self.reply(id, ReplyFrame::Failure(failure));
                 } else if request.streaming {
                     self.streams
                         .insert(id, self.sharding.handle_stream(request));
                 } else {
                     let sharding = self.sharding.clone();
+                    self.pending_answered += 1;
                     self.pending.push(Box::pin(async move {
                         Some((id, sharding.handle_request(request).await))
                     }));
@@ -121,6 +171,24 @@ impl Session {
                     }
                 }
                 Ok(notification) => {
+                    match request_id {
+                        Some(id) => {
+                            if let Some(failure) = self.over_window() {
+                                let failure = failure.with_address(notification.address().clone());
+                                self.reply(id, ReplyFrame::Failure(failure));
+                                return;
+                            }
+                            self.pending_answered += 1;
+                        }
+                        None => {
+                            if self.pending.len().saturating_sub(self.pending_answered)
+                                >= self.window
+                            {
+                                self.drop_notification();
+                                return;
+                            }
+                        }
+                    }
                     let sharding = self.sharding.clone();
                     self.pending.push(Box::pin(async move {
                         let result = sharding.handle_notification(notification).await;
@@ -141,6 +209,18 @@ impl Session {
             }
             Inbound::Empty => tracing::debug!("ignoring an empty batch frame"),
         }
+    }
+
+    /// Drops a notification nobody awaits: `window` of them are already running.
+    fn drop_notification(&mut self) {
+        if self.dropped_notifications == 0 {
+            tracing::warn!(
+                window = self.window,
+                "more than window unanswered notifications (interrupts, acknowledgements) in \
+                 flight on one connection; dropping the excess"
+            );
+        }
+        self.dropped_notifications += 1;
     }
 
     fn take_batch(&mut self) -> Bytes {
@@ -181,7 +261,10 @@ impl Session {
         }
         while !self.pending.is_empty() && !self.full() {
             match Pin::new(&mut self.pending).poll_next(cx) {
-                Poll::Ready(Some(Some((id, frame)))) => self.reply(id, frame),
+                Poll::Ready(Some(Some((id, frame)))) => {
+                    self.pending_answered = self.pending_answered.saturating_sub(1);
+                    self.reply(id, frame);
+                }
                 Poll::Ready(Some(None)) => {}
                 Poll::Ready(None) | Poll::Pending => break,
             }

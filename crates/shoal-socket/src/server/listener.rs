@@ -1,7 +1,7 @@
 //! Binding TCP and Unix sockets and serving the runner service on them.
 
-use std::net::SocketAddr;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::net::{IpAddr, SocketAddr};
+use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -61,12 +61,54 @@ impl ServerHandle {
     }
 }
 
+/// Whether `ip` is reachable from this machine only (127.0.0.0/8, `::1`, or `::ffff:127.x.y.z`).
+fn is_loopback(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_loopback(),
+        IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+    }
+}
+
+/// Refuses to serve on `ip` when other hosts can reach it and nothing authenticates callers:
+/// no token, no mutual TLS, and `insecure_transport` not set.
+fn check_exposure(
+    listen: &ListenAddress,
+    ip: IpAddr,
+    config: &SocketConfig,
+) -> Result<(), SocketError> {
+    let token = config.auth_token.as_deref().is_some_and(|t| !t.is_empty());
+    if is_loopback(ip) || token || config.tls.is_some() {
+        return Ok(());
+    }
+    if !config.insecure_transport {
+        return Err(SocketError::InsecureTransport {
+            address: listen.to_string(),
+            ip,
+        });
+    }
+    tracing::warn!(
+        address = %listen,
+        "the runner transport is open: other hosts can reach this address and it authenticates \
+         no caller (insecure_transport = true); anything that reaches it can send requests"
+    );
+    Ok(())
+}
+
 /// Binds the socket. A TCP address with port 0 gets a free port; a stale Unix socket file
-/// (nobody answers on it) is replaced, a live one or a non-socket file is an error.
-pub(crate) async fn bind(listen: &ListenAddress) -> Result<Listener, SocketError> {
+/// (nobody answers on it) is replaced, a live one or a non-socket file is an error, and the
+/// socket file has mode 0600 from the moment it appears. A TCP
+/// address other hosts can reach is refused unless `config` authenticates callers (token or
+/// mutual TLS) or sets `insecure_transport`.
+pub(crate) async fn bind(
+    listen: &ListenAddress,
+    config: &SocketConfig,
+) -> Result<Listener, SocketError> {
     match listen {
         ListenAddress::Tcp { .. } => {
             let addr = listen.resolve()?;
+            check_exposure(listen, addr.ip(), config)?;
             let listener = TcpListener::bind(addr)
                 .await
                 .map_err(|source| SocketError::Bind {
@@ -82,16 +124,12 @@ pub(crate) async fn bind(listen: &ListenAddress) -> Result<Listener, SocketError
         ListenAddress::Unix(path) => {
             let path = absolute(path);
             clear_stale(&path).await?;
-            let listener = UnixListener::bind(&path).map_err(|source| SocketError::Bind {
-                address: listen.to_string(),
-                source,
-            })?;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(
-                |source| SocketError::Bind {
+            // Mode 0600 before the file appears at `path` and before it accepts anything.
+            let listener =
+                super::unix_socket::bind_private(&path).map_err(|source| SocketError::Bind {
                     address: listen.to_string(),
                     source,
-                },
-            )?;
+                })?;
             Ok(Listener::Unix(listener, path))
         }
     }
@@ -219,13 +257,15 @@ pub(crate) fn serve_on(
     })
 }
 
-/// Binds `listen` and serves `sharding`'s runner service on it.
+/// Binds `listen` and serves `sharding`'s runner service on it. A TCP address other hosts can
+/// reach (not loopback) is refused with [`SocketError::InsecureTransport`] unless `config` sets
+/// a token, mutual TLS, or `insecure_transport`.
 pub async fn serve(
     listen: &ListenAddress,
     sharding: shoal_sharding::Sharding,
     config: &SocketConfig,
 ) -> Result<ServerHandle, SocketError> {
-    let listener = bind(listen).await?;
+    let listener = bind(listen, config).await?;
     let host = match listen {
         ListenAddress::Tcp { host, .. } => host.clone(),
         ListenAddress::Unix(_) => String::new(),
@@ -237,7 +277,114 @@ pub async fn serve(
             sharding,
             max_batch: config.max_batch,
             max_message_size: config.max_message_size,
+            window: config.window,
         },
         config,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    /// Binds and unbinds a Unix socket many times while another thread stats its path: the
+    /// file must never be seen with a mode other than 0600 (another local user could connect
+    /// through a more open mode).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_unix_socket_file_never_appears_with_another_mode_than_0600() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, Ordering};
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("runner.sock");
+        let stop = Arc::new(AtomicBool::new(false));
+        let watcher = {
+            let (path, stop) = (path.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let (mut seen, mut stats) = (Vec::new(), 0u64);
+                while !stop.load(Ordering::Relaxed) {
+                    if let Ok(meta) = std::fs::symlink_metadata(&path) {
+                        stats += 1;
+                        let mode = meta.permissions().mode() & 0o777;
+                        if mode != 0o600 {
+                            seen.push(mode);
+                        }
+                    }
+                }
+                (seen, stats)
+            })
+        };
+        let listen = ListenAddress::Unix(path.clone());
+        for _ in 0..300 {
+            let listener = bind(&listen, &SocketConfig::default()).await.unwrap();
+            // Right after bind returns, before anything is accepted.
+            let mode = std::fs::symlink_metadata(&path)
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "mode {mode:o}");
+            drop(listener);
+            std::fs::remove_file(&path).unwrap();
+        }
+        stop.store(true, Ordering::Relaxed);
+        let (seen, stats) = watcher.join().unwrap();
+        assert!(stats > 0, "the watcher never saw the file");
+        assert!(
+            seen.is_empty(),
+            "the socket file was seen {} times (of {stats}) with modes {:?} (octal)",
+            seen.len(),
+            seen.iter()
+                .take(5)
+                .map(|m| format!("{m:o}"))
+                .collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn only_loopback_addresses_count_as_local() {
+        for local in ["127.0.0.1", "127.4.5.6", "::1", "::ffff:127.0.0.1"] {
+            assert!(is_loopback(local.parse().unwrap()), "{local}");
+        }
+        for open in [
+            "0.0.0.0",
+            "::",
+            "10.0.3.17",
+            "192.168.1.2",
+            "fd00::2",
+            "::ffff:10.0.0.1",
+        ] {
+            assert!(!is_loopback(open.parse().unwrap()), "{open}");
+        }
+    }
+
+    #[test]
+    fn an_open_address_needs_a_token_tls_or_the_explicit_setting() {
+        let listen: ListenAddress = "0.0.0.0:7400".parse().unwrap();
+        let ip: IpAddr = "0.0.0.0".parse().unwrap();
+        let open = SocketConfig::default();
+        assert!(matches!(
+            check_exposure(&listen, ip, &open),
+            Err(SocketError::InsecureTransport { .. })
+        ));
+        let empty_token = SocketConfig {
+            auth_token: Some(String::new()),
+            ..SocketConfig::default()
+        };
+        assert!(check_exposure(&listen, ip, &empty_token).is_err());
+        let token = SocketConfig {
+            auth_token: Some("s3cret".to_owned()),
+            ..SocketConfig::default()
+        };
+        check_exposure(&listen, ip, &token).unwrap();
+        let insecure = SocketConfig {
+            insecure_transport: true,
+            ..SocketConfig::default()
+        };
+        check_exposure(&listen, ip, &insecure).unwrap();
+        check_exposure(&listen, "127.0.0.1".parse().unwrap(), &open).unwrap();
+    }
 }

@@ -4,6 +4,7 @@
 mod batch;
 mod listener;
 mod routes;
+mod unix_socket;
 
 pub use listener::{Bound, ServerHandle, serve};
 pub(crate) use listener::{bind, serve_on};
@@ -22,6 +23,8 @@ pub(crate) struct RunnerServiceImpl {
     pub(crate) sharding: Sharding,
     pub(crate) max_batch: usize,
     pub(crate) max_message_size: usize,
+    /// Requests one batch stream may have in flight (`SocketConfig::window`).
+    pub(crate) window: usize,
 }
 
 /// The failure for a request whose payload exceeds the limit (for its caller only).

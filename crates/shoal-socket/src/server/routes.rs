@@ -12,7 +12,7 @@ use tonic::{Status, Streaming};
 use tower::Service;
 
 use super::RunnerServiceImpl;
-use super::batch::Session;
+use super::batch::{Limits, Session};
 use crate::codec::decode::Inbound;
 use crate::codec::{BATCH_PATH, ServerCodec};
 
@@ -91,8 +91,11 @@ impl Service<tonic::Request<Streaming<Vec<Inbound>>>> for BatchHandler {
         let session = Session::new(
             self.service.sharding.clone(),
             request.into_inner(),
-            self.service.max_batch,
-            self.service.max_message_size,
+            Limits {
+                max_batch: self.service.max_batch,
+                max_message_size: self.service.max_message_size,
+                window: self.service.window,
+            },
         );
         std::future::ready(Ok(tonic::Response::new(session)))
     }
