@@ -5,7 +5,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
 use shoal_sharding::{RegisterError, Sharding};
@@ -13,11 +12,10 @@ use shoal_socket::{ServeOptions, SocketError, SocketRunner};
 use shoal_storage::{StorageError, connect};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
 use crate::config::{MetricsListen, Role, RunnerConfig};
 use crate::entities::{Builtin, EntityRoutes, WorkerEntities, WorkerEntityError};
-use crate::gateway::{self, GatewayOptions};
+use crate::gateway::{self, GatewayOptions, HttpServer};
 use crate::health::Readiness;
 
 /// How long HTTP servers may take to finish open requests once they stop accepting.
@@ -69,46 +67,14 @@ pub struct Addresses {
     pub metrics: Option<SocketAddr>,
 }
 
-/// An HTTP server task that stops gracefully.
-#[derive(Debug)]
-struct HttpServer {
-    stop: CancellationToken,
-    task: JoinHandle<()>,
-}
-
-impl HttpServer {
-    async fn bind(what: &'static str, address: &str) -> Result<TcpListener, NodeError> {
-        TcpListener::bind(address)
-            .await
-            .map_err(|source| NodeError::Bind {
-                what,
-                address: address.to_owned(),
-                source,
-            })
-    }
-
-    fn serve(what: &'static str, listener: TcpListener, router: Router) -> Self {
-        let stop = CancellationToken::new();
-        let signal = stop.clone().cancelled_owned();
-        let task = tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, router)
-                .with_graceful_shutdown(signal)
-                .await
-            {
-                tracing::error!(server = what, error = %e, "HTTP server failed");
-            }
-        });
-        Self { stop, task }
-    }
-
-    async fn stop(self) {
-        self.stop.cancel();
-        let mut task = self.task;
-        if tokio::time::timeout(HTTP_GRACE, &mut task).await.is_err() {
-            tracing::warn!("HTTP requests still open after {HTTP_GRACE:?}; closing them");
-            task.abort();
-        }
-    }
+async fn bind(what: &'static str, address: &str) -> Result<TcpListener, NodeError> {
+    TcpListener::bind(address)
+        .await
+        .map_err(|source| NodeError::Bind {
+            what,
+            address: address.to_owned(),
+            source,
+        })
 }
 
 /// A running `shoal run` process.
@@ -133,13 +99,11 @@ impl Node {
         metrics: Option<PrometheusHandle>,
     ) -> Result<Self, NodeError> {
         let gateway_listener = match &config.gateway {
-            Some(gw) => Some(HttpServer::bind("gateway", &gw.listen).await?),
+            Some(gw) => Some(bind("gateway", &gw.listen).await?),
             None => None,
         };
         let metrics_listener = match (&config.metrics, &metrics) {
-            (MetricsListen::Separate(address), Some(_)) => {
-                Some(HttpServer::bind("metrics", address).await?)
-            }
+            (MetricsListen::Separate(address), Some(_)) => Some(bind("metrics", address).await?),
             _ => None,
         };
 
@@ -240,7 +204,7 @@ impl Node {
                     },
                 );
                 tracing::info!(address = ?local, "gateway listening");
-                Some(HttpServer::serve("gateway", listener, router))
+                Some(gateway::serve("gateway", listener, router))
             }
             _ => None,
         };
@@ -248,7 +212,7 @@ impl Node {
             (Some(listener), Some(handle)) => {
                 addresses.metrics = listener.local_addr().ok();
                 tracing::info!(address = ?addresses.metrics, "metrics listening");
-                Some(HttpServer::serve(
+                Some(gateway::serve(
                     "metrics",
                     listener,
                     gateway::metrics_router(handle),
@@ -298,10 +262,10 @@ impl Node {
         // After the handoff: the entities served by workers are stopped by now.
         self.workers.shutdown().await;
         if let Some(gateway) = self.gateway {
-            gateway.stop().await;
+            gateway.stop(HTTP_GRACE).await;
         }
         if let Some(metrics) = self.metrics {
-            metrics.stop().await;
+            metrics.stop(HTTP_GRACE).await;
         }
         if let Some(upkeep) = self.upkeep {
             upkeep.abort();

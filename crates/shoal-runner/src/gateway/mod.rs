@@ -35,6 +35,7 @@
 mod call;
 mod error;
 mod ops;
+mod server;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -45,6 +46,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use shoal_sharding::{DynamicClient, Sharding};
 
 pub use error::{ApiError, RETRY_AFTER_SECS};
+pub use server::{HttpServer, serve};
 
 use crate::entities::EntityRoutes;
 use crate::health::Readiness;
