@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::{MetricsListen, Role, RunnerConfig};
 use crate::entities::{Builtin, EntityRoutes, WorkerEntities, WorkerEntityError};
-use crate::gateway::{self, GatewayOptions, HttpServer};
+use crate::gateway::{self, ConnectionLimits, GatewayOptions, HttpServer};
 use crate::health::Readiness;
 
 /// How long HTTP servers may take to finish open requests once they stop accepting.
@@ -204,7 +204,14 @@ impl Node {
                     },
                 );
                 tracing::info!(address = ?local, "gateway listening");
-                Some(gateway::serve("gateway", listener, router))
+                Some(gateway::serve(
+                    "gateway",
+                    listener,
+                    router,
+                    ConnectionLimits {
+                        header_timeout: gw.header_timeout,
+                    },
+                ))
             }
             _ => None,
         };
@@ -216,6 +223,8 @@ impl Node {
                     "metrics",
                     listener,
                     gateway::metrics_router(handle),
+                    // Scrapers only: the default limits.
+                    ConnectionLimits::default(),
                 ))
             }
             _ => None,

@@ -1,8 +1,9 @@
 //! The HTTP gateway over an in-process cluster: every status code it answers, with real entity
-//! calls behind it.
+//! calls behind it, and the limits it puts on connections (served on a real socket).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,13 +15,16 @@ use http::{Request, StatusCode, header};
 use http_body_util::BodyExt;
 use shoal_protocol::EntityType;
 use shoal_runner::entities::{Builtin, EntityRoutes};
-use shoal_runner::gateway::{self, GatewayOptions};
+use shoal_runner::gateway::{self, ConnectionLimits, GatewayOptions, HttpServer};
 use shoal_runner::health::Readiness;
 use shoal_sharding::{
     DynamicDefinition, DynamicEntity, DynamicRequest, EntityContext, EntityOptions, GroupSelector,
     HandlerError, InProcessNetwork, Sharding, ShardingConfig, TagKind,
 };
 use shoal_storage::{MemoryEntityKv, MemoryMessageStorage, MemoryRunnerStorage, RunnerStorage};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
 use tower::ServiceExt;
 
@@ -483,4 +487,147 @@ async fn calls_reach_entities_on_another_runner() {
     assert!(remote > 0, "no id landed on the second runner");
     a.shutdown().await;
     b.shutdown().await;
+}
+
+// Connection limits, on a real socket.
+
+/// How long a socket test may take in all (debug builds on a busy machine). The tests assert no
+/// other duration: they await the gateway's actions.
+const SOCKET_TEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Serves `app` on a free port of 127.0.0.1.
+async fn serve_on_free_port(app: Router, limits: ConnectionLimits) -> (HttpServer, SocketAddr) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let server = gateway::serve("gateway", listener, app, limits);
+    let address = server.local_addr().unwrap();
+    (server, address)
+}
+
+/// Runs `test` within [`SOCKET_TEST_TIMEOUT`].
+async fn within_test_timeout<T>(what: &str, test: impl Future<Output = T>) -> T {
+    tokio::time::timeout(SOCKET_TEST_TIMEOUT, test)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: not done within {SOCKET_TEST_TIMEOUT:?}"))
+}
+
+/// Reads until the gateway closes the connection (a read returns 0 or fails); returns what it
+/// sent before.
+async fn read_until_closed(socket: &mut (impl AsyncRead + Unpin)) -> String {
+    let mut received = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        match socket.read(&mut buf).await {
+            Ok(0) | Err(_) => return String::from_utf8_lossy(&received).into_owned(),
+            Ok(n) => received.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// Reads one HTTP/1.1 response with a `content-length`: status, head and body.
+async fn read_response(socket: &mut (impl AsyncRead + Unpin)) -> (u16, String, String) {
+    let mut received = Vec::new();
+    let mut buf = [0u8; 1024];
+    let head_end = loop {
+        if let Some(at) = received.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+        let n = socket.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed before a whole response head: {received:?}");
+        received.extend_from_slice(&buf[..n]);
+    };
+    let head = String::from_utf8(received[..head_end].to_vec()).unwrap();
+    let status = head[9..12].parse().unwrap();
+    let length: usize = head
+        .lines()
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().unwrap())
+        })
+        .expect("no content-length");
+    while received.len() < head_end + length {
+        let n = socket.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed before the whole body");
+        received.extend_from_slice(&buf[..n]);
+    }
+    let body = String::from_utf8(received[head_end..head_end + length].to_vec()).unwrap();
+    (status, head, body)
+}
+
+/// Sends `start`, then one more byte every 50 ms until the connection fails: a request that makes
+/// progress but never ends (a slow-loris client).
+async fn drip(mut writer: OwnedWriteHalf, start: &'static [u8]) {
+    if writer.write_all(start).await.is_err() {
+        return;
+    }
+    while writer.write_all(b"a").await.is_ok() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn request_heads_not_finished_within_the_header_timeout_are_closed() {
+    let cluster = runner().await;
+    let limits = ConnectionLimits {
+        header_timeout: Duration::from_millis(500),
+    };
+    let (server, address) =
+        serve_on_free_port(app(&cluster, GatewayOptions::default()), limits).await;
+    within_test_timeout("closing stalled heads", async {
+        // Sends nothing at all.
+        let mut silent = TcpStream::connect(address).await.unwrap();
+        // Sends part of a head and stops.
+        let mut partial = TcpStream::connect(address).await.unwrap();
+        partial
+            .write_all(b"POST /v1/entities/counter/a/get HTTP/1.1\r\nHost: shoal\r\n")
+            .await
+            .unwrap();
+        // Keeps sending a head that never ends: progress does not extend the timeout.
+        let (mut dripping, writer) = TcpStream::connect(address).await.unwrap().into_split();
+        let dripper = tokio::spawn(drip(writer, b"GET /healthz HTTP/1.1\r\nX-Slow: "));
+
+        // Closed without an answer.
+        assert_eq!(read_until_closed(&mut silent).await, "");
+        assert_eq!(read_until_closed(&mut partial).await, "");
+        assert_eq!(read_until_closed(&mut dripping).await, "");
+        dripper.await.unwrap();
+
+        // The gateway goes on answering.
+        let mut client = TcpStream::connect(address).await.unwrap();
+        client
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: shoal\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(read_response(&mut client).await.0, 200);
+    })
+    .await;
+    server.stop(Duration::from_secs(5)).await;
+    cluster.sharding.shutdown().await;
+}
+
+#[tokio::test]
+async fn idle_keep_alive_connections_are_closed_after_the_header_timeout() {
+    let cluster = runner().await;
+    let limits = ConnectionLimits {
+        header_timeout: Duration::from_millis(500),
+    };
+    let (server, address) =
+        serve_on_free_port(app(&cluster, GatewayOptions::default()), limits).await;
+    within_test_timeout("closing an idle connection", async {
+        let mut client = TcpStream::connect(address).await.unwrap();
+        // Two requests on one kept-alive connection...
+        for _ in 0..2 {
+            client
+                .write_all(b"GET /healthz HTTP/1.1\r\nHost: shoal\r\n\r\n")
+                .await
+                .unwrap();
+            let (status, _, body) = read_response(&mut client).await;
+            assert_eq!((status, body.as_str()), (200, r#"{"status":"ok"}"#));
+        }
+        // ...then nothing: the wait for the next head is bounded by the header timeout.
+        assert_eq!(read_until_closed(&mut client).await, "");
+    })
+    .await;
+    server.stop(Duration::from_secs(5)).await;
+    cluster.sharding.shutdown().await;
 }

@@ -131,6 +131,9 @@ pub struct GatewayConfig {
     pub token: Option<String>,
     /// Largest accepted body, in bytes.
     pub max_body: usize,
+    /// How long a client may take to send a request head (and an idle keep-alive connection
+    /// stays open).
+    pub header_timeout: Duration,
 }
 
 /// Where `/metrics` is served.
@@ -231,6 +234,7 @@ impl RunnerConfig {
                 listen,
                 token: r.get("gateway_token", parse::text)?,
                 max_body: r.req("gateway_max_body", parse::size)?,
+                header_timeout: r.req("gateway_header_timeout", parse::positive_duration)?,
             }),
             None => None,
         };
@@ -418,6 +422,10 @@ mod tests {
         );
         assert_eq!(config.gateway.as_ref().unwrap().listen, "127.0.0.1:8080");
         assert_eq!(config.gateway.as_ref().unwrap().max_body, 1 << 20);
+        assert_eq!(
+            config.gateway.as_ref().unwrap().header_timeout,
+            Duration::from_secs(10)
+        );
         assert_eq!(config.metrics, MetricsListen::Gateway);
         assert_eq!(config.sharding, ShardingConfig::default());
         assert!(config.builtin_entities);

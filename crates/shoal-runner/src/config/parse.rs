@@ -17,6 +17,14 @@ pub(super) fn duration(text: &str) -> Parsed<Duration> {
         .map_err(|_| "expected a duration like 2s, 500ms or 1m".to_owned())
 }
 
+/// A duration of more than zero.
+pub(super) fn positive_duration(text: &str) -> Parsed<Duration> {
+    match duration(text)? {
+        Duration::ZERO => Err("must be more than zero".to_owned()),
+        positive => Ok(positive),
+    }
+}
+
 pub(super) fn boolean(text: &str) -> Parsed<bool> {
     match text.trim().to_ascii_lowercase().as_str() {
         "1" | "true" | "yes" | "on" => Ok(true),
@@ -178,6 +186,8 @@ mod tests {
     fn durations_and_flags() {
         assert_eq!(duration("2s"), Ok(Duration::from_secs(2)));
         assert!(duration("abc").is_err());
+        assert_eq!(positive_duration("10s"), Ok(Duration::from_secs(10)));
+        assert!(positive_duration("0s").is_err());
         assert_eq!(boolean("Yes"), Ok(true));
         assert!(boolean("maybe").is_err());
         assert_eq!(count::<u32>("300"), Ok(300));

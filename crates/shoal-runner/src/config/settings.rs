@@ -427,6 +427,15 @@ pub const SETTINGS: &[Setting] = &[
         Scopes::RUN,
     ),
     s(
+        "gateway_header_timeout",
+        "SHOAL_GATEWAY_HEADER_TIMEOUT",
+        Value("gateway-header-timeout"),
+        Some("10s"),
+        "DURATION",
+        "A gateway client must send a request's whole head within this, or the connection is closed; also how long an idle keep-alive connection stays open",
+        Scopes::RUN,
+    ),
+    s(
         "metrics",
         "SHOAL_METRICS",
         Value("metrics"),

@@ -46,7 +46,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use shoal_sharding::{DynamicClient, Sharding};
 
 pub use error::{ApiError, RETRY_AFTER_SECS};
-pub use server::{HttpServer, serve};
+pub use server::{ConnectionLimits, HttpServer, serve};
 
 use crate::entities::EntityRoutes;
 use crate::health::Readiness;

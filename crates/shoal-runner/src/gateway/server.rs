@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use axum::Router;
 use hyper::server::conn::http1;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
@@ -18,6 +18,24 @@ use tokio_util::sync::CancellationToken;
 /// files, out of memory), so that it does not spin.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_secs(1);
 
+/// Limits on the connections of an HTTP listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// A client must send a request's whole head (request line and headers) within this, counted
+    /// from when the server starts waiting for it: on a new connection, and after each answer on a
+    /// kept-alive one, so it is also how long an idle keep-alive connection stays open. Past it the
+    /// connection is closed without an answer (default 10 s).
+    pub header_timeout: Duration,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            header_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
 /// An HTTP server task (see [`serve`]).
 #[derive(Debug)]
 pub struct HttpServer {
@@ -26,12 +44,17 @@ pub struct HttpServer {
     task: JoinHandle<()>,
 }
 
-/// Serves `router` on `listener` until [`HttpServer::stop`]. `what` names the server in logs
-/// (`gateway`, `metrics`).
-pub fn serve(what: &'static str, listener: TcpListener, router: Router) -> HttpServer {
+/// Serves `router` on `listener` within `limits` until [`HttpServer::stop`]. `what` names the
+/// server in logs (`gateway`, `metrics`).
+pub fn serve(
+    what: &'static str,
+    listener: TcpListener,
+    router: Router,
+    limits: ConnectionLimits,
+) -> HttpServer {
     let local_addr = listener.local_addr().ok();
     let stop = CancellationToken::new();
-    let task = tokio::spawn(accept_loop(what, listener, router, stop.clone()));
+    let task = tokio::spawn(accept_loop(what, listener, router, limits, stop.clone()));
     HttpServer {
         local_addr,
         stop,
@@ -62,9 +85,15 @@ async fn accept_loop(
     what: &'static str,
     listener: TcpListener,
     router: Router,
+    limits: ConnectionLimits,
     stop: CancellationToken,
 ) {
-    let builder = http1::Builder::new();
+    let mut builder = http1::Builder::new();
+    // hyper closes a connection whose request head is not complete within the timeout; it starts
+    // the clock whenever it waits for a head, so idle keep-alive connections are bounded too.
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
     let mut connections = JoinSet::new();
     loop {
         let accepted = tokio::select! {
