@@ -201,6 +201,7 @@ impl Node {
                         max_body: gw.max_body,
                         token: gw.token.clone(),
                         metrics: metrics.clone().filter(|_| serve_metrics),
+                        body_timeout: gw.body_timeout,
                     },
                 );
                 tracing::info!(address = ?local, "gateway listening");

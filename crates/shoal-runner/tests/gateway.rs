@@ -512,7 +512,7 @@ async fn within_test_timeout<T>(what: &str, test: impl Future<Output = T>) -> T 
 
 /// Reads until the gateway closes the connection (a read returns 0 or fails); returns what it
 /// sent before.
-async fn read_until_closed(socket: &mut (impl AsyncRead + Unpin)) -> String {
+async fn read_until_closed(socket: &mut (impl AsyncRead + Unpin + ?Sized)) -> String {
     let mut received = Vec::new();
     let mut buf = [0u8; 1024];
     loop {
@@ -524,7 +524,7 @@ async fn read_until_closed(socket: &mut (impl AsyncRead + Unpin)) -> String {
 }
 
 /// Reads one HTTP/1.1 response with a `content-length`: status, head and body.
-async fn read_response(socket: &mut (impl AsyncRead + Unpin)) -> (u16, String, String) {
+async fn read_response(socket: &mut (impl AsyncRead + Unpin + ?Sized)) -> (u16, String, String) {
     let mut received = Vec::new();
     let mut buf = [0u8; 1024];
     let head_end = loop {
@@ -626,6 +626,79 @@ async fn idle_keep_alive_connections_are_closed_after_the_header_timeout() {
         }
         // ...then nothing: the wait for the next head is bounded by the header timeout.
         assert_eq!(read_until_closed(&mut client).await, "");
+    })
+    .await;
+    server.stop(Duration::from_secs(5)).await;
+    cluster.sharding.shutdown().await;
+}
+
+#[tokio::test]
+async fn bodies_not_received_within_the_body_timeout_get_408_and_the_connection_closes() {
+    let cluster = runner().await;
+    let options = GatewayOptions {
+        body_timeout: Duration::from_millis(500),
+        ..GatewayOptions::default()
+    };
+    let (server, address) =
+        serve_on_free_port(app(&cluster, options), ConnectionLimits::default()).await;
+    within_test_timeout("cutting off stalled bodies", async {
+        // Sends part of the body and stops.
+        let mut stalled = TcpStream::connect(address).await.unwrap();
+        stalled
+            .write_all(
+                b"POST /v1/entities/counter/a/increment HTTP/1.1\r\nHost: shoal\r\n\
+                  Content-Length: 100\r\n\r\n{\"by\":",
+            )
+            .await
+            .unwrap();
+        // Keeps sending a body that never ends: the deadline is for the whole body, not each read.
+        let (mut dripping, writer) = TcpStream::connect(address).await.unwrap().into_split();
+        let dripper = tokio::spawn(drip(
+            writer,
+            b"POST /v1/entities/counter/b/increment HTTP/1.1\r\nHost: shoal\r\n\
+              Content-Length: 100000\r\n\r\n",
+        ));
+
+        for socket in [
+            &mut stalled as &mut (dyn AsyncRead + Unpin + Send),
+            &mut dripping,
+        ] {
+            let (status, head, body) = read_response(socket).await;
+            assert_eq!(status, 408, "{head}{body}");
+            let error: serde_json::Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(error["code"], "request_timeout");
+            assert!(
+                head.to_ascii_lowercase().contains("connection: close"),
+                "{head}"
+            );
+            assert_eq!(read_until_closed(socket).await, "");
+        }
+        dripper.await.unwrap();
+
+        // A call refused before its body is read is answered at once; the unread rest of the body
+        // cannot be waited for, so the connection is closed.
+        let mut refused = TcpStream::connect(address).await.unwrap();
+        refused
+            .write_all(
+                b"POST /v1/entities/nope/a/get HTTP/1.1\r\nHost: shoal\r\n\
+                  Content-Length: 100\r\n\r\n{",
+            )
+            .await
+            .unwrap();
+        assert_eq!(read_response(&mut refused).await.0, 404);
+        assert_eq!(read_until_closed(&mut refused).await, "");
+
+        // A body sent at once is fine.
+        let mut client = TcpStream::connect(address).await.unwrap();
+        client
+            .write_all(
+                b"POST /v1/entities/counter/a/increment HTTP/1.1\r\nHost: shoal\r\n\
+                  Content-Length: 8\r\n\r\n{\"by\":2}",
+            )
+            .await
+            .unwrap();
+        let (status, _, body) = read_response(&mut client).await;
+        assert_eq!((status, body.as_str()), (200, "2"));
     })
     .await;
     server.stop(Duration::from_secs(5)).await;

@@ -134,6 +134,8 @@ pub struct GatewayConfig {
     /// How long a client may take to send a request head (and an idle keep-alive connection
     /// stays open).
     pub header_timeout: Duration,
+    /// How long a call's request body may take to arrive, after its head.
+    pub body_timeout: Duration,
 }
 
 /// Where `/metrics` is served.
@@ -235,6 +237,7 @@ impl RunnerConfig {
                 token: r.get("gateway_token", parse::text)?,
                 max_body: r.req("gateway_max_body", parse::size)?,
                 header_timeout: r.req("gateway_header_timeout", parse::positive_duration)?,
+                body_timeout: r.req("gateway_body_timeout", parse::positive_duration)?,
             }),
             None => None,
         };
@@ -425,6 +428,10 @@ mod tests {
         assert_eq!(
             config.gateway.as_ref().unwrap().header_timeout,
             Duration::from_secs(10)
+        );
+        assert_eq!(
+            config.gateway.as_ref().unwrap().body_timeout,
+            Duration::from_secs(30)
         );
         assert_eq!(config.metrics, MetricsListen::Gateway);
         assert_eq!(config.sharding, ShardingConfig::default());

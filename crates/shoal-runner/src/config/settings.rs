@@ -436,6 +436,15 @@ pub const SETTINGS: &[Setting] = &[
         Scopes::RUN,
     ),
     s(
+        "gateway_body_timeout",
+        "SHOAL_GATEWAY_BODY_TIMEOUT",
+        Value("gateway-body-timeout"),
+        Some("30s"),
+        "DURATION",
+        "A gateway call's whole request body must arrive within this after its head (later: HTTP 408 and the connection is closed)",
+        Scopes::RUN,
+    ),
+    s(
         "metrics",
         "SHOAL_METRICS",
         Value("metrics"),

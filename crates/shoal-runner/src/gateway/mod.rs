@@ -17,6 +17,7 @@
 //! | 400 | `bad_request`, `malformed_message`, `unknown_tag` | body not JSON or not the message, unknown tag, invalid id or header |
 //! | 401 | `unauthenticated` | a gateway token is configured and the `Authorization: Bearer` header is missing or wrong |
 //! | 404 | `unknown_entity_type`, `not_found` | the type is not one this cluster runs; no such route |
+//! | 408 | `request_timeout` | the body did not arrive within `gateway_body_timeout` of the head; the connection is closed |
 //! | 413 | `message_too_large` | body over `gateway_max_body` (or the transport's limit) |
 //! | 429 | `mailbox_full` | the entity's mailbox or the runner's entity cap is full (`Retry-After`) |
 //! | 500 | `handler_error`, `defect` | the handler failed |
@@ -39,6 +40,7 @@ mod server;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::routing::{get, post};
@@ -70,6 +72,10 @@ pub struct GatewayOptions {
     pub token: Option<String>,
     /// Serve `/metrics` from this handle (default: not served).
     pub metrics: Option<PrometheusHandle>,
+    /// A call's whole request body must arrive within this, counted from when its head was read;
+    /// otherwise the call is answered 408 `request_timeout` and the connection closed (default
+    /// 30 s).
+    pub body_timeout: Duration,
 }
 
 impl Default for GatewayOptions {
@@ -78,6 +84,7 @@ impl Default for GatewayOptions {
             max_body: 1 << 20,
             token: None,
             metrics: None,
+            body_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -98,6 +105,7 @@ struct Shared {
     /// `Bearer <token>` as bytes, compared in constant time.
     expected_authorization: Option<Vec<u8>>,
     max_body: usize,
+    body_timeout: Duration,
     readiness: Arc<Readiness>,
     metrics: Option<PrometheusHandle>,
 }
@@ -132,6 +140,7 @@ pub fn router(
             .token
             .map(|token| format!("Bearer {token}").into_bytes()),
         max_body: options.max_body,
+        body_timeout: options.body_timeout,
         readiness,
         metrics: options.metrics,
     }));
