@@ -21,6 +21,10 @@ use crate::health::Readiness;
 /// How long HTTP servers may take to finish open requests once they stop accepting.
 const HTTP_GRACE: Duration = Duration::from_secs(5);
 
+/// Most connections the separate metrics listener (`metrics = HOST:PORT`) holds at once: it serves
+/// scrapers, which keep a connection or two each.
+const METRICS_MAX_CONNECTIONS: usize = 64;
+
 /// Why the process could not start.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -204,13 +208,21 @@ impl Node {
                         body_timeout: gw.body_timeout,
                     },
                 );
-                tracing::info!(address = ?local, "gateway listening");
+                let max_connections = gw.max_connections.resolve();
+                tracing::info!(
+                    address = ?local,
+                    max_connections,
+                    header_timeout = ?gw.header_timeout,
+                    body_timeout = ?gw.body_timeout,
+                    "gateway listening"
+                );
                 Some(gateway::serve(
                     "gateway",
                     listener,
                     router,
                     ConnectionLimits {
                         header_timeout: gw.header_timeout,
+                        max_connections,
                     },
                 ))
             }
@@ -224,8 +236,10 @@ impl Node {
                     "metrics",
                     listener,
                     gateway::metrics_router(handle),
-                    // Scrapers only: the default limits.
-                    ConnectionLimits::default(),
+                    ConnectionLimits {
+                        max_connections: METRICS_MAX_CONNECTIONS,
+                        ..ConnectionLimits::default()
+                    },
                 ))
             }
             _ => None,

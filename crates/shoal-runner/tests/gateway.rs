@@ -570,6 +570,7 @@ async fn request_heads_not_finished_within_the_header_timeout_are_closed() {
     let cluster = runner().await;
     let limits = ConnectionLimits {
         header_timeout: Duration::from_millis(500),
+        ..ConnectionLimits::default()
     };
     let (server, address) =
         serve_on_free_port(app(&cluster, GatewayOptions::default()), limits).await;
@@ -610,6 +611,7 @@ async fn idle_keep_alive_connections_are_closed_after_the_header_timeout() {
     let cluster = runner().await;
     let limits = ConnectionLimits {
         header_timeout: Duration::from_millis(500),
+        ..ConnectionLimits::default()
     };
     let (server, address) =
         serve_on_free_port(app(&cluster, GatewayOptions::default()), limits).await;
@@ -699,6 +701,120 @@ async fn bodies_not_received_within_the_body_timeout_get_408_and_the_connection_
             .unwrap();
         let (status, _, body) = read_response(&mut client).await;
         assert_eq!((status, body.as_str()), (200, "2"));
+    })
+    .await;
+    server.stop(Duration::from_secs(5)).await;
+    cluster.sharding.shutdown().await;
+}
+
+/// Polls `condition` every 10 ms (the test timeout bounds the wait).
+async fn until(mut condition: impl FnMut() -> bool) {
+    while !condition() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Sends `request` on a new connection and reads the answer.
+async fn exchange(address: SocketAddr, request: &'static [u8]) -> (u16, String) {
+    let mut client = TcpStream::connect(address).await.unwrap();
+    client.write_all(request).await.unwrap();
+    let (status, _, body) = read_response(&mut client).await;
+    (status, body)
+}
+
+#[tokio::test]
+async fn past_max_connections_new_connections_wait_until_one_closes() {
+    let cluster = runner().await;
+    let limits = ConnectionLimits {
+        // Longer than the test: here only the clients close connections.
+        header_timeout: Duration::from_secs(600),
+        max_connections: 2,
+    };
+    let (server, address) =
+        serve_on_free_port(app(&cluster, GatewayOptions::default()), limits).await;
+    within_test_timeout("waiting for a free connection slot", async {
+        let mut stalled = Vec::new();
+        for _ in 0..2 {
+            let mut socket = TcpStream::connect(address).await.unwrap();
+            socket
+                .write_all(b"GET /healthz HTTP/1.1\r\nHost: shoal\r\n")
+                .await
+                .unwrap();
+            stalled.push(socket);
+        }
+        until(|| server.open_connections() == 2).await;
+
+        // A third connection is not refused: it waits (in the accept queue)...
+        let mut third = TcpStream::connect(address).await.unwrap();
+        third
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: shoal\r\n\r\n")
+            .await
+            .unwrap();
+        // (No answer can come while the cap is reached; this only gives a gateway without a cap
+        // the time to answer, which fails the test.)
+        let early = tokio::time::timeout(Duration::from_millis(300), third.readable()).await;
+        assert!(early.is_err(), "answered past the cap");
+        assert_eq!(server.open_connections(), 2);
+        // ...until a stalled client goes away.
+        drop(stalled.pop());
+        assert_eq!(read_response(&mut third).await.0, 200);
+        assert_eq!(server.peak_connections(), 2, "the cap was exceeded");
+    })
+    .await;
+    server.stop(Duration::from_secs(5)).await;
+    cluster.sharding.shutdown().await;
+}
+
+#[tokio::test]
+async fn stalled_clients_at_max_connections_do_not_stop_a_call_or_readyz() {
+    let cluster = runner().await;
+    let limits = ConnectionLimits {
+        header_timeout: Duration::from_secs(1),
+        max_connections: 8,
+    };
+    let (server, address) =
+        serve_on_free_port(app(&cluster, GatewayOptions::default()), limits).await;
+    within_test_timeout("a call past stalled clients", async {
+        // As many slow-loris clients as the cap: each keeps sending a head that never ends.
+        let mut stalled = Vec::new();
+        let mut drippers = Vec::new();
+        for _ in 0..8 {
+            let (reader, writer) = TcpStream::connect(address).await.unwrap().into_split();
+            drippers.push(tokio::spawn(drip(
+                writer,
+                b"GET /readyz HTTP/1.1\r\nHost: shoal\r\nX-Slow: ",
+            )));
+            stalled.push(reader);
+        }
+        until(|| server.open_connections() == 8).await;
+
+        // A call and a readiness probe still get their answers: the header timeout sheds the
+        // stalled clients, and the waiting connections take their slots.
+        let call = tokio::spawn(exchange(
+            address,
+            b"POST /v1/entities/counter/c/increment HTTP/1.1\r\nHost: shoal\r\n\
+              Content-Length: 2\r\n\r\n{}",
+        ));
+        let ready = tokio::spawn(exchange(
+            address,
+            b"GET /readyz HTTP/1.1\r\nHost: shoal\r\n\r\n",
+        ));
+        assert_eq!(call.await.unwrap(), (200, "1".to_owned()));
+        let (status, body) = ready.await.unwrap();
+        assert_eq!(status, 200, "{body}");
+
+        // Every stalled client was closed without an answer, and the cap held throughout.
+        for mut reader in stalled {
+            assert_eq!(read_until_closed(&mut reader).await, "");
+        }
+        for dripper in drippers {
+            dripper.await.unwrap();
+        }
+        assert!(
+            server.peak_connections() <= 8,
+            "{} connections were open at once",
+            server.peak_connections()
+        );
     })
     .await;
     server.stop(Duration::from_secs(5)).await;

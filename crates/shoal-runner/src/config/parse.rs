@@ -8,7 +8,7 @@ use shoal_protocol::ShardGroup;
 use shoal_socket::ListenAddress;
 use shoal_storage::TablePrefix;
 
-use super::{LogFormat, MetricsListen};
+use super::{LogFormat, MaxConnections, MetricsListen};
 
 pub(super) type Parsed<T> = Result<T, String>;
 
@@ -22,6 +22,17 @@ pub(super) fn positive_duration(text: &str) -> Parsed<Duration> {
     match duration(text)? {
         Duration::ZERO => Err("must be more than zero".to_owned()),
         positive => Ok(positive),
+    }
+}
+
+pub(super) fn max_connections(text: &str) -> Parsed<MaxConnections> {
+    let expected = || "expected auto or a number of connections (at least 1)".to_owned();
+    match text.trim() {
+        "auto" => Ok(MaxConnections::Auto),
+        other => match count::<usize>(other).map_err(|_| expected())? {
+            0 => Err(expected()),
+            n => Ok(MaxConnections::Fixed(n)),
+        },
     }
 }
 
@@ -188,6 +199,10 @@ mod tests {
         assert!(duration("abc").is_err());
         assert_eq!(positive_duration("10s"), Ok(Duration::from_secs(10)));
         assert!(positive_duration("0s").is_err());
+        assert_eq!(max_connections("auto"), Ok(MaxConnections::Auto));
+        assert_eq!(max_connections("1_000"), Ok(MaxConnections::Fixed(1000)));
+        assert!(max_connections("0").is_err());
+        assert!(max_connections("many").is_err());
         assert_eq!(boolean("Yes"), Ok(true));
         assert!(boolean("maybe").is_err());
         assert_eq!(count::<u32>("300"), Ok(300));

@@ -445,6 +445,15 @@ pub const SETTINGS: &[Setting] = &[
         Scopes::RUN,
     ),
     s(
+        "gateway_max_connections",
+        "SHOAL_GATEWAY_MAX_CONNECTIONS",
+        Value("gateway-max-connections"),
+        Some("auto"),
+        "N",
+        "Most connections the gateway holds open at once; past it new connections wait until one closes (auto: half the open-file limit, at most 10000)",
+        Scopes::RUN,
+    ),
+    s(
         "metrics",
         "SHOAL_METRICS",
         Value("metrics"),

@@ -48,7 +48,10 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use shoal_sharding::{DynamicClient, Sharding};
 
 pub use error::{ApiError, RETRY_AFTER_SECS};
-pub use server::{ConnectionLimits, HttpServer, serve};
+pub use server::{
+    AUTO_MAX_CONNECTIONS_CEILING, ConnectionLimits, HttpServer, auto_max_connections,
+    max_connections_for_open_files, serve,
+};
 
 use crate::entities::EntityRoutes;
 use crate::health::Readiness;
