@@ -28,6 +28,13 @@
 //! `runner_unavailable`, `interrupted` and `deadline_exceeded` mean the outcome is unknown: the
 //! message may have been handled.
 //!
+//! **Limits.** Served by [`serve`], the gateway closes a connection whose request head does not
+//! arrive within [`ConnectionLimits::header_timeout`] (also the idle keep-alive timeout), answers
+//! 408 when a call's body does not arrive within [`GatewayOptions::body_timeout`], and holds at
+//! most [`ConnectionLimits::max_connections`] connections, past which it stops accepting until one
+//! closes (settings `gateway_header_timeout`, `gateway_body_timeout`, `gateway_max_connections`;
+//! docs/operations.md, "Gateway limits").
+//!
 //! **Unknown types.** A runner cannot ask another runner which types it hosts without a round trip
 //! per call, so the gateway routes the types registered in its own process ([`EntityRoutes`]) and
 //! answers 404 `unknown_entity_type` for the rest. Every runner of a cluster runs the same binary
