@@ -17,11 +17,12 @@ pub(super) fn duration(text: &str) -> Parsed<Duration> {
         .map_err(|_| "expected a duration like 2s, 500ms or 1m".to_owned())
 }
 
-/// A duration of more than zero.
-pub(super) fn positive_duration(text: &str) -> Parsed<Duration> {
+/// A gateway timeout: more than zero, at most [`crate::gateway::MAX_LIMIT_TIMEOUT`] (a day).
+pub(super) fn limit_timeout(text: &str) -> Parsed<Duration> {
     match duration(text)? {
         Duration::ZERO => Err("must be more than zero".to_owned()),
-        positive => Ok(positive),
+        long if long > crate::gateway::MAX_LIMIT_TIMEOUT => Err("must be at most 24h".to_owned()),
+        timeout => Ok(timeout),
     }
 }
 
@@ -197,8 +198,10 @@ mod tests {
     fn durations_and_flags() {
         assert_eq!(duration("2s"), Ok(Duration::from_secs(2)));
         assert!(duration("abc").is_err());
-        assert_eq!(positive_duration("10s"), Ok(Duration::from_secs(10)));
-        assert!(positive_duration("0s").is_err());
+        assert_eq!(limit_timeout("10s"), Ok(Duration::from_secs(10)));
+        assert!(limit_timeout("0s").is_err());
+        assert_eq!(limit_timeout("24h"), Ok(Duration::from_secs(86_400)));
+        assert!(limit_timeout("25h").is_err());
         assert_eq!(max_connections("auto"), Ok(MaxConnections::Auto));
         assert_eq!(max_connections("1_000"), Ok(MaxConnections::Fixed(1000)));
         assert!(max_connections("0").is_err());

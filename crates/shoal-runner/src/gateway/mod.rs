@@ -56,8 +56,8 @@ use shoal_sharding::{DynamicClient, Sharding};
 
 pub use error::{ApiError, RETRY_AFTER_SECS};
 pub use server::{
-    AUTO_MAX_CONNECTIONS_CEILING, ConnectionLimits, HttpServer, auto_max_connections,
-    max_connections_for_open_files, serve,
+    AUTO_MAX_CONNECTIONS_CEILING, ConnectionLimits, HttpServer, MAX_LIMIT_TIMEOUT,
+    auto_max_connections, max_connections_for_open_files, serve,
 };
 
 use crate::entities::EntityRoutes;
@@ -84,7 +84,7 @@ pub struct GatewayOptions {
     pub metrics: Option<PrometheusHandle>,
     /// A call's whole request body must arrive within this, counted from when its head was read;
     /// otherwise the call is answered 408 `request_timeout` and the connection closed (default
-    /// 30 s).
+    /// 30 s; at most [`MAX_LIMIT_TIMEOUT`]).
     pub body_timeout: Duration,
 }
 
@@ -150,7 +150,7 @@ pub fn router(
             .token
             .map(|token| format!("Bearer {token}").into_bytes()),
         max_body: options.max_body,
-        body_timeout: options.body_timeout,
+        body_timeout: options.body_timeout.min(MAX_LIMIT_TIMEOUT),
         readiness,
         metrics: options.metrics,
     }));

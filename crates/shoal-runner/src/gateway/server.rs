@@ -33,6 +33,10 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_secs(1);
 /// At most one warning this often while the connection cap is reached.
 const CAP_WARNING_INTERVAL: Duration = Duration::from_secs(60);
 
+/// The longest header or body timeout: longer ones are cut to it (a day is already as good as
+/// none, and far-off deadlines overflow the clock).
+pub const MAX_LIMIT_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
+
 /// The largest connection cap derived from the open-file limit.
 pub const AUTO_MAX_CONNECTIONS_CEILING: usize = 10_000;
 
@@ -42,7 +46,8 @@ pub struct ConnectionLimits {
     /// A client must send a request's whole head (request line and headers) within this, counted
     /// from when the server starts waiting for it: on a new connection, and after each answer on a
     /// kept-alive one, so it is also how long an idle keep-alive connection stays open. Past it the
-    /// connection is closed without an answer (default 10 s; must be more than zero).
+    /// connection is closed without an answer (default 10 s; more than zero, at most
+    /// [`MAX_LIMIT_TIMEOUT`]).
     pub header_timeout: Duration,
     /// At most this many connections are open at once; past it the server stops accepting until
     /// one closes (default 10,000; `shoal run` derives it from the open-file limit, see
@@ -189,7 +194,7 @@ async fn accept_loop(
     // the clock whenever it waits for a head, so idle keep-alive connections are bounded too.
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout);
+        .header_read_timeout(limits.header_timeout.min(MAX_LIMIT_TIMEOUT));
     let max_connections = limits.max_connections.clamp(1, Semaphore::MAX_PERMITS);
     let slots = Arc::new(Semaphore::new(max_connections));
     let mut last_cap_warning: Option<Instant> = None;
