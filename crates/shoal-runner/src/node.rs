@@ -5,7 +5,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
 use shoal_sharding::{RegisterError, Sharding};
@@ -13,15 +12,18 @@ use shoal_socket::{ServeOptions, SocketError, SocketRunner};
 use shoal_storage::{StorageError, connect};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
 use crate::config::{MetricsListen, Role, RunnerConfig};
 use crate::entities::{Builtin, EntityRoutes, WorkerEntities, WorkerEntityError};
-use crate::gateway::{self, GatewayOptions};
+use crate::gateway::{self, ConnectionLimits, GatewayOptions, HttpServer};
 use crate::health::Readiness;
 
 /// How long HTTP servers may take to finish open requests once they stop accepting.
 const HTTP_GRACE: Duration = Duration::from_secs(5);
+
+/// Most connections the separate metrics listener (`metrics = HOST:PORT`) holds at once: it serves
+/// scrapers, which keep a connection or two each.
+const METRICS_MAX_CONNECTIONS: usize = 64;
 
 /// Why the process could not start.
 #[derive(Debug, thiserror::Error)]
@@ -69,46 +71,14 @@ pub struct Addresses {
     pub metrics: Option<SocketAddr>,
 }
 
-/// An HTTP server task that stops gracefully.
-#[derive(Debug)]
-struct HttpServer {
-    stop: CancellationToken,
-    task: JoinHandle<()>,
-}
-
-impl HttpServer {
-    async fn bind(what: &'static str, address: &str) -> Result<TcpListener, NodeError> {
-        TcpListener::bind(address)
-            .await
-            .map_err(|source| NodeError::Bind {
-                what,
-                address: address.to_owned(),
-                source,
-            })
-    }
-
-    fn serve(what: &'static str, listener: TcpListener, router: Router) -> Self {
-        let stop = CancellationToken::new();
-        let signal = stop.clone().cancelled_owned();
-        let task = tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, router)
-                .with_graceful_shutdown(signal)
-                .await
-            {
-                tracing::error!(server = what, error = %e, "HTTP server failed");
-            }
-        });
-        Self { stop, task }
-    }
-
-    async fn stop(self) {
-        self.stop.cancel();
-        let mut task = self.task;
-        if tokio::time::timeout(HTTP_GRACE, &mut task).await.is_err() {
-            tracing::warn!("HTTP requests still open after {HTTP_GRACE:?}; closing them");
-            task.abort();
-        }
-    }
+async fn bind(what: &'static str, address: &str) -> Result<TcpListener, NodeError> {
+    TcpListener::bind(address)
+        .await
+        .map_err(|source| NodeError::Bind {
+            what,
+            address: address.to_owned(),
+            source,
+        })
 }
 
 /// A running `shoal run` process.
@@ -133,13 +103,11 @@ impl Node {
         metrics: Option<PrometheusHandle>,
     ) -> Result<Self, NodeError> {
         let gateway_listener = match &config.gateway {
-            Some(gw) => Some(HttpServer::bind("gateway", &gw.listen).await?),
+            Some(gw) => Some(bind("gateway", &gw.listen).await?),
             None => None,
         };
         let metrics_listener = match (&config.metrics, &metrics) {
-            (MetricsListen::Separate(address), Some(_)) => {
-                Some(HttpServer::bind("metrics", address).await?)
-            }
+            (MetricsListen::Separate(address), Some(_)) => Some(bind("metrics", address).await?),
             _ => None,
         };
 
@@ -237,10 +205,26 @@ impl Node {
                         max_body: gw.max_body,
                         token: gw.token.clone(),
                         metrics: metrics.clone().filter(|_| serve_metrics),
+                        body_timeout: gw.body_timeout,
                     },
                 );
-                tracing::info!(address = ?local, "gateway listening");
-                Some(HttpServer::serve("gateway", listener, router))
+                let max_connections = gw.max_connections.resolve();
+                tracing::info!(
+                    address = ?local,
+                    max_connections,
+                    header_timeout = ?gw.header_timeout,
+                    body_timeout = ?gw.body_timeout,
+                    "gateway listening"
+                );
+                Some(gateway::serve(
+                    "gateway",
+                    listener,
+                    router,
+                    ConnectionLimits {
+                        header_timeout: gw.header_timeout,
+                        max_connections,
+                    },
+                ))
             }
             _ => None,
         };
@@ -248,10 +232,14 @@ impl Node {
             (Some(listener), Some(handle)) => {
                 addresses.metrics = listener.local_addr().ok();
                 tracing::info!(address = ?addresses.metrics, "metrics listening");
-                Some(HttpServer::serve(
+                Some(gateway::serve(
                     "metrics",
                     listener,
                     gateway::metrics_router(handle),
+                    ConnectionLimits {
+                        max_connections: METRICS_MAX_CONNECTIONS,
+                        ..ConnectionLimits::default()
+                    },
                 ))
             }
             _ => None,
@@ -298,10 +286,10 @@ impl Node {
         // After the handoff: the entities served by workers are stopped by now.
         self.workers.shutdown().await;
         if let Some(gateway) = self.gateway {
-            gateway.stop().await;
+            gateway.stop(HTTP_GRACE).await;
         }
         if let Some(metrics) = self.metrics {
-            metrics.stop().await;
+            metrics.stop(HTTP_GRACE).await;
         }
         if let Some(upkeep) = self.upkeep {
             upkeep.abort();

@@ -9,7 +9,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use shoal_runner::config::{
-    ConfigError, Flag, MetricsListen, Role, RunnerConfig, SETTINGS, Sources, setting,
+    ConfigError, Flag, MaxConnections, MetricsListen, Role, RunnerConfig, SETTINGS, Sources,
+    setting,
 };
 
 fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -216,6 +217,41 @@ fn errors_name_the_setting_and_where_its_value_came_from() {
         error_of(file),
         "invalid value for gateway_max_body (gateway_max_body = \"huge\" in /etc/shoal.toml): \
          expected a size like 1MiB, 512KiB or 1048576"
+    );
+    // Gateway limits.
+    assert_eq!(
+        error_of(Sources::new().with_env(env(&[("SHOAL_GATEWAY_HEADER_TIMEOUT", "0s")]))),
+        "invalid value for gateway_header_timeout (SHOAL_GATEWAY_HEADER_TIMEOUT=0s): must be more \
+         than zero"
+    );
+    assert_eq!(
+        error_of(Sources::new().with_flags(flags(&[("gateway_body_timeout", "2d")]))),
+        "invalid value for gateway_body_timeout (--gateway-body-timeout 2d): must be at most 24h"
+    );
+    assert_eq!(
+        error_of(Sources::new().with_flags(flags(&[("gateway_max_connections", "0")]))),
+        "invalid value for gateway_max_connections (--gateway-max-connections 0): expected auto \
+         or a number of connections (at least 1)"
+    );
+    let limits = RunnerConfig::resolve(&Sources::new().with_flags(flags(&[
+        ("gateway_header_timeout", "2s"),
+        ("gateway_body_timeout", "5s"),
+        ("gateway_max_connections", "64"),
+    ])))
+    .unwrap()
+    .gateway
+    .unwrap();
+    assert_eq!(
+        (
+            limits.header_timeout,
+            limits.body_timeout,
+            limits.max_connections
+        ),
+        (
+            Duration::from_secs(2),
+            Duration::from_secs(5),
+            MaxConnections::Fixed(64)
+        )
     );
     // Checks across settings name the setting and its origin too.
     let cross = error_of(Sources::new().with_flags(flags(&[("storage_timeout", "5s")])));

@@ -1,8 +1,9 @@
 //! The HTTP gateway over an in-process cluster: every status code it answers, with real entity
-//! calls behind it.
+//! calls behind it, and the limits it puts on connections (served on a real socket).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,13 +15,16 @@ use http::{Request, StatusCode, header};
 use http_body_util::BodyExt;
 use shoal_protocol::EntityType;
 use shoal_runner::entities::{Builtin, EntityRoutes};
-use shoal_runner::gateway::{self, GatewayOptions};
+use shoal_runner::gateway::{self, ConnectionLimits, GatewayOptions, HttpServer};
 use shoal_runner::health::Readiness;
 use shoal_sharding::{
     DynamicDefinition, DynamicEntity, DynamicRequest, EntityContext, EntityOptions, GroupSelector,
     HandlerError, InProcessNetwork, Sharding, ShardingConfig, TagKind,
 };
 use shoal_storage::{MemoryEntityKv, MemoryMessageStorage, MemoryRunnerStorage, RunnerStorage};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
 use tower::ServiceExt;
 
@@ -483,4 +487,336 @@ async fn calls_reach_entities_on_another_runner() {
     assert!(remote > 0, "no id landed on the second runner");
     a.shutdown().await;
     b.shutdown().await;
+}
+
+// Connection limits, on a real socket.
+
+/// How long a socket test may take in all (debug builds on a busy machine). The tests assert no
+/// other duration: they await the gateway's actions.
+const SOCKET_TEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Serves `app` on a free port of 127.0.0.1.
+async fn serve_on_free_port(app: Router, limits: ConnectionLimits) -> (HttpServer, SocketAddr) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let server = gateway::serve("gateway", listener, app, limits);
+    let address = server.local_addr().unwrap();
+    (server, address)
+}
+
+/// Runs `test` within [`SOCKET_TEST_TIMEOUT`].
+async fn within_test_timeout<T>(what: &str, test: impl Future<Output = T>) -> T {
+    tokio::time::timeout(SOCKET_TEST_TIMEOUT, test)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: not done within {SOCKET_TEST_TIMEOUT:?}"))
+}
+
+/// Reads until the gateway closes the connection (a read returns 0 or fails); returns what it
+/// sent before.
+async fn read_until_closed(socket: &mut (impl AsyncRead + Unpin + ?Sized)) -> String {
+    let mut received = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        match socket.read(&mut buf).await {
+            Ok(0) | Err(_) => return String::from_utf8_lossy(&received).into_owned(),
+            Ok(n) => received.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// Reads one HTTP/1.1 response with a `content-length`: status, head and body.
+async fn read_response(socket: &mut (impl AsyncRead + Unpin + ?Sized)) -> (u16, String, String) {
+    let mut received = Vec::new();
+    let mut buf = [0u8; 1024];
+    let head_end = loop {
+        if let Some(at) = received.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+        let n = socket.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed before a whole response head: {received:?}");
+        received.extend_from_slice(&buf[..n]);
+    };
+    let head = String::from_utf8(received[..head_end].to_vec()).unwrap();
+    let status = head[9..12].parse().unwrap();
+    let length: usize = head
+        .lines()
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().unwrap())
+        })
+        .expect("no content-length");
+    while received.len() < head_end + length {
+        let n = socket.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed before the whole body");
+        received.extend_from_slice(&buf[..n]);
+    }
+    let body = String::from_utf8(received[head_end..head_end + length].to_vec()).unwrap();
+    (status, head, body)
+}
+
+/// Sends `start`, then one more byte every 50 ms until the connection fails: a request that makes
+/// progress but never ends (a slow-loris client).
+async fn drip(mut writer: OwnedWriteHalf, start: &'static [u8]) {
+    if writer.write_all(start).await.is_err() {
+        return;
+    }
+    while writer.write_all(b"a").await.is_ok() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn request_heads_not_finished_within_the_header_timeout_are_closed() {
+    let cluster = runner().await;
+    let limits = ConnectionLimits {
+        header_timeout: Duration::from_millis(500),
+        ..ConnectionLimits::default()
+    };
+    let (server, address) =
+        serve_on_free_port(app(&cluster, GatewayOptions::default()), limits).await;
+    within_test_timeout("closing stalled heads", async {
+        // Sends nothing at all.
+        let mut silent = TcpStream::connect(address).await.unwrap();
+        // Sends part of a head and stops.
+        let mut partial = TcpStream::connect(address).await.unwrap();
+        partial
+            .write_all(b"POST /v1/entities/counter/a/get HTTP/1.1\r\nHost: shoal\r\n")
+            .await
+            .unwrap();
+        // Keeps sending a head that never ends: progress does not extend the timeout.
+        let (mut dripping, writer) = TcpStream::connect(address).await.unwrap().into_split();
+        let dripper = tokio::spawn(drip(writer, b"GET /healthz HTTP/1.1\r\nX-Slow: "));
+
+        // Closed without an answer.
+        assert_eq!(read_until_closed(&mut silent).await, "");
+        assert_eq!(read_until_closed(&mut partial).await, "");
+        assert_eq!(read_until_closed(&mut dripping).await, "");
+        dripper.await.unwrap();
+
+        // The gateway goes on answering.
+        let mut client = TcpStream::connect(address).await.unwrap();
+        client
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: shoal\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(read_response(&mut client).await.0, 200);
+    })
+    .await;
+    server.stop(Duration::from_secs(5)).await;
+    cluster.sharding.shutdown().await;
+}
+
+#[tokio::test]
+async fn idle_keep_alive_connections_are_closed_after_the_header_timeout() {
+    let cluster = runner().await;
+    let limits = ConnectionLimits {
+        header_timeout: Duration::from_millis(500),
+        ..ConnectionLimits::default()
+    };
+    let (server, address) =
+        serve_on_free_port(app(&cluster, GatewayOptions::default()), limits).await;
+    within_test_timeout("closing an idle connection", async {
+        let mut client = TcpStream::connect(address).await.unwrap();
+        // Two requests on one kept-alive connection...
+        for _ in 0..2 {
+            client
+                .write_all(b"GET /healthz HTTP/1.1\r\nHost: shoal\r\n\r\n")
+                .await
+                .unwrap();
+            let (status, _, body) = read_response(&mut client).await;
+            assert_eq!((status, body.as_str()), (200, r#"{"status":"ok"}"#));
+        }
+        // ...then nothing: the wait for the next head is bounded by the header timeout.
+        assert_eq!(read_until_closed(&mut client).await, "");
+    })
+    .await;
+    server.stop(Duration::from_secs(5)).await;
+    cluster.sharding.shutdown().await;
+}
+
+#[tokio::test]
+async fn bodies_not_received_within_the_body_timeout_get_408_and_the_connection_closes() {
+    let cluster = runner().await;
+    let options = GatewayOptions {
+        body_timeout: Duration::from_millis(500),
+        ..GatewayOptions::default()
+    };
+    let (server, address) =
+        serve_on_free_port(app(&cluster, options), ConnectionLimits::default()).await;
+    within_test_timeout("cutting off stalled bodies", async {
+        // Sends part of the body and stops.
+        let mut stalled = TcpStream::connect(address).await.unwrap();
+        stalled
+            .write_all(
+                b"POST /v1/entities/counter/a/increment HTTP/1.1\r\nHost: shoal\r\n\
+                  Content-Length: 100\r\n\r\n{\"by\":",
+            )
+            .await
+            .unwrap();
+        // Keeps sending a body that never ends: the deadline is for the whole body, not each read.
+        let (mut dripping, writer) = TcpStream::connect(address).await.unwrap().into_split();
+        let dripper = tokio::spawn(drip(
+            writer,
+            b"POST /v1/entities/counter/b/increment HTTP/1.1\r\nHost: shoal\r\n\
+              Content-Length: 100000\r\n\r\n",
+        ));
+
+        for socket in [
+            &mut stalled as &mut (dyn AsyncRead + Unpin + Send),
+            &mut dripping,
+        ] {
+            let (status, head, body) = read_response(socket).await;
+            assert_eq!(status, 408, "{head}{body}");
+            let error: serde_json::Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(error["code"], "request_timeout");
+            assert!(
+                head.to_ascii_lowercase().contains("connection: close"),
+                "{head}"
+            );
+            assert_eq!(read_until_closed(socket).await, "");
+        }
+        dripper.await.unwrap();
+
+        // A call refused before its body is read is answered at once; the unread rest of the body
+        // cannot be waited for, so the connection is closed.
+        let mut refused = TcpStream::connect(address).await.unwrap();
+        refused
+            .write_all(
+                b"POST /v1/entities/nope/a/get HTTP/1.1\r\nHost: shoal\r\n\
+                  Content-Length: 100\r\n\r\n{",
+            )
+            .await
+            .unwrap();
+        assert_eq!(read_response(&mut refused).await.0, 404);
+        assert_eq!(read_until_closed(&mut refused).await, "");
+
+        // A body sent at once is fine.
+        let mut client = TcpStream::connect(address).await.unwrap();
+        client
+            .write_all(
+                b"POST /v1/entities/counter/a/increment HTTP/1.1\r\nHost: shoal\r\n\
+                  Content-Length: 8\r\n\r\n{\"by\":2}",
+            )
+            .await
+            .unwrap();
+        let (status, _, body) = read_response(&mut client).await;
+        assert_eq!((status, body.as_str()), (200, "2"));
+    })
+    .await;
+    server.stop(Duration::from_secs(5)).await;
+    cluster.sharding.shutdown().await;
+}
+
+/// Polls `condition` every 10 ms (the test timeout bounds the wait).
+async fn until(mut condition: impl FnMut() -> bool) {
+    while !condition() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Sends `request` on a new connection and reads the answer.
+async fn exchange(address: SocketAddr, request: &'static [u8]) -> (u16, String) {
+    let mut client = TcpStream::connect(address).await.unwrap();
+    client.write_all(request).await.unwrap();
+    let (status, _, body) = read_response(&mut client).await;
+    (status, body)
+}
+
+#[tokio::test]
+async fn past_max_connections_new_connections_wait_until_one_closes() {
+    let cluster = runner().await;
+    let limits = ConnectionLimits {
+        // Longer than the test: here only the clients close connections.
+        header_timeout: Duration::from_secs(600),
+        max_connections: 2,
+    };
+    let (server, address) =
+        serve_on_free_port(app(&cluster, GatewayOptions::default()), limits).await;
+    within_test_timeout("waiting for a free connection slot", async {
+        let mut stalled = Vec::new();
+        for _ in 0..2 {
+            let mut socket = TcpStream::connect(address).await.unwrap();
+            socket
+                .write_all(b"GET /healthz HTTP/1.1\r\nHost: shoal\r\n")
+                .await
+                .unwrap();
+            stalled.push(socket);
+        }
+        until(|| server.open_connections() == 2).await;
+
+        // A third connection is not refused: it waits (in the accept queue)...
+        let mut third = TcpStream::connect(address).await.unwrap();
+        third
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: shoal\r\n\r\n")
+            .await
+            .unwrap();
+        // (No answer can come while the cap is reached; this only gives a gateway without a cap
+        // the time to answer, which fails the test.)
+        let early = tokio::time::timeout(Duration::from_millis(300), third.readable()).await;
+        assert!(early.is_err(), "answered past the cap");
+        assert_eq!(server.open_connections(), 2);
+        // ...until a stalled client goes away.
+        drop(stalled.pop());
+        assert_eq!(read_response(&mut third).await.0, 200);
+        assert_eq!(server.peak_connections(), 2, "the cap was exceeded");
+    })
+    .await;
+    server.stop(Duration::from_secs(5)).await;
+    cluster.sharding.shutdown().await;
+}
+
+#[tokio::test]
+async fn stalled_clients_at_max_connections_do_not_stop_a_call_or_readyz() {
+    let cluster = runner().await;
+    let limits = ConnectionLimits {
+        header_timeout: Duration::from_secs(1),
+        max_connections: 8,
+    };
+    let (server, address) =
+        serve_on_free_port(app(&cluster, GatewayOptions::default()), limits).await;
+    within_test_timeout("a call past stalled clients", async {
+        // As many slow-loris clients as the cap: each keeps sending a head that never ends.
+        let mut stalled = Vec::new();
+        let mut drippers = Vec::new();
+        for _ in 0..8 {
+            let (reader, writer) = TcpStream::connect(address).await.unwrap().into_split();
+            drippers.push(tokio::spawn(drip(
+                writer,
+                b"GET /readyz HTTP/1.1\r\nHost: shoal\r\nX-Slow: ",
+            )));
+            stalled.push(reader);
+        }
+        until(|| server.open_connections() == 8).await;
+
+        // A call and a readiness probe still get their answers: the header timeout sheds the
+        // stalled clients, and the waiting connections take their slots.
+        let call = tokio::spawn(exchange(
+            address,
+            b"POST /v1/entities/counter/c/increment HTTP/1.1\r\nHost: shoal\r\n\
+              Content-Length: 2\r\n\r\n{}",
+        ));
+        let ready = tokio::spawn(exchange(
+            address,
+            b"GET /readyz HTTP/1.1\r\nHost: shoal\r\n\r\n",
+        ));
+        assert_eq!(call.await.unwrap(), (200, "1".to_owned()));
+        let (status, body) = ready.await.unwrap();
+        assert_eq!(status, 200, "{body}");
+
+        // Every stalled client was closed without an answer, and the cap held throughout.
+        for mut reader in stalled {
+            assert_eq!(read_until_closed(&mut reader).await, "");
+        }
+        for dripper in drippers {
+            dripper.await.unwrap();
+        }
+        assert!(
+            server.peak_connections() <= 8,
+            "{} connections were open at once",
+            server.peak_connections()
+        );
+    })
+    .await;
+    server.stop(Duration::from_secs(5)).await;
+    cluster.sharding.shutdown().await;
 }

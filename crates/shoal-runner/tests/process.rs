@@ -114,6 +114,69 @@ fn serves_metrics_on_a_separate_listener() {
     assert!(body.contains("shoal_shards_held"), "{body}");
 }
 
+/// A user's report, at a small scale: sockets that never finish their request head were held open
+/// for good, so under a low open-file limit they used up the process's files and `/readyz` (and
+/// every call) stopped being answered. Here 300 such sockets against a limit of 256: the gateway
+/// must hold at most its cap of them, close them after the header timeout, and keep answering.
+#[test]
+fn stalled_sockets_do_not_stop_the_gateway_under_a_low_open_file_limit() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = common::shoal_with_open_file_limit(dir.path(), 256);
+    cmd.args(on_free_ports("sqlite://cluster.db"))
+        .env("SHOAL_GATEWAY_HEADER_TIMEOUT", "1s");
+    let runner = Runner::start(cmd, dir.path().join("stderr.log"));
+    runner.wait_ready();
+    // gateway_max_connections = auto: half the open-file limit.
+    assert!(
+        runner.logs().contains("max_connections=128"),
+        "{}",
+        runner.logs()
+    );
+    let address = runner.gateway.strip_prefix("http://").unwrap().to_owned();
+
+    let stalled: Vec<TcpStream> = (0..300)
+        .map(|_| {
+            let mut socket = TcpStream::connect(&address).unwrap();
+            socket
+                .write_all(b"GET /readyz HTTP/1.1\r\nHost: shoal\r\n")
+                .unwrap();
+            socket
+        })
+        .collect();
+
+    // Each request has 30 s (the test client's timeout).
+    let (code, body) = runner.get("/readyz");
+    assert_eq!(code, 200, "/readyz: {body}\n{}", runner.logs());
+    assert_eq!(
+        runner.post("/v1/entities/counter/s/increment", "{}"),
+        (200, "1".to_owned())
+    );
+    // The gateway closed every stalled socket (a generous bound: it sheds them in rounds).
+    for mut socket in stalled {
+        socket
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .unwrap();
+        let mut buf = [0u8; 64];
+        match socket.read(&mut buf) {
+            Ok(0) => {}
+            Ok(n) => panic!(
+                "a stalled socket got an answer: {:?}",
+                String::from_utf8_lossy(&buf[..n])
+            ),
+            Err(e) => assert!(
+                !matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ),
+                "a stalled socket is still open after 60 s"
+            ),
+        }
+    }
+}
+
 /// Two runners share storage; SIGTERM to the first hands its shards to the second well before
 /// the leases (30 s) could expire.
 fn sigterm_hands_shards_off(storage: &str) {

@@ -131,6 +131,33 @@ pub struct GatewayConfig {
     pub token: Option<String>,
     /// Largest accepted body, in bytes.
     pub max_body: usize,
+    /// How long a client may take to send a request head (and an idle keep-alive connection
+    /// stays open).
+    pub header_timeout: Duration,
+    /// How long a call's request body may take to arrive, after its head.
+    pub body_timeout: Duration,
+    /// Most connections open at once.
+    pub max_connections: MaxConnections,
+}
+
+/// The gateway's connection cap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MaxConnections {
+    /// Derived from the open-file limit when the gateway starts: half of it, at most 10,000
+    /// ([`crate::gateway::max_connections_for_open_files`]).
+    Auto,
+    /// This many (at least 1).
+    Fixed(usize),
+}
+
+impl MaxConnections {
+    /// The number of connections, reading the open-file limit for [`MaxConnections::Auto`].
+    pub fn resolve(self) -> usize {
+        match self {
+            MaxConnections::Auto => crate::gateway::auto_max_connections().0,
+            MaxConnections::Fixed(n) => n,
+        }
+    }
 }
 
 /// Where `/metrics` is served.
@@ -231,6 +258,9 @@ impl RunnerConfig {
                 listen,
                 token: r.get("gateway_token", parse::text)?,
                 max_body: r.req("gateway_max_body", parse::size)?,
+                header_timeout: r.req("gateway_header_timeout", parse::limit_timeout)?,
+                body_timeout: r.req("gateway_body_timeout", parse::limit_timeout)?,
+                max_connections: r.req("gateway_max_connections", parse::max_connections)?,
             }),
             None => None,
         };
@@ -419,6 +449,18 @@ mod tests {
         );
         assert_eq!(config.gateway.as_ref().unwrap().listen, "127.0.0.1:8080");
         assert_eq!(config.gateway.as_ref().unwrap().max_body, 1 << 20);
+        assert_eq!(
+            config.gateway.as_ref().unwrap().header_timeout,
+            Duration::from_secs(10)
+        );
+        assert_eq!(
+            config.gateway.as_ref().unwrap().body_timeout,
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            config.gateway.as_ref().unwrap().max_connections,
+            MaxConnections::Auto
+        );
         assert_eq!(config.metrics, MetricsListen::Gateway);
         assert_eq!(config.sharding, ShardingConfig::default());
         assert!(config.builtin_entities);

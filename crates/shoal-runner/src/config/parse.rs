@@ -8,13 +8,33 @@ use shoal_protocol::ShardGroup;
 use shoal_socket::ListenAddress;
 use shoal_storage::TablePrefix;
 
-use super::{LogFormat, MetricsListen};
+use super::{LogFormat, MaxConnections, MetricsListen};
 
 pub(super) type Parsed<T> = Result<T, String>;
 
 pub(super) fn duration(text: &str) -> Parsed<Duration> {
     humantime::parse_duration(text.trim())
         .map_err(|_| "expected a duration like 2s, 500ms or 1m".to_owned())
+}
+
+/// A gateway timeout: more than zero, at most [`crate::gateway::MAX_LIMIT_TIMEOUT`] (a day).
+pub(super) fn limit_timeout(text: &str) -> Parsed<Duration> {
+    match duration(text)? {
+        Duration::ZERO => Err("must be more than zero".to_owned()),
+        long if long > crate::gateway::MAX_LIMIT_TIMEOUT => Err("must be at most 24h".to_owned()),
+        timeout => Ok(timeout),
+    }
+}
+
+pub(super) fn max_connections(text: &str) -> Parsed<MaxConnections> {
+    let expected = || "expected auto or a number of connections (at least 1)".to_owned();
+    match text.trim() {
+        "auto" => Ok(MaxConnections::Auto),
+        other => match count::<usize>(other).map_err(|_| expected())? {
+            0 => Err(expected()),
+            n => Ok(MaxConnections::Fixed(n)),
+        },
+    }
 }
 
 pub(super) fn boolean(text: &str) -> Parsed<bool> {
@@ -178,6 +198,14 @@ mod tests {
     fn durations_and_flags() {
         assert_eq!(duration("2s"), Ok(Duration::from_secs(2)));
         assert!(duration("abc").is_err());
+        assert_eq!(limit_timeout("10s"), Ok(Duration::from_secs(10)));
+        assert!(limit_timeout("0s").is_err());
+        assert_eq!(limit_timeout("24h"), Ok(Duration::from_secs(86_400)));
+        assert!(limit_timeout("25h").is_err());
+        assert_eq!(max_connections("auto"), Ok(MaxConnections::Auto));
+        assert_eq!(max_connections("1_000"), Ok(MaxConnections::Fixed(1000)));
+        assert!(max_connections("0").is_err());
+        assert!(max_connections("many").is_err());
         assert_eq!(boolean("Yes"), Ok(true));
         assert!(boolean("maybe").is_err());
         assert_eq!(count::<u32>("300"), Ok(300));

@@ -21,6 +21,8 @@ use super::{
 
 /// The metrics label for requests that name no routed type.
 const UNROUTED: &str = "_unrouted";
+/// The error code of a body that did not arrive within `gateway_body_timeout`.
+const REQUEST_TIMEOUT_CODE: &str = "request_timeout";
 
 /// Counts a request in flight for as long as it lives.
 struct InFlight;
@@ -46,11 +48,15 @@ pub(super) async fn call(
 ) -> Response {
     let _in_flight = InFlight::start();
     let started = Instant::now();
+    // The head has been read: the body's deadline runs from now.
+    let body_deadline = started + state.0.body_timeout;
     let request_id = headers
         .get(REQUEST_ID_HEADER)
         .filter(|v| !v.is_empty() && v.len() <= 256)
         .cloned();
-    let (label, result) = state.call(path, &headers, request_id.as_ref(), body).await;
+    let (label, result) = state
+        .call(path, &headers, request_id.as_ref(), body, body_deadline)
+        .await;
     let outcome = match &result {
         Ok(_) => "ok",
         Err(e) => e.code,
@@ -77,12 +83,19 @@ pub(super) async fn call(
             } else {
                 tracing::debug!(code = error.code, message = %error.message, "entity call refused");
             }
-            let unauthenticated = error.status == StatusCode::UNAUTHORIZED;
+            let status = error.status;
             let mut response = error.into_response();
-            if unauthenticated {
+            if status == StatusCode::UNAUTHORIZED {
                 response
                     .headers_mut()
                     .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            if status == StatusCode::REQUEST_TIMEOUT {
+                // The rest of the body may still come: this connection cannot carry another
+                // request.
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             response
         }
@@ -101,6 +114,7 @@ impl GatewayState {
         headers: &HeaderMap,
         request_id: Option<&HeaderValue>,
         body: Body,
+        body_deadline: Instant,
     ) -> (String, Result<Bytes, ApiError>) {
         let shared = &self.0;
         if let Err(e) = self.authorize(headers) {
@@ -136,7 +150,10 @@ impl GatewayState {
         }
         let result = async {
             let timeout = call_timeout(headers)?;
-            let payload = read_body(body, headers, shared.max_body).await?;
+            let payload =
+                tokio::time::timeout_at(body_deadline, read_body(body, headers, shared.max_body))
+                    .await
+                    .map_err(|_| body_timed_out(shared.body_timeout))??;
             let mut entity_headers = Headers::new();
             if let Some(id) = request_id.and_then(|v| v.to_str().ok()) {
                 entity_headers.push(REQUEST_ID_HEADER, id);
@@ -201,6 +218,14 @@ fn too_large(max: usize) -> ApiError {
         StatusCode::PAYLOAD_TOO_LARGE,
         ErrorCode::MessageTooLarge.as_str(),
         format!("the request body is larger than {max} bytes (gateway_max_body)"),
+    )
+}
+
+fn body_timed_out(timeout: Duration) -> ApiError {
+    ApiError::new(
+        StatusCode::REQUEST_TIMEOUT,
+        REQUEST_TIMEOUT_CODE,
+        format!("the request body did not arrive within {timeout:?} (gateway_body_timeout)"),
     )
 }
 

@@ -17,6 +17,7 @@
 //! | 400 | `bad_request`, `malformed_message`, `unknown_tag` | body not JSON or not the message, unknown tag, invalid id or header |
 //! | 401 | `unauthenticated` | a gateway token is configured and the `Authorization: Bearer` header is missing or wrong |
 //! | 404 | `unknown_entity_type`, `not_found` | the type is not one this cluster runs; no such route |
+//! | 408 | `request_timeout` | the body did not arrive within `gateway_body_timeout` of the head; the connection is closed |
 //! | 413 | `message_too_large` | body over `gateway_max_body` (or the transport's limit) |
 //! | 429 | `mailbox_full` | the entity's mailbox or the runner's entity cap is full (`Retry-After`) |
 //! | 500 | `handler_error`, `defect` | the handler failed |
@@ -27,6 +28,13 @@
 //! `runner_unavailable`, `interrupted` and `deadline_exceeded` mean the outcome is unknown: the
 //! message may have been handled.
 //!
+//! **Limits.** Served by [`serve`], the gateway closes a connection whose request head does not
+//! arrive within [`ConnectionLimits::header_timeout`] (also the idle keep-alive timeout), answers
+//! 408 when a call's body does not arrive within [`GatewayOptions::body_timeout`], and holds at
+//! most [`ConnectionLimits::max_connections`] connections, past which it stops accepting until one
+//! closes (settings `gateway_header_timeout`, `gateway_body_timeout`, `gateway_max_connections`;
+//! docs/operations.md, "Gateway limits").
+//!
 //! **Unknown types.** A runner cannot ask another runner which types it hosts without a round trip
 //! per call, so the gateway routes the types registered in its own process ([`EntityRoutes`]) and
 //! answers 404 `unknown_entity_type` for the rest. Every runner of a cluster runs the same binary
@@ -35,9 +43,11 @@
 mod call;
 mod error;
 mod ops;
+mod server;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::routing::{get, post};
@@ -45,6 +55,10 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use shoal_sharding::{DynamicClient, Sharding};
 
 pub use error::{ApiError, RETRY_AFTER_SECS};
+pub use server::{
+    AUTO_MAX_CONNECTIONS_CEILING, ConnectionLimits, HttpServer, MAX_LIMIT_TIMEOUT,
+    auto_max_connections, max_connections_for_open_files, serve,
+};
 
 use crate::entities::EntityRoutes;
 use crate::health::Readiness;
@@ -68,6 +82,10 @@ pub struct GatewayOptions {
     pub token: Option<String>,
     /// Serve `/metrics` from this handle (default: not served).
     pub metrics: Option<PrometheusHandle>,
+    /// A call's whole request body must arrive within this, counted from when its head was read;
+    /// otherwise the call is answered 408 `request_timeout` and the connection closed (default
+    /// 30 s; at most [`MAX_LIMIT_TIMEOUT`]).
+    pub body_timeout: Duration,
 }
 
 impl Default for GatewayOptions {
@@ -76,6 +94,7 @@ impl Default for GatewayOptions {
             max_body: 1 << 20,
             token: None,
             metrics: None,
+            body_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -96,6 +115,7 @@ struct Shared {
     /// `Bearer <token>` as bytes, compared in constant time.
     expected_authorization: Option<Vec<u8>>,
     max_body: usize,
+    body_timeout: Duration,
     readiness: Arc<Readiness>,
     metrics: Option<PrometheusHandle>,
 }
@@ -130,6 +150,7 @@ pub fn router(
             .token
             .map(|token| format!("Bearer {token}").into_bytes()),
         max_body: options.max_body,
+        body_timeout: options.body_timeout.min(MAX_LIMIT_TIMEOUT),
         readiness,
         metrics: options.metrics,
     }));

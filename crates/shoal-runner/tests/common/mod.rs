@@ -27,6 +27,26 @@ pub(crate) fn shoal(dir: &Path) -> Command {
     cmd
 }
 
+/// A `shoal` command like [`shoal`], run under an open-file limit of `limit` (soft and hard).
+pub(crate) fn shoal_with_open_file_limit(dir: &Path, limit: u32) -> Command {
+    let plain = shoal(dir);
+    let mut cmd = Command::new("sh");
+    cmd.current_dir(dir).env_clear();
+    for (key, value) in plain.get_envs() {
+        if let Some(value) = value {
+            cmd.env(key, value);
+        }
+    }
+    // `$0` is the binary and `$@` the arguments the caller adds.
+    cmd.args([
+        "-c",
+        &format!("ulimit -n {limit} && exec \"$0\" \"$@\""),
+        SHOAL,
+    ]);
+    cmd.stdin(Stdio::null());
+    cmd
+}
+
 /// Runs a one-shot command (status, migrate, config) and returns its output.
 pub(crate) fn output(mut cmd: Command) -> Output {
     cmd.output().unwrap()
