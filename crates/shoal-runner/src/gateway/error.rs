@@ -71,10 +71,14 @@ impl ApiError {
             | CallError::RunnerUnavailable { .. }
             | CallError::ShuttingDown { .. }
             | CallError::Interrupted { .. }
-            | CallError::Persistence { .. } => {
+            | CallError::Persistence { .. }
+            | CallError::NoRequestId { .. } => {
                 return Self::new(StatusCode::SERVICE_UNAVAILABLE, code, message).retry_later();
             }
-            CallError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            // Storage may or may not have stored the request: not "503, safe to retry".
+            CallError::Timeout { .. } | CallError::OutcomeUnknown { .. } => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
             CallError::Unauthenticated { .. } => StatusCode::BAD_GATEWAY,
             CallError::Handler { .. } | CallError::Defect { .. } => {
                 StatusCode::INTERNAL_SERVER_ERROR

@@ -22,11 +22,12 @@
 //! | 429 | `mailbox_full` | the entity's mailbox or the runner's entity cap is full (`Retry-After`) |
 //! | 500 | `handler_error`, `defect` | the handler failed |
 //! | 502 | `unauthenticated`, `unknown` | the owning runner refused this runner (token mismatch) |
-//! | 503 | `entity_not_assigned`, `runner_unavailable`, `shutting_down`, `interrupted`, `persistence` | no owner yet, owner unreachable, shutting down (`Retry-After`) |
-//! | 504 | `deadline_exceeded` | no reply within the deadline (`x-shoal-timeout-ms`, default `default_call_timeout`) |
+//! | 503 | `entity_not_assigned`, `runner_unavailable`, `shutting_down`, `interrupted`, `persistence` | no owner yet, owner unreachable, shutting down, storage refused the message before storing it (`Retry-After`) |
+//! | 504 | `deadline_exceeded`, `outcome_unknown` | no reply within the deadline (`x-shoal-timeout-ms`, default `default_call_timeout`); storage did not answer whether it stored a persisted message |
 //!
-//! `runner_unavailable`, `interrupted` and `deadline_exceeded` mean the outcome is unknown: the
-//! message may have been handled.
+//! `runner_unavailable`, `interrupted`, `deadline_exceeded` and `outcome_unknown` mean the outcome
+//! is unknown: the message may have been handled (or stored, and will be). `503 persistence` means
+//! it was not stored. Retry persisted messages with the same `Idempotency-Key`.
 //!
 //! **Limits.** Served by [`serve`], the gateway closes a connection whose request head does not
 //! arrive within [`ConnectionLimits::header_timeout`] (also the idle keep-alive timeout), answers
