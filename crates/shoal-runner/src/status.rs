@@ -14,6 +14,10 @@ use shoal_storage::{RunnerStorage, StorageError};
 pub struct RunnerRow {
     /// Its address (`host:port` or `unix:/path`).
     pub address: String,
+    /// The incarnation of the process registered at it (hex).
+    pub incarnation: String,
+    /// The machine id that process leased (`None`: its lease lapsed).
+    pub machine_id: Option<i64>,
     /// Whether health checks consider it alive.
     pub healthy: bool,
     /// Its weight.
@@ -36,6 +40,17 @@ pub struct LeaseRow {
     /// Whether the holder is a registered runner (a crashed runner's leases outlive its
     /// heartbeat briefly).
     pub owner_registered: bool,
+}
+
+/// One live process of the cluster (runner or client-only) with its machine id.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ProcessRow {
+    /// The machine id it stamps into the ids it makes.
+    pub machine_id: i64,
+    /// Its incarnation (hex).
+    pub incarnation: String,
+    /// Its runner address; `None` for a client-only process.
+    pub runner: Option<String>,
 }
 
 /// The shards of one group.
@@ -75,6 +90,8 @@ pub struct ClusterStatus {
     pub shards: ShardTotals,
     /// Every live lease, by shard.
     pub leases: Vec<LeaseRow>,
+    /// Every live process (runners and client-only processes) by machine id.
+    pub processes: Vec<ProcessRow>,
 }
 
 impl ClusterStatus {
@@ -96,6 +113,25 @@ impl ClusterStatus {
         let leases = tokio::time::timeout(deadline, storage.leases())
             .await
             .map_err(|_| bounded("leases"))??;
+        let machines = tokio::time::timeout(deadline, storage.machine_ids())
+            .await
+            .map_err(|_| bounded("machine_ids"))??;
+        let machine_of: BTreeMap<u64, i64> = machines
+            .iter()
+            .map(|m| (m.incarnation.raw(), m.machine_id.0))
+            .collect();
+        let runner_of: BTreeMap<u64, String> = runners
+            .iter()
+            .map(|r| (r.incarnation.raw(), r.runner.address.to_string()))
+            .collect();
+        let processes: Vec<ProcessRow> = machines
+            .iter()
+            .map(|m| ProcessRow {
+                machine_id: m.machine_id.0,
+                incarnation: m.incarnation.to_string(),
+                runner: runner_of.get(&m.incarnation.raw()).cloned(),
+            })
+            .collect();
 
         let registered: HashSet<String> = runners
             .iter()
@@ -126,6 +162,8 @@ impl ClusterStatus {
             .map(|r| {
                 let address = r.runner.address.to_string();
                 RunnerRow {
+                    incarnation: r.incarnation.to_string(),
+                    machine_id: machine_of.get(&r.incarnation.raw()).copied(),
                     shards: held.get(&address).copied().unwrap_or(0),
                     healthy: r.healthy,
                     weight: r.runner.weight.get(),
@@ -165,6 +203,7 @@ impl ClusterStatus {
             groups: group_rows,
             shards: totals,
             leases: lease_rows,
+            processes,
         })
     }
 
@@ -184,17 +223,20 @@ impl ClusterStatus {
                 .max("ADDRESS".len());
             let _ = writeln!(
                 out,
-                "  {:<width$}  {:<7}  {:>6}  {:>6}  GROUPS",
-                "ADDRESS", "HEALTHY", "WEIGHT", "SHARDS"
+                "  {:<width$}  {:<7}  {:>6}  {:>6}  {:>7}  {:<16}  GROUPS",
+                "ADDRESS", "HEALTHY", "WEIGHT", "SHARDS", "MACHINE", "INCARNATION"
             );
             for r in &self.runners {
                 let _ = writeln!(
                     out,
-                    "  {:<width$}  {:<7}  {:>6}  {:>6}  {}",
+                    "  {:<width$}  {:<7}  {:>6}  {:>6}  {:>7}  {:<16}  {}",
                     r.address,
                     if r.healthy { "yes" } else { "no" },
                     r.weight,
                     r.shards,
+                    r.machine_id
+                        .map_or_else(|| "-".to_owned(), |m| m.to_string()),
+                    r.incarnation,
                     r.groups.join(",")
                 );
             }
@@ -221,6 +263,14 @@ impl ClusterStatus {
                 g.group, g.shards, g.leased, g.unowned
             );
         }
+        let clients = self.processes.iter().filter(|p| p.runner.is_none()).count();
+        let _ = writeln!(
+            out,
+            "\nPROCESSES: {} with a machine id ({} runners, {} client-only)",
+            self.processes.len(),
+            self.processes.len() - clients,
+            clients
+        );
         out
     }
 }

@@ -18,8 +18,8 @@ use shoal_protocol::{Incarnation, MachineId, Runner, RunnerAddress, RunnerId, Sh
 use shoal_sharding::{CallOptions, Sharding};
 use shoal_storage::testing::{Fault, FaultyRunnerStorage};
 use shoal_storage::{
-    ClusterParameters, HeldShard, MachineLease, RunnerStatus, RunnerStorage, ShardLease,
-    StorageError,
+    ClusterParameters, HeldShard, MachineIdLease, MachineLease, RunnerStatus, RunnerStorage,
+    ShardLease, StorageError,
 };
 use tokio::time::Instant;
 
@@ -104,6 +104,9 @@ impl RunnerStorage for LeaseLog {
         minted_until: u64,
     ) -> Result<(), StorageError> {
         self.inner.release_machine_id(m, i, minted_until).await
+    }
+    async fn machine_ids(&self) -> Result<Vec<MachineIdLease>, StorageError> {
+        self.inner.machine_ids().await
     }
     async fn cluster_parameters(
         &self,

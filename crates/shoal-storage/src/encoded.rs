@@ -12,7 +12,7 @@ use shoal_protocol::{Incarnation, MachineId, Runner, RunnerAddress, RunnerId, Sh
 
 use crate::cluster::ClusterParameters;
 use crate::error::StorageError;
-use crate::lease::{Epoch, HeldShard, MachineLease, ShardLease};
+use crate::lease::{Epoch, HeldShard, MachineIdLease, MachineLease, ShardLease};
 use crate::runner_storage::{RunnerStatus, RunnerStorage};
 
 /// A stored runner row: its address text, its runner JSON, its incarnation and its health flag.
@@ -114,6 +114,9 @@ pub trait EncodedRunnerStorage: Send + Sync + 'static {
         incarnation: i64,
         minted_until: i64,
     ) -> Result<(), StorageError>;
+
+    /// See [`RunnerStorage::machine_ids`]; `(machine id, incarnation)` pairs.
+    async fn machine_ids(&self) -> Result<Vec<(i64, i64)>, StorageError>;
 
     /// See [`RunnerStorage::cluster_parameters`]; `(name, value)` pairs.
     async fn cluster_parameters(
@@ -388,6 +391,19 @@ impl<E: EncodedRunnerStorage> RunnerStorage for Typed<E> {
                 db_ms(minted_until),
             )
             .await
+    }
+
+    async fn machine_ids(&self) -> Result<Vec<MachineIdLease>, StorageError> {
+        Ok(self
+            .0
+            .machine_ids()
+            .await?
+            .into_iter()
+            .map(|(machine, holder)| MachineIdLease {
+                machine_id: MachineId(machine),
+                incarnation: incarnation(holder),
+            })
+            .collect())
     }
 
     async fn cluster_parameters(

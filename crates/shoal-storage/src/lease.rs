@@ -56,3 +56,12 @@ pub struct MachineLease {
     /// Ids may carry timestamps up to this.
     pub reserved_until: u64,
 }
+
+/// A live machine-id lease as anyone can see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MachineIdLease {
+    /// The machine id.
+    pub machine_id: MachineId,
+    /// The process holding it.
+    pub incarnation: Incarnation,
+}

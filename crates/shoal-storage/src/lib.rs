@@ -64,7 +64,7 @@ pub use connect::{Storage, connect, connect_runner_storage, connect_storage};
 pub use encoded::{EncodedLease, EncodedRunner, EncodedRunnerStorage, Typed};
 pub use error::{BoxError, StorageError};
 pub use kv::{EntityKv, KvEntry, KvQuery, MemoryEntityKv};
-pub use lease::{Epoch, HeldShard, MachineLease, ShardLease};
+pub use lease::{Epoch, HeldShard, MachineIdLease, MachineLease, ShardLease};
 pub use memory::{MemoryMessageStorage, MemoryRunnerStorage};
 pub use messages::{
     Claim, ClaimedMessage, DeliverAt, EnvelopeKind, Fence, MessageEvent, MessageStorage,

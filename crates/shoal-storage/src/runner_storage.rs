@@ -7,7 +7,7 @@ use shoal_protocol::{Incarnation, MachineId, Runner, RunnerAddress, RunnerId, Sh
 
 use crate::cluster::ClusterParameters;
 use crate::error::StorageError;
-use crate::lease::{HeldShard, MachineLease, ShardLease};
+use crate::lease::{HeldShard, MachineIdLease, MachineLease, ShardLease};
 
 /// A registered runner and whether it is considered healthy.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -134,6 +134,9 @@ pub trait RunnerStorage: Send + Sync + 'static {
         minted_until: u64,
     ) -> Result<(), StorageError>;
 
+    /// The live machine-id leases: which process (incarnation) holds which machine id.
+    async fn machine_ids(&self) -> Result<Vec<MachineIdLease>, StorageError>;
+
     /// Stores `proposed` parameters the cluster does not have yet, and returns every stored
     /// parameter (the caller compares them with its own).
     async fn cluster_parameters(
@@ -230,6 +233,10 @@ impl<S: RunnerStorage + ?Sized> RunnerStorage for std::sync::Arc<S> {
         (**self)
             .release_machine_id(machine_id, incarnation, minted_until)
             .await
+    }
+
+    async fn machine_ids(&self) -> Result<Vec<MachineIdLease>, StorageError> {
+        (**self).machine_ids().await
     }
 
     async fn cluster_parameters(

@@ -14,7 +14,7 @@ use tokio::sync::watch;
 
 use crate::cluster::ClusterParameters;
 use crate::error::StorageError;
-use crate::lease::{HeldShard, MachineLease, ShardLease};
+use crate::lease::{HeldShard, MachineIdLease, MachineLease, ShardLease};
 use crate::runner_storage::{RunnerStatus, RunnerStorage};
 
 /// How a [`FaultyRunnerStorage`] behaves.
@@ -190,6 +190,11 @@ impl<S: RunnerStorage> RunnerStorage for FaultyRunnerStorage<S> {
         self.inner
             .release_machine_id(machine_id, incarnation, minted_until)
             .await
+    }
+
+    async fn machine_ids(&self) -> Result<Vec<MachineIdLease>, StorageError> {
+        self.gate("machine_ids").await?;
+        self.inner.machine_ids().await
     }
 
     async fn cluster_parameters(

@@ -15,6 +15,8 @@ use super::runners::RunnerProcess;
 pub(crate) struct Fleet {
     pub(crate) live: Vec<RunnerProcess>,
     pub(crate) killed: Vec<RunnerProcess>,
+    /// Client-only gateway processes.
+    pub(crate) clients: Vec<RunnerProcess>,
 }
 
 impl Fleet {
@@ -31,11 +33,13 @@ impl Fleet {
         self.live.pop().context("no runner left to stop")
     }
 
-    /// SIGTERM to every live runner; returns those that did not exit cleanly within 60 s.
+    /// SIGTERM to every live runner and client; returns those that did not exit cleanly within
+    /// 60 s.
     pub(crate) fn stop_all(&mut self) -> Vec<String> {
         let mut problems = Vec::new();
         let mut waits = Vec::new();
-        for runner in std::mem::take(&mut self.live) {
+        let clients = std::mem::take(&mut self.clients);
+        for runner in std::mem::take(&mut self.live).into_iter().chain(clients) {
             let number = runner.number;
             let log = runner.log.display().to_string();
             if let Err(e) = runner.terminate() {
@@ -63,7 +67,12 @@ impl Fleet {
 
 impl Drop for Fleet {
     fn drop(&mut self) {
-        for runner in self.live.drain(..).chain(self.killed.drain(..)) {
+        for runner in self
+            .live
+            .drain(..)
+            .chain(self.killed.drain(..))
+            .chain(self.clients.drain(..))
+        {
             runner.stop_now();
         }
     }

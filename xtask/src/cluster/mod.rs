@@ -10,12 +10,16 @@
 //! - (d) no shard's epoch ever went back, and no shard changed owner without a new epoch (the
 //!   lease table is sampled during the run);
 //!
-//! and the runners stopped with SIGTERM exited cleanly. It prints a report (throughput, latency,
-//! recovery after SIGKILL, handoff after SIGTERM) and fails when an invariant is violated.
+//! and the runners stopped with SIGTERM exited cleanly. Identity faults check that a second
+//! process given a live runner's address is refused, and that a client-only process holding a
+//! live runner's machine id changes nothing to (a) (see `identity`). It prints a report
+//! (throughput, latency, recovery after SIGKILL, handoff after SIGTERM) and fails when an
+//! invariant is violated.
 
 mod faults;
 mod fleet;
 mod http;
+mod identity;
 mod load;
 mod options;
 mod report;
@@ -46,7 +50,7 @@ use verify::check_counts;
 
 /// Runs the cluster test; fails when an invariant is violated.
 pub(crate) fn run(args: &ClusterArgs) -> Result<()> {
-    let faults = options::parse_faults(&args.faults)?;
+    let faults = options::faults_for(&args.faults, args.storage)?;
     options::check_schedule(&faults, args.runners)?;
     let binary = build(args.profile, args.no_build)?;
     let dir = std::env::temp_dir().join(format!("shoal-test-cluster-{}", std::process::id()));
@@ -172,6 +176,7 @@ fn run_id() -> String {
 struct Watches {
     kills: Vec<(usize, f64, JoinHandle<KillReport>)>,
     terms: Vec<JoinHandle<TermReport>>,
+    duplicates: Vec<JoinHandle<identity::DuplicateReport>>,
 }
 
 /// Everything a fault needs.
@@ -241,6 +246,41 @@ impl Cluster<'_> {
                 ));
                 self.gateways.add(&runner.gateway);
                 self.fleet.live.push(runner);
+            }
+            Action::Duplicate => {
+                let victim = self
+                    .fleet
+                    .live
+                    .first()
+                    .context("no live runner to duplicate")?
+                    .address
+                    .clone();
+                eprintln!(
+                    "==> a second process advertising {victim} (runner 1's address) at {pct:.0}%"
+                );
+                self.watches.duplicates.push(identity::start_duplicate(
+                    &self.launcher,
+                    &victim,
+                    fault.at,
+                )?);
+            }
+            Action::Collide => {
+                let victim = self
+                    .fleet
+                    .live
+                    .first()
+                    .context("no live runner to collide with")?
+                    .address
+                    .clone();
+                eprintln!(
+                    "==> a client-only gateway on the machine id of runner {victim} at {pct:.0}%"
+                );
+                let collision =
+                    identity::collide(&mut self.launcher, &self.reader, &victim, fault.at)?;
+                eprintln!("    {}", collision.line);
+                self.report.faults.push((fault.at, collision.line));
+                self.gateways.add(&collision.client.gateway);
+                self.fleet.clients.push(collision.client);
             }
         }
         Ok(())
@@ -371,6 +411,10 @@ fn drive(
         ));
     }
     collect_fault_watches(&mut report, watches, args.lease_ttl);
+    // The load is over: the client-only gateways leave the rotation for the final reads.
+    for client in &fleet.clients {
+        gateways.remove(&client.gateway);
+    }
     report.runners = format!(
         "{} started, {} more during the run; lease TTL {}; {:?} build",
         args.runners,
@@ -436,8 +480,26 @@ fn drive(
     Ok(report)
 }
 
-/// Collects what the SIGKILL and SIGTERM watchers measured into the report.
+/// Collects what the SIGKILL, SIGTERM and duplicate-address watchers measured into the report.
 fn collect_fault_watches(report: &mut Report, watches: Watches, lease_ttl: Duration) {
+    for watch in watches.duplicates {
+        match watch.join() {
+            Ok(duplicate) => match duplicate.outcome {
+                Ok(what) => report.faults.push((
+                    duplicate.at,
+                    format!(
+                        "duplicate at {:.0}%: a second process advertising {}: {what}",
+                        duplicate.at * 100.0,
+                        duplicate.address
+                    ),
+                )),
+                Err(violation) => report.violations.push(violation),
+            },
+            Err(_) => report
+                .violations
+                .push("the duplicate-address watcher panicked".to_owned()),
+        }
+    }
     for (number, at, probe) in watches.kills {
         let Ok(recovery) = probe.join() else {
             report

@@ -41,9 +41,11 @@ pub(crate) struct ClusterArgs {
     /// Shared storage of the runners.
     #[arg(long, value_enum, default_value_t = StorageKind::Postgres)]
     pub(crate) storage: StorageKind,
-    /// Fault schedule: `default` (SIGKILL a runner at 20% of the load, SIGTERM another at 45%,
-    /// start a replacement at 60%), `none`, `kill` (SIGKILL at 30%, replacement at 60%), `term`
-    /// (SIGTERM at 30%, replacement at 60%), or a list like `kill@20%,term@45%,start@60%`.
+    /// Fault schedule: `default` (SIGKILL a runner at 20% of the load, a second process at a
+    /// live runner's address at 30%, SIGTERM a runner at 45%, on Postgres a client-only gateway
+    /// on a live runner's machine id at 50%, a replacement at 60%), `none`, `kill` (SIGKILL at
+    /// 30%, replacement at 60%), `term` (SIGTERM at 30%, replacement at 60%), or a list like
+    /// `kill@20%,duplicate@30%,term@45%,collide@50%,start@60%`.
     #[arg(long, default_value = "default")]
     pub(crate) faults: String,
     /// Shard lease TTL of the runners (bounds recovery after SIGKILL).
@@ -113,6 +115,10 @@ pub(crate) enum Action {
     Term,
     /// Start a replacement runner.
     Start,
+    /// Start a second process advertising a live runner's address: it must be refused.
+    Duplicate,
+    /// Start a client-only gateway that leases a live runner's machine id (Postgres only).
+    Collide,
 }
 
 /// One scheduled fault.
@@ -125,7 +131,10 @@ pub(crate) struct Fault {
 
 /// The named schedules and what they stand for.
 const NAMED: &[(&str, &str)] = &[
-    ("default", "kill@20%,term@45%,start@60%"),
+    (
+        "default",
+        "kill@20%,duplicate@30%,term@45%,collide@50%,start@60%",
+    ),
     ("kill", "kill@30%,start@60%"),
     ("term", "term@30%,start@60%"),
     ("none", ""),
@@ -154,7 +163,11 @@ pub(crate) fn parse_faults(spec: &str) -> Result<Vec<Fault>> {
             "kill" => Action::Kill,
             "term" => Action::Term,
             "start" => Action::Start,
-            other => bail!("fault {part:?}: unknown action {other:?} (kill, term or start)"),
+            "duplicate" => Action::Duplicate,
+            "collide" => Action::Collide,
+            other => bail!(
+                "fault {part:?}: unknown action {other:?} (kill, term, start, duplicate or collide)"
+            ),
         };
         let percent: f64 = at
             .trim_end_matches('%')
@@ -172,11 +185,32 @@ pub(crate) fn parse_faults(spec: &str) -> Result<Vec<Fault>> {
     Ok(faults)
 }
 
+/// The schedule `spec` names, for runners on `storage`: the `default` schedule leaves out the
+/// `collide` fault on SQLite (it edits the storage with `psql`); asking for it explicitly there
+/// is an error.
+pub(crate) fn faults_for(spec: &str, storage: StorageKind) -> Result<Vec<Fault>> {
+    let mut faults = parse_faults(spec)?;
+    if storage == StorageKind::Sqlite {
+        if spec.trim() == "default" {
+            faults.retain(|f| f.action != Action::Collide);
+        } else if faults.iter().any(|f| f.action == Action::Collide) {
+            bail!(
+                "the collide fault needs --storage postgres (the harness edits the machine-id table with psql)"
+            );
+        }
+    }
+    Ok(faults)
+}
+
 /// Checks that `faults` never stops every runner of a cluster of `runners`.
 pub(crate) fn check_schedule(faults: &[Fault], runners: u32) -> Result<()> {
     let mut live = i64::from(runners);
     for fault in faults {
-        live += if fault.action == Action::Start { 1 } else { -1 };
+        live += match fault.action {
+            Action::Start => 1,
+            Action::Kill | Action::Term => -1,
+            Action::Duplicate | Action::Collide => 0,
+        };
         if live < 1 {
             bail!(
                 "the fault schedule would stop every one of the {runners} runners (at {:.0}%); \
@@ -212,7 +246,25 @@ mod tests {
                 },
             ]
         );
-        assert_eq!(parse_faults("default").unwrap(), faults);
+        let default = parse_faults("default").unwrap();
+        let actions: Vec<Action> = default.iter().map(|f| f.action).collect();
+        assert_eq!(
+            actions,
+            [
+                Action::Kill,
+                Action::Duplicate,
+                Action::Term,
+                Action::Collide,
+                Action::Start
+            ]
+        );
+        assert!(
+            !faults_for("default", StorageKind::Sqlite)
+                .unwrap()
+                .iter()
+                .any(|f| f.action == Action::Collide)
+        );
+        assert!(faults_for("collide@10%", StorageKind::Sqlite).is_err());
         assert!(parse_faults("none").unwrap().is_empty());
         assert_eq!(
             parse_faults("kill").unwrap(),

@@ -66,18 +66,37 @@ pub(crate) struct Launcher {
     pub(crate) started: usize,
 }
 
+/// What a process printed on its first line.
+pub(crate) struct Announced {
+    number: usize,
+    gateway: String,
+    metrics: String,
+    runner: String,
+}
+
+impl RunnerProcess {
+    /// The process behind an announce line.
+    pub(crate) fn from_child(announced: Announced, child: Child, log: PathBuf) -> Self {
+        Self {
+            number: announced.number,
+            pid: child.id(),
+            gateway: announced.gateway,
+            metrics: announced.metrics,
+            address: announced.runner,
+            log,
+            child,
+        }
+    }
+}
+
 impl Launcher {
-    /// Starts one more runner on free ports and waits until its gateway is ready.
-    pub(crate) fn start(&mut self) -> Result<RunnerProcess> {
-        self.started += 1;
-        let number = self.started;
-        let log = self.dir.join(format!("runner-{number}.log"));
-        let log_file = std::fs::File::create(&log)?;
+    /// `shoal run` with the run's storage and settings (more options of `run` may follow).
+    pub(crate) fn command(&self) -> Command {
         // Storage calls must stay well inside the lease.
         let storage_timeout = (self.lease_ttl / 3).min(Duration::from_millis(750));
-        let mut child = Command::new(&self.binary)
-            .args(["run", "--listen", "127.0.0.1:0", "--gateway", "127.0.0.1:0"])
-            .args(["--metrics", "127.0.0.1:0"])
+        let mut command = Command::new(&self.binary);
+        command
+            .arg("run")
             .args(["--storage", &self.storage_url])
             .args(["--lease-ttl", &format!("{}ms", self.lease_ttl.as_millis())])
             .args([
@@ -85,12 +104,17 @@ impl Launcher {
                 &format!("{}ms", storage_timeout.as_millis()),
             ])
             .args(["--log-level", "info"])
-            .env_remove("SHOAL_CONFIG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log_file)
-            .spawn()
-            .with_context(|| format!("could not start {}", self.binary.display()))?;
+            .env_remove("SHOAL_CONFIG");
+        command
+    }
+
+    /// Reads the announce line of a process just started (killing it when none comes).
+    pub(crate) fn announced(
+        &self,
+        number: usize,
+        child: &mut Child,
+        log: &Path,
+    ) -> Result<Announced> {
         let stdout = child.stdout.take().context("no stdout")?;
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -104,15 +128,14 @@ impl Launcher {
             let _ = child.kill();
             let _ = child.wait();
             bail!(
-                "runner {number} did not start; its log:\n{}",
-                tail(&log, 30)
+                "process {number} did not start; its log:\n{}",
+                tail(log, 30)
             );
         };
         let announce: serde_json::Value =
             serde_json::from_str(&line).with_context(|| format!("bad announce line {line:?}"))?;
-        let runner = RunnerProcess {
+        Ok(Announced {
             number,
-            pid: child.id(),
             gateway: format!(
                 "http://{}",
                 announce["gateway"].as_str().context("no gateway")?
@@ -121,13 +144,32 @@ impl Launcher {
                 "http://{}",
                 announce["metrics"].as_str().context("no metrics address")?
             ),
-            address: announce["runner"]
-                .as_str()
-                .context("no runner address")?
-                .to_owned(),
-            log,
-            child,
-        };
+            runner: announce["runner"].as_str().unwrap_or_default().to_owned(),
+        })
+    }
+
+    /// Starts one more runner on free ports and waits until its gateway is ready.
+    pub(crate) fn start(&mut self) -> Result<RunnerProcess> {
+        self.started += 1;
+        let number = self.started;
+        let log = self.dir.join(format!("runner-{number}.log"));
+        let log_file = std::fs::File::create(&log)?;
+        let mut child = self
+            .command()
+            .args(["--listen", "127.0.0.1:0", "--gateway", "127.0.0.1:0"])
+            .args(["--metrics", "127.0.0.1:0"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log_file)
+            .spawn()
+            .with_context(|| format!("could not start {}", self.binary.display()))?;
+        let announced = self.announced(number, &mut child, &log)?;
+        if announced.runner.is_empty() {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("runner {number} announced no runner address");
+        }
+        let runner = RunnerProcess::from_child(announced, child, log);
         wait_ready(&runner.gateway, Duration::from_secs(60))
             .with_context(|| format!("runner {number} never became ready"))?;
         let client = Client::new(Duration::from_secs(5));

@@ -52,7 +52,8 @@ pub(crate) struct StatusReader {
 }
 
 impl StatusReader {
-    pub(crate) fn read(&self) -> Result<Snapshot> {
+    /// What `shoal status --json` printed.
+    pub(crate) fn read_json(&self) -> Result<serde_json::Value> {
         let out = Command::new(&self.binary)
             .args(["status", "--json", "--storage", &self.storage_url])
             .env_remove("SHOAL_CONFIG")
@@ -64,7 +65,11 @@ impl StatusReader {
                 String::from_utf8_lossy(&out.stderr).trim()
             );
         }
-        let json: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
+    pub(crate) fn read(&self) -> Result<Snapshot> {
+        let json = self.read_json()?;
         let runners = json["runners"]
             .as_array()
             .context("no runners")?

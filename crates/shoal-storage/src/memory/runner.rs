@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use crate::cluster::ClusterParameters;
 use crate::error::StorageError;
-use crate::lease::{Epoch, HeldShard, MachineLease, ShardLease};
+use crate::lease::{Epoch, HeldShard, MachineIdLease, MachineLease, ShardLease};
 use crate::runner_storage::{RunnerStatus, RunnerStorage};
 
 /// Runner membership and shard leases held in process memory.
@@ -380,6 +380,21 @@ impl RunnerStorage for MemoryRunnerStorage {
             row.reserved_until = minted_until;
         }
         Ok(())
+    }
+
+    async fn machine_ids(&self) -> Result<Vec<MachineIdLease>, StorageError> {
+        let now = Instant::now();
+        Ok(self
+            .state
+            .lock()
+            .machines
+            .iter()
+            .filter(|(_, row)| row.expires > now)
+            .map(|(id, row)| MachineIdLease {
+                machine_id: MachineId(*id),
+                incarnation: row.incarnation,
+            })
+            .collect())
     }
 
     async fn cluster_parameters(

@@ -22,6 +22,7 @@ pub(super) struct Queries {
     pub(super) renew_machine_id: SqlStr,
     pub(super) release_machine_id: SqlStr,
     pub(super) cluster_parameters: SqlStr,
+    pub(super) machine_ids: SqlStr,
 }
 
 fn sql(prefix: &TablePrefix, template: &str) -> SqlStr {
@@ -181,6 +182,11 @@ impl Queries {
                 "UPDATE {prefix}_machine_ids SET expires_at = now(), \
                    reserved_until = LEAST(reserved_until, $3) \
                  WHERE machine_id = $1 AND incarnation = $2",
+            ),
+            machine_ids: sql(
+                prefix,
+                "SELECT machine_id::bigint, incarnation FROM {prefix}_machine_ids \
+                 WHERE expires_at > now() ORDER BY machine_id",
             ),
             // $1 names, $2 values. Stored unless present; every stored parameter comes back
             // (the main query reads the snapshot from before the insert, hence the union).

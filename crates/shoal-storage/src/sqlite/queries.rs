@@ -30,6 +30,7 @@ pub(super) struct Queries {
     pub(super) release_machine_id: SqlStr,
     pub(super) store_parameters: SqlStr,
     pub(super) parameters: SqlStr,
+    pub(super) machine_ids: SqlStr,
 }
 
 fn sql(prefix: &TablePrefix, template: &str) -> SqlStr {
@@ -169,6 +170,11 @@ impl Queries {
                  ON CONFLICT (name) DO NOTHING",
             ),
             parameters: sql(prefix, "SELECT name, value FROM {prefix}_cluster"),
+            machine_ids: sql(
+                prefix,
+                "SELECT machine_id, incarnation FROM {prefix}_machine_ids \
+                 WHERE expires_at > {now} ORDER BY machine_id",
+            ),
         }
     }
 }

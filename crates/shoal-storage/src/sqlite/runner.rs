@@ -563,6 +563,14 @@ impl EncodedRunnerStorage for SqliteRunnerStorage {
         .await
     }
 
+    async fn machine_ids(&self) -> Result<Vec<(i64, i64)>, StorageError> {
+        let sql = self.sql.machine_ids.clone();
+        self.call("machine_ids", 0, async |conn| {
+            sqlx::query_as::<_, (i64, i64)>(sql).fetch_all(conn).await
+        })
+        .await
+    }
+
     async fn cluster_parameters(
         &self,
         proposed: &[(String, String)],

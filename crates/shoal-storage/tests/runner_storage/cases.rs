@@ -181,6 +181,14 @@ pub async fn a_lapsed_machine_id_is_taken_after_its_reservation(env: &Env) {
     };
     assert_eq!(reused.floor, reserved);
     assert!(reused.reserved_until > reserved);
+    // Every holder is listed once.
+    let live = s.machine_ids().await.unwrap();
+    assert_eq!(live.len(), 1024);
+    assert!(
+        live.iter()
+            .any(|l| l.machine_id == reused.machine_id
+                && l.incarnation == Incarnation::from_raw(next))
+    );
     // All 1024 are held now.
     assert!(matches!(
         s.lease_machine_id(Incarnation::from_raw(5000), now_ms(), LONG)
