@@ -427,3 +427,61 @@ async fn simulated_serialization_round_trips_local_calls() {
     assert_eq!(items, vec![0, 1, 2]);
     runner.shutdown().await;
 }
+
+/// A flood of interrupts for requests an entity never sees (from any peer of the runner) is
+/// dropped past a bound instead of queueing in memory, and the entity keeps working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_interrupts_is_bounded_and_harmless() {
+    let mut cluster = Cluster::new(Backend::Memory).await;
+    let runner = cluster.runner(fast_config().build().unwrap()).await;
+    wait_balanced(&[&runner], 60).await;
+    let counters = runner.client::<Counter>();
+    let address = {
+        let id: shoal_protocol::EntityId = "flood/a".parse().unwrap();
+        shoal_protocol::EntityAddress::new(
+            runner.shard_of::<Counter>(&id),
+            "counter".parse().unwrap(),
+            id,
+        )
+    };
+    // A slow request keeps the instance busy while the interrupts arrive.
+    let busy = tokio::spawn({
+        let counters = counters.clone();
+        async move {
+            counters
+                .call(
+                    "flood/a",
+                    Increment {
+                        by: 1,
+                        work_ms: 500,
+                    },
+                )
+                .await
+        }
+    });
+    eventually(Duration::from_secs(5), "the slow request started", || {
+        journal("flood").activations.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    for raw in 1..=100_000u64 {
+        let interrupt = shoal_protocol::Interrupt {
+            id: shoal_protocol::Snowflake::from_raw(raw),
+            request_id: shoal_protocol::Snowflake::from_raw(raw),
+            address: address.clone(),
+            persisted: false,
+        };
+        runner
+            .handle_notification(shoal_protocol::Notification::Interrupt(interrupt))
+            .await
+            .unwrap();
+    }
+    assert_eq!(busy.await.unwrap().unwrap(), 1);
+    assert_eq!(
+        counters
+            .call("flood/a", Increment { by: 1, work_ms: 0 })
+            .await
+            .unwrap(),
+        2
+    );
+    runner.shutdown().await;
+}
