@@ -1,7 +1,12 @@
 -- Replies are identified within their request (shoal-storage `SqliteMessageStorage`): two
--- processes that mint the same reply id for different requests must not lose either reply.
--- SQLite cannot change a primary key in place: the table is rebuilt.
+-- processes that mint the same reply id for different requests must not lose either reply. The
+-- reply id is no longer the table's key: the rowid is, and a reply is unique by its request and
+-- sequence (a chunk) or as its request's final reply. SQLite cannot change a primary key in
+-- place: the table is rebuilt.
 CREATE TABLE {prefix}_replies_rebuilt (
+    -- Insertion order (the rowid).
+    seq INTEGER PRIMARY KEY,
+    -- The reply's Snowflake id (unique within its request).
     id INTEGER NOT NULL,
     request_id INTEGER NOT NULL,
     -- 0 final reply, 1 stream chunk.
@@ -13,7 +18,6 @@ CREATE TABLE {prefix}_replies_rebuilt (
     acked INTEGER NOT NULL DEFAULT 0,
     created_at INTEGER NOT NULL,
     CHECK ((kind = 0) = (sequence IS NULL)),
-    PRIMARY KEY (request_id, id),
     UNIQUE (request_id, sequence)
 );
 INSERT INTO {prefix}_replies_rebuilt (id, request_id, kind, sequence, frame, acked, created_at)

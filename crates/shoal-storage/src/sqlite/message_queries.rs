@@ -27,7 +27,7 @@ pub(super) struct MessageQueries {
     pub(super) interrupted_request: SqlStr,
     pub(super) insert_interrupt: SqlStr,
     pub(super) message_request: SqlStr,
-    pub(super) pending_request: SqlStr,
+    pub(super) pending_requests: SqlStr,
     pub(super) ack_chunk: SqlStr,
     pub(super) replies_for: SqlStr,
     pub(super) claim: SqlStr,
@@ -140,12 +140,13 @@ impl MessageQueries {
                 "SELECT CASE WHEN kind <> 0 THEN request_id END FROM {prefix}_messages \
                  WHERE id = ?1",
             ),
-            // ?1 id: the stored request if it is unprocessed.
-            pending_request: sql(
+            // ?1 JSON ids: the stored requests among them that are unprocessed.
+            pending_requests: sql(
                 prefix,
                 &format!(
                     "SELECT {MESSAGE_COLUMNS} FROM {{prefix}}_messages \
-                     WHERE id = ?1 AND kind = 0 AND processed_at IS NULL"
+                     WHERE id IN {} AND kind = 0 AND processed_at IS NULL",
+                    in_json(1)
                 ),
             ),
             // ?1 chunk id, ?2 request id.

@@ -64,6 +64,8 @@ struct Inner {
     runners: SqliteRunnerStorage,
     sql: Arc<MessageQueries>,
     writer: GroupCommit<Op, Done>,
+    /// Reads of pushed requests, batched like the writes.
+    pending: GroupCommit<i64, Option<PersistedRequest>>,
     events: broadcast::Sender<MessageEvent>,
 }
 
@@ -120,6 +122,14 @@ impl SqliteMessageStorage {
             timeout: options.call_timeout,
             events: events.clone(),
         });
+        // Pushed requests are read back in batches too: one query for all concurrent pushes.
+        let pending = GroupCommit::spawn(&runtime, "pending_request", MAX_BATCH, 2, {
+            let writer = writer.clone();
+            move |ids| {
+                let writer = writer.clone();
+                async move { writer.pending_requests(ids).await }
+            }
+        });
         // One writer: SQLite has one write lock, a second batch would only wait for it.
         let writer = GroupCommit::spawn(&runtime, "save_batch", MAX_BATCH, 1, move |ops| {
             let writer = writer.clone();
@@ -130,6 +140,7 @@ impl SqliteMessageStorage {
                 runners: runners.clone(),
                 sql,
                 writer,
+                pending,
                 events,
             }),
         })
@@ -208,6 +219,38 @@ impl SqliteMessageStorage {
 }
 
 impl Writer {
+    /// One batch of pending-request reads: one query by id.
+    async fn pending_requests(&self, ids: Vec<i64>) -> BatchResult<Option<PersistedRequest>> {
+        let rows = call(
+            BACKEND,
+            &self.pool,
+            self.timeout,
+            "pending_request",
+            0,
+            async |conn| {
+                sqlx::query_as::<_, MessageRow>(self.sql.pending_requests.clone())
+                    .bind(json(&ids))
+                    .fetch_all(&mut *conn)
+                    .await
+            },
+        )
+        .await?;
+        let mut found = HashMap::with_capacity(rows.len());
+        for row in rows {
+            let id = row.id;
+            found.insert(id, row.decode());
+        }
+        Ok(ids
+            .iter()
+            .map(|id| match found.remove(id) {
+                None => Ok(None),
+                Some(Ok(ClaimedMessage::Request { request, .. })) => Ok(Some(*request)),
+                Some(Ok(ClaimedMessage::Envelope(_))) => Ok(None),
+                Some(Err(error)) => Err(error),
+            })
+            .collect())
+    }
+
     /// One batch in one `BEGIN IMMEDIATE` transaction: the requests, then the replies.
     async fn write(&self, ops: Vec<Op>) -> BatchResult<Done> {
         let mut requests = Vec::new();
@@ -504,19 +547,16 @@ impl MessageStorage for SqliteMessageStorage {
         &self,
         id: Snowflake,
     ) -> Result<Option<PersistedRequest>, StorageError> {
-        let sql = self.inner.sql.pending_request.clone();
-        let row = self
-            .call("pending_request", 0, async |conn| {
-                sqlx::query_as::<_, MessageRow>(sql)
-                    .bind(db_id(id))
-                    .fetch_optional(conn)
-                    .await
-            })
-            .await?;
-        match row.map(MessageRow::decode).transpose()? {
-            Some(ClaimedMessage::Request { request, .. }) => Ok(Some(*request)),
-            _ => Ok(None),
-        }
+        let timeout = self.options().call_timeout;
+        observed(
+            BACKEND,
+            "pending_request",
+            1,
+            self.inner
+                .pending
+                .submit("pending_request", db_id(id), timeout),
+        )
+        .await
     }
 
     async fn save_reply(&self, reply: &StoredReply, fence: &Fence) -> Result<(), StorageError> {
