@@ -142,6 +142,11 @@ async fn memory_no_shard_ever_has_two_active_owners_under_chaos() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_no_shard_ever_has_two_active_owners_under_chaos() {
+    chaos(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_no_shard_ever_has_two_active_owners_under_chaos() {
     chaos(Backend::Postgres).await;
 }

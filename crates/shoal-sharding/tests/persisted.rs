@@ -380,16 +380,32 @@ struct Persisted {
     runners: Arc<dyn RunnerStorage>,
     messages: Arc<dyn MessageStorage>,
     next_port: u16,
+    /// The SQLite file's directory (removed with the cluster).
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl Persisted {
     async fn new(backend: Backend) -> Self {
         init_logs();
+        let mut dir = None;
         let (runners, messages): (Arc<dyn RunnerStorage>, Arc<dyn MessageStorage>) = match backend {
             Backend::Memory => {
                 let memory = Arc::new(MemoryRunnerStorage::new());
                 let messages = Arc::new(MemoryMessageStorage::new(memory.clone()));
                 (memory, messages)
+            }
+            Backend::Sqlite => {
+                let (tempdir, path) = common::sqlite_file();
+                dir = Some(tempdir);
+                let options = shoal_storage::StorageOptions::new()
+                    .with_call_timeout(Duration::from_millis(450));
+                let runners = shoal_storage::SqliteRunnerStorage::open_file(&path, options)
+                    .await
+                    .expect("sqlite runner storage");
+                let messages = shoal_storage::SqliteMessageStorage::new(runners.inner())
+                    .await
+                    .expect("sqlite message storage");
+                (Arc::new(runners), Arc::new(messages))
             }
             Backend::Postgres => {
                 let url = common::database_url();
@@ -412,6 +428,7 @@ impl Persisted {
             runners,
             messages,
             next_port: 41_000,
+            _dir: dir,
         }
     }
 

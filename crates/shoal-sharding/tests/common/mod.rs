@@ -282,7 +282,16 @@ pub fn lists_definition() -> EntityDefinition<Lists> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
     Memory,
+    /// A SQLite file in a temporary directory, shared by the test's runners.
+    Sqlite,
     Postgres,
+}
+
+/// A SQLite database file in a fresh temporary directory (kept while the directory lives).
+pub fn sqlite_file() -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shoal.db");
+    (dir, path)
 }
 
 pub fn database_url() -> String {
@@ -311,7 +320,7 @@ pub fn unique_prefix() -> shoal_storage::TablePrefix {
 pub fn config_for(backend: Backend) -> ShardingConfigBuilder {
     match backend {
         Backend::Memory => fast_config(),
-        Backend::Postgres => fast_config()
+        Backend::Sqlite | Backend::Postgres => fast_config()
             .lease_ttl(Duration::from_millis(1500))
             .lease_refresh_interval(Duration::from_millis(150))
             .storage_timeout(Duration::from_millis(500)),
@@ -324,6 +333,8 @@ pub struct Cluster {
     pub storage: Arc<dyn RunnerStorage>,
     pub memory: Option<Arc<MemoryRunnerStorage>>,
     next_port: u16,
+    /// The SQLite file's directory (removed with the cluster).
+    _dir: Option<tempfile::TempDir>,
 }
 
 pub fn init_logs() {
@@ -349,6 +360,22 @@ impl Cluster {
                     storage: memory.clone(),
                     memory: Some(memory),
                     next_port: 40_000,
+                    _dir: None,
+                }
+            }
+            Backend::Sqlite => {
+                let (dir, path) = sqlite_file();
+                let options = shoal_storage::StorageOptions::new()
+                    .with_call_timeout(Duration::from_millis(450));
+                let storage = shoal_storage::SqliteRunnerStorage::open_file(&path, options)
+                    .await
+                    .unwrap();
+                Self {
+                    network: InProcessNetwork::new(),
+                    storage: Arc::new(storage),
+                    memory: None,
+                    next_port: 40_000,
+                    _dir: Some(dir),
                 }
             }
             Backend::Postgres => {
@@ -366,6 +393,7 @@ impl Cluster {
                     storage: Arc::new(storage),
                     memory: None,
                     next_port: 40_000,
+                    _dir: None,
                 }
             }
         }
@@ -432,8 +460,8 @@ pub async fn wait_balanced(runners: &[&Sharding], shards: usize) {
     .await;
 }
 
-/// Runs each named `async fn(Backend)` test once on memory and once on Postgres storage
-/// (`memory::name` and `postgres::name`).
+/// Runs each named `async fn(Backend)` test once on memory, once on a SQLite file and once on
+/// Postgres storage (`memory::name`, `sqlite::name` and `postgres::name`).
 macro_rules! on_every_backend {
     ($($test:ident),* $(,)?) => {
         mod memory {
@@ -441,6 +469,14 @@ macro_rules! on_every_backend {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $test() {
                     super::$test(super::Backend::Memory).await;
+                }
+            )*
+        }
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    super::$test(super::Backend::Sqlite).await;
                 }
             )*
         }
