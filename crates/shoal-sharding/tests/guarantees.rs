@@ -307,6 +307,33 @@ fn saver_definition() -> EntityDefinition<Saver> {
         .max_idle_time(Duration::from_millis(50))
 }
 
+/// A runner of `Saver` entities on `storage`, with entity KV fenced by `memory`'s leases, once it
+/// holds every shard.
+async fn saver_runner(
+    memory: &Arc<MemoryRunnerStorage>,
+    storage: Arc<dyn RunnerStorage>,
+    port: u16,
+) -> Sharding {
+    init_logs();
+    let kv: Arc<dyn EntityKv> = Arc::new(MemoryEntityKv::new(memory.clone()));
+    let runner = Sharding::builder(fast_config().build().unwrap())
+        .storage(storage)
+        .entity_kv(kv)
+        .in_process(&InProcessNetwork::new())
+        .runner(address(port))
+        .entity(saver_definition())
+        .start()
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "the runner holds its shards",
+        || runner.active_shards().len() == 60,
+    )
+    .await;
+    runner
+}
+
 fn unique(test: &str) -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -320,24 +347,8 @@ fn unique(test: &str) -> String {
 /// overwrite the new one's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_instance_waits_for_the_previous_one_to_deactivate() {
-    init_logs();
     let memory = Arc::new(MemoryRunnerStorage::new());
-    let kv: Arc<dyn EntityKv> = Arc::new(MemoryEntityKv::new(memory.clone()));
-    let runner = Sharding::builder(fast_config().build().unwrap())
-        .storage(memory.clone())
-        .entity_kv(kv)
-        .in_process(&InProcessNetwork::new())
-        .runner(address(42_031))
-        .entity(saver_definition())
-        .start()
-        .await
-        .unwrap();
-    eventually(
-        Duration::from_secs(10),
-        "the runner holds its shards",
-        || runner.active_shards().len() == 60,
-    )
-    .await;
+    let runner = saver_runner(&memory, memory.clone(), 42_031).await;
     let id = unique("passivation");
     let hooks = hooks(&id);
     let savers = runner.client::<Saver>();
@@ -370,25 +381,9 @@ async fn a_new_instance_waits_for_the_previous_one_to_deactivate() {
 /// it again, that task must not write over the new instance's state.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_carry_the_epoch_the_instance_started_under() {
-    init_logs();
     let memory = Arc::new(MemoryRunnerStorage::new());
     let faulty = Arc::new(FaultyRunnerStorage::new(memory.clone()));
-    let kv: Arc<dyn EntityKv> = Arc::new(MemoryEntityKv::new(memory.clone()));
-    let runner = Sharding::builder(fast_config().build().unwrap())
-        .storage(faulty.clone())
-        .entity_kv(kv)
-        .in_process(&InProcessNetwork::new())
-        .runner(address(42_041))
-        .entity(saver_definition())
-        .start()
-        .await
-        .unwrap();
-    eventually(
-        Duration::from_secs(10),
-        "the runner holds its shards",
-        || runner.active_shards().len() == 60,
-    )
-    .await;
+    let runner = saver_runner(&memory, faulty.clone(), 42_041).await;
     let id = unique("epoch");
     let hooks = hooks(&id);
     let shard = runner.shard_of::<Saver>(&id.parse().unwrap());
@@ -506,4 +501,154 @@ async fn a_runner_back_from_a_freeze_refuses_calls_until_its_lease_is_confirmed(
     }
     frozen.join().unwrap();
     b.shutdown().await;
+}
+
+/// Lease storage that can tell a process its machine-id lease was lost (another process took the
+/// id after it lapsed).
+struct LosingMachineIds {
+    inner: Arc<MemoryRunnerStorage>,
+    lose: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl RunnerStorage for LosingMachineIds {
+    async fn register(
+        &self,
+        r: &Runner,
+        i: Incarnation,
+        h: bool,
+        ttl: Duration,
+    ) -> Result<(), shoal_storage::StorageError> {
+        self.inner.register(r, i, h, ttl).await
+    }
+    async fn unregister(&self, r: &RunnerId) -> Result<(), shoal_storage::StorageError> {
+        self.inner.unregister(r).await
+    }
+    async fn runners(
+        &self,
+    ) -> Result<Vec<shoal_storage::RunnerStatus>, shoal_storage::StorageError> {
+        self.inner.runners().await
+    }
+    async fn set_runner_health(
+        &self,
+        a: &RunnerAddress,
+        h: bool,
+    ) -> Result<(), shoal_storage::StorageError> {
+        self.inner.set_runner_health(a, h).await
+    }
+    async fn leases(&self) -> Result<Vec<shoal_storage::ShardLease>, shoal_storage::StorageError> {
+        self.inner.leases().await
+    }
+    async fn acquire(
+        &self,
+        r: &RunnerId,
+        s: &[shoal_protocol::ShardId],
+        ttl: Duration,
+    ) -> Result<Vec<shoal_storage::HeldShard>, shoal_storage::StorageError> {
+        self.inner.acquire(r, s, ttl).await
+    }
+    async fn refresh(
+        &self,
+        r: &RunnerId,
+        s: &[shoal_protocol::ShardId],
+        ttl: Duration,
+    ) -> Result<Vec<shoal_storage::HeldShard>, shoal_storage::StorageError> {
+        self.inner.refresh(r, s, ttl).await
+    }
+    async fn release(
+        &self,
+        r: &RunnerId,
+        s: &[shoal_protocol::ShardId],
+    ) -> Result<(), shoal_storage::StorageError> {
+        self.inner.release(r, s).await
+    }
+    async fn release_all(&self, r: &RunnerId) -> Result<(), shoal_storage::StorageError> {
+        self.inner.release_all(r).await
+    }
+    async fn lease_machine_id(
+        &self,
+        i: Incarnation,
+        now_ms: u64,
+        ttl: Duration,
+    ) -> Result<shoal_storage::MachineLease, shoal_storage::StorageError> {
+        self.inner.lease_machine_id(i, now_ms, ttl).await
+    }
+    async fn renew_machine_id(
+        &self,
+        m: shoal_protocol::MachineId,
+        i: Incarnation,
+        now_ms: u64,
+        ttl: Duration,
+    ) -> Result<Option<u64>, shoal_storage::StorageError> {
+        if self.lose.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            // The lease lapsed and another process took the id.
+            self.inner.release_machine_id(m, i, now_ms).await?;
+            let thief = self
+                .inner
+                .lease_machine_id(Incarnation::from_raw(8), now_ms, Duration::from_secs(3600))
+                .await?;
+            assert_eq!(thief.machine_id, m);
+            return Ok(None);
+        }
+        self.inner.renew_machine_id(m, i, now_ms, ttl).await
+    }
+    async fn release_machine_id(
+        &self,
+        m: shoal_protocol::MachineId,
+        i: Incarnation,
+        minted_until: u64,
+    ) -> Result<(), shoal_storage::StorageError> {
+        self.inner.release_machine_id(m, i, minted_until).await
+    }
+    async fn machine_ids(
+        &self,
+    ) -> Result<Vec<shoal_storage::MachineIdLease>, shoal_storage::StorageError> {
+        self.inner.machine_ids().await
+    }
+    async fn cluster_parameters(
+        &self,
+        proposed: &shoal_storage::ClusterParameters,
+    ) -> Result<shoal_storage::ClusterParameters, shoal_storage::StorageError> {
+        self.inner.cluster_parameters(proposed).await
+    }
+}
+
+/// A process whose machine-id lease was lost leases another one at its next renewal and keeps
+/// making ids (under the new machine id, after the new id's previous reservation).
+#[tokio::test(start_paused = true)]
+async fn a_lost_machine_id_is_replaced_at_the_next_renewal() {
+    init_logs();
+    let memory = Arc::new(MemoryRunnerStorage::new());
+    let storage = Arc::new(LosingMachineIds {
+        inner: memory.clone(),
+        lose: std::sync::atomic::AtomicBool::new(false),
+    });
+    // Another live process holds machine id 0.
+    memory
+        .lease_machine_id(Incarnation::from_raw(7), 0, Duration::from_secs(3600))
+        .await
+        .unwrap();
+    let client = Sharding::builder(fast_config().build().unwrap())
+        .storage(storage.clone())
+        .in_process(&InProcessNetwork::new())
+        .client_only()
+        .start()
+        .await
+        .unwrap();
+    let first = client.machine_id().unwrap();
+    assert_eq!(first.0, 1);
+    storage
+        .lose
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    // The next renewal (every 10 s) learns the lease is gone and leases another id.
+    tokio::time::sleep(shoal_sharding::MACHINE_ID_TTL / 5).await;
+    let second = client.machine_id().unwrap();
+    assert_ne!(second, first, "the process kept a machine id it lost");
+    let held = memory.machine_ids().await.unwrap();
+    assert!(
+        held.iter()
+            .any(|l| l.machine_id == second && l.incarnation == client.incarnation()),
+        "{held:?}"
+    );
+    client.shutdown().await;
 }

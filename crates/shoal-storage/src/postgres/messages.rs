@@ -13,7 +13,7 @@ use super::listener::{Wakeups, payloads, replied_line, saved_line};
 use super::message_queries::MessageQueries;
 use super::runner::PostgresRunnerStorage;
 use crate::error::StorageError;
-use crate::messages::checks::{check_envelope_id, check_interrupt, check_reply};
+use crate::messages::checks::{check_envelope_id, check_reply};
 use crate::messages::{
     Claim, ClaimedMessage, EnvelopeKind, Fence, MessageEvent, MessageStorage, PersistedEnvelope,
     PersistedRequest, SaveResult, StoredReply,
@@ -22,8 +22,9 @@ use crate::options::StorageOptions;
 use crate::sql::call::{call, observed, with_deadline};
 use crate::sql::group_commit::{BatchResult, GroupCommit};
 use crate::sql::messages::{
-    MAX_BATCH, MessageRow, OriginalRow, REPLY_FINAL, ReplyInsert, ReplyRow, RequestRow, db_epoch,
-    db_id, distinct_ids, from_unix_ms, save_results, shard_texts, snowflake,
+    InterruptedRequest, MAX_BATCH, MessageRow, OriginalRow, REPLY_FINAL, ReplyInsert, ReplyRow,
+    RequestRow, db_epoch, db_id, distinct_ids, from_unix_ms, pending_results, save_results,
+    shard_texts, snowflake,
 };
 use crate::sql::millis;
 
@@ -288,20 +289,7 @@ impl Writer {
             },
         )
         .await?;
-        let mut found = std::collections::HashMap::with_capacity(rows.len());
-        for row in rows {
-            let id = row.id;
-            found.insert(id, row.decode());
-        }
-        Ok(ids
-            .iter()
-            .map(|id| match found.remove(id) {
-                None => Ok(None),
-                Some(Ok(ClaimedMessage::Request { request, .. })) => Ok(Some(*request)),
-                Some(Ok(ClaimedMessage::Envelope(_))) => Ok(None),
-                Some(Err(error)) => Err(error),
-            })
-            .collect())
+        Ok(pending_results(&ids, rows))
     }
 
     /// One batch of requests: one insert, then one query for the originals of duplicates.
@@ -531,7 +519,7 @@ impl MessageStorage for PostgresMessageStorage {
                     .call("save_envelope", 1, async |conn| {
                         use sqlx::Connection;
                         let mut tx = conn.begin().await?;
-                        let request = sqlx::query_as::<_, (String, String, String, bool, bool)>(
+                        let request = sqlx::query_as::<_, InterruptedRequest>(
                             sql.interrupted_request.clone(),
                         )
                         .persistent(false)
@@ -540,27 +528,20 @@ impl MessageStorage for PostgresMessageStorage {
                         .await?;
                         // An interrupt of a request storage does not hold (never persisted,
                         // cleared or swept) has nothing to interrupt.
-                        let Some((shard, entity_type, entity_id, uninterruptible, processed)) =
-                            request
-                        else {
+                        let Some(request) = request else {
                             return Ok(Ok(false));
                         };
-                        if let Err(refused) = check_interrupt(
-                            envelope,
-                            &shard,
-                            &entity_type,
-                            &entity_id,
-                            uninterruptible,
-                        ) {
+                        if let Err(refused) = request.admits(envelope) {
                             return Ok(Err(refused));
                         }
+                        let processed = request.processed;
                         let stored = sqlx::query(sql.insert_interrupt.clone())
                             .persistent(false)
                             .bind(db_id(envelope.id))
                             .bind(db_id(envelope.request_id))
-                            .bind(&shard)
-                            .bind(&entity_type)
-                            .bind(&entity_id)
+                            .bind(&request.shard_id)
+                            .bind(&request.entity_type)
+                            .bind(&request.entity_id)
                             .bind(processed)
                             .fetch_optional(&mut *tx)
                             .await?;

@@ -16,7 +16,7 @@ use shoal_protocol::{Chunk, EntityAddress, Headers, Reply, ReplyFrame, ShardId, 
 
 use crate::error::StorageError;
 use crate::lease::Epoch;
-use crate::messages::checks::{RequestView, duplicate_or_conflict, stored_key};
+use crate::messages::checks::{RequestView, check_interrupt, duplicate_or_conflict, stored_key};
 use crate::messages::{
     Claim, ClaimedMessage, EnvelopeKind, PersistedEnvelope, PersistedRequest, StoredReply,
     StoredReplyKind,
@@ -398,6 +398,48 @@ impl MessageRow {
             })),
             other => Err(malformed(format!("unknown message kind {other}"))),
         }
+    }
+}
+
+/// One result per asked id, in order, from the rows of a pending-request read: the stored,
+/// unprocessed request, or `None`.
+pub(crate) fn pending_results(
+    ids: &[i64],
+    rows: Vec<MessageRow>,
+) -> Vec<Result<Option<PersistedRequest>, StorageError>> {
+    let mut found = std::collections::HashMap::with_capacity(rows.len());
+    for row in rows {
+        found.insert(row.id, row.decode());
+    }
+    ids.iter()
+        .map(|id| match found.remove(id) {
+            None | Some(Ok(ClaimedMessage::Envelope(_))) => Ok(None),
+            Some(Ok(ClaimedMessage::Request { request, .. })) => Ok(Some(*request)),
+            Some(Err(error)) => Err(error),
+        })
+        .collect()
+}
+
+/// The request an interrupt names, as stored.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct InterruptedRequest {
+    pub(crate) shard_id: String,
+    pub(crate) entity_type: String,
+    pub(crate) entity_id: String,
+    pub(crate) uninterruptible: bool,
+    pub(crate) processed: bool,
+}
+
+impl InterruptedRequest {
+    /// Refuses `envelope` unless it may interrupt this request (see [`check_interrupt`]).
+    pub(crate) fn admits(&self, envelope: &PersistedEnvelope) -> Result<(), StorageError> {
+        check_interrupt(
+            envelope,
+            &self.shard_id,
+            &self.entity_type,
+            &self.entity_id,
+            self.uninterruptible,
+        )
     }
 }
 

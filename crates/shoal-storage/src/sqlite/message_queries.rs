@@ -122,7 +122,7 @@ impl MessageQueries {
             interrupted_request: sql(
                 prefix,
                 "SELECT shard_id, entity_type, entity_id, uninterruptible, \
-                   processed_at IS NOT NULL \
+                   processed_at IS NOT NULL AS processed \
                  FROM {prefix}_messages WHERE id = ?1 AND kind = 0",
             ),
             // ?1 envelope id, ?2 request id, ?3 shard, ?4 entity type, ?5 entity id, ?6

@@ -13,7 +13,7 @@ use tokio::sync::broadcast;
 use super::message_queries::MessageQueries;
 use super::runner::{SqliteLocation, SqliteRunnerStorage};
 use crate::error::StorageError;
-use crate::messages::checks::{check_envelope_id, check_interrupt, check_reply};
+use crate::messages::checks::{check_envelope_id, check_reply};
 use crate::messages::{
     Claim, ClaimedMessage, EnvelopeKind, Fence, MessageEvent, MessageStorage, PersistedEnvelope,
     PersistedRequest, SaveResult, StoredReply,
@@ -22,8 +22,9 @@ use crate::options::StorageOptions;
 use crate::sql::call::{call, observed};
 use crate::sql::group_commit::{BatchResult, GroupCommit};
 use crate::sql::messages::{
-    MAX_BATCH, MessageRow, OriginalRow, REPLY_FINAL, ReplyInsert, ReplyRow, RequestRow, db_epoch,
-    db_id, distinct_ids, from_unix_ms, save_results, shard_texts, snowflake,
+    InterruptedRequest, MAX_BATCH, MessageRow, OriginalRow, REPLY_FINAL, ReplyInsert, ReplyRow,
+    RequestRow, db_epoch, db_id, distinct_ids, from_unix_ms, pending_results, save_results,
+    shard_texts, snowflake,
 };
 use crate::sql::millis;
 
@@ -235,20 +236,7 @@ impl Writer {
             },
         )
         .await?;
-        let mut found = HashMap::with_capacity(rows.len());
-        for row in rows {
-            let id = row.id;
-            found.insert(id, row.decode());
-        }
-        Ok(ids
-            .iter()
-            .map(|id| match found.remove(id) {
-                None => Ok(None),
-                Some(Ok(ClaimedMessage::Request { request, .. })) => Ok(Some(*request)),
-                Some(Ok(ClaimedMessage::Envelope(_))) => Ok(None),
-                Some(Err(error)) => Err(error),
-            })
-            .collect())
+        Ok(pending_results(&ids, rows))
     }
 
     /// One batch in one `BEGIN IMMEDIATE` transaction: the requests, then the replies.
@@ -484,7 +472,7 @@ impl MessageStorage for SqliteMessageStorage {
                 let pending = self
                     .call("save_envelope", 1, async |conn| {
                         let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
-                        let request = sqlx::query_as::<_, (String, String, String, bool, bool)>(
+                        let request = sqlx::query_as::<_, InterruptedRequest>(
                             sql.interrupted_request.clone(),
                         )
                         .bind(db_id(envelope.request_id))
@@ -492,26 +480,19 @@ impl MessageStorage for SqliteMessageStorage {
                         .await?;
                         // An interrupt of a request storage does not hold (never persisted,
                         // cleared or swept) has nothing to interrupt.
-                        let Some((shard, entity_type, entity_id, uninterruptible, processed)) =
-                            request
-                        else {
+                        let Some(request) = request else {
                             return Ok(Ok(false));
                         };
-                        if let Err(refused) = check_interrupt(
-                            envelope,
-                            &shard,
-                            &entity_type,
-                            &entity_id,
-                            uninterruptible,
-                        ) {
+                        if let Err(refused) = request.admits(envelope) {
                             return Ok(Err(refused));
                         }
+                        let processed = request.processed;
                         let stored = sqlx::query(sql.insert_interrupt.clone())
                             .bind(db_id(envelope.id))
                             .bind(db_id(envelope.request_id))
-                            .bind(&shard)
-                            .bind(&entity_type)
-                            .bind(&entity_id)
+                            .bind(&request.shard_id)
+                            .bind(&request.entity_type)
+                            .bind(&request.entity_id)
                             .bind(processed)
                             .fetch_optional(&mut *tx)
                             .await?;
