@@ -594,6 +594,13 @@ impl Sharding {
         tracing::info!(runner = ?self.runner_address(), "shut down");
     }
 
+    /// Resolves once the runtime has stopped: after [`Sharding::shutdown`], or on its own when
+    /// another process registered at this runner's address while this one was away (frozen, cut
+    /// off from storage): it then serves nothing any more, and the process should exit.
+    pub async fn stopped(&self) {
+        self.inner.stopped.cancelled().await;
+    }
+
     /// Stops every task at once without releasing leases or leaving the cluster, as a crash
     /// would. For fault-injection tests: other runners take this runner's shards only after its
     /// leases expire.

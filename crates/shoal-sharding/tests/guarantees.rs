@@ -652,3 +652,59 @@ async fn a_lost_machine_id_is_replaced_at_the_next_renewal() {
     );
     client.shutdown().await;
 }
+
+/// A runner cut off from storage past its heartbeat, whose address another process registered
+/// meanwhile, stops serving and stops altogether when it gets back: the address is the other
+/// process's now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runner_whose_address_was_taken_while_it_was_away_stops() {
+    init_logs();
+    let memory = Arc::new(MemoryRunnerStorage::new());
+    let faulty = Arc::new(FaultyRunnerStorage::new(memory.clone()));
+    let at = address(42_061);
+    let a = start_runner(
+        fast_config().build().unwrap(),
+        faulty.clone(),
+        &InProcessNetwork::new(),
+        at.clone(),
+    )
+    .await
+    .unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "the runner holds every shard",
+        || a.active_shards().len() == 60,
+    )
+    .await;
+    // Cut off long enough for its heartbeat (900 ms) to lapse; another process registers there.
+    faulty.set_fault(Fault::Fail);
+    eventually(
+        Duration::from_secs(10),
+        "the runner stopped its shards",
+        || a.active_shards().is_empty(),
+    )
+    .await;
+    let other = Runner::new(
+        at.clone(),
+        [ShardGroup::default_group()],
+        1.try_into().unwrap(),
+    );
+    let mut registered = false;
+    for _ in 0..50 {
+        if memory
+            .register(&other, Incarnation::random(), true, Duration::from_secs(30))
+            .await
+            .is_ok()
+        {
+            registered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(registered, "the other process could not register at {at}");
+    faulty.set_fault(Fault::None);
+    tokio::time::timeout(Duration::from_secs(10), a.stopped())
+        .await
+        .expect("the runner stops once it finds its address taken");
+    assert!(a.active_shards().is_empty());
+}

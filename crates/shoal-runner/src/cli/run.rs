@@ -84,7 +84,15 @@ async fn serve(config: RunnerConfig) -> anyhow::Result<ExitCode> {
     };
     announce(node.addresses());
 
-    let signo = signals.next().await;
+    let signo = tokio::select! {
+        signo = signals.next() => signo,
+        () = node.sharding().stopped() => {
+            // The runtime stopped on its own: another process took this runner's address.
+            tracing::error!("the runner stopped serving (see the errors above); exiting");
+            node.shutdown().await;
+            return Ok(ExitCode::FAILURE);
+        }
+    };
     tracing::info!(
         signal = signal_name(signo),
         "shutting down gracefully; send the signal again to exit at once"
