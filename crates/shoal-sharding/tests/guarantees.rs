@@ -503,133 +503,19 @@ async fn a_runner_back_from_a_freeze_refuses_calls_until_its_lease_is_confirmed(
     b.shutdown().await;
 }
 
-/// Lease storage that can tell a process its machine-id lease was lost (another process took the
-/// id after it lapsed).
-struct LosingMachineIds {
-    inner: Arc<MemoryRunnerStorage>,
-    lose: std::sync::atomic::AtomicBool,
-}
-
-#[async_trait::async_trait]
-impl RunnerStorage for LosingMachineIds {
-    async fn register(
-        &self,
-        r: &Runner,
-        i: Incarnation,
-        h: bool,
-        ttl: Duration,
-    ) -> Result<(), shoal_storage::StorageError> {
-        self.inner.register(r, i, h, ttl).await
-    }
-    async fn unregister(&self, r: &RunnerId) -> Result<(), shoal_storage::StorageError> {
-        self.inner.unregister(r).await
-    }
-    async fn runners(
-        &self,
-    ) -> Result<Vec<shoal_storage::RunnerStatus>, shoal_storage::StorageError> {
-        self.inner.runners().await
-    }
-    async fn set_runner_health(
-        &self,
-        a: &RunnerAddress,
-        h: bool,
-    ) -> Result<(), shoal_storage::StorageError> {
-        self.inner.set_runner_health(a, h).await
-    }
-    async fn leases(&self) -> Result<Vec<shoal_storage::ShardLease>, shoal_storage::StorageError> {
-        self.inner.leases().await
-    }
-    async fn acquire(
-        &self,
-        r: &RunnerId,
-        s: &[shoal_protocol::ShardId],
-        ttl: Duration,
-    ) -> Result<Vec<shoal_storage::HeldShard>, shoal_storage::StorageError> {
-        self.inner.acquire(r, s, ttl).await
-    }
-    async fn refresh(
-        &self,
-        r: &RunnerId,
-        s: &[shoal_protocol::ShardId],
-        ttl: Duration,
-    ) -> Result<Vec<shoal_storage::HeldShard>, shoal_storage::StorageError> {
-        self.inner.refresh(r, s, ttl).await
-    }
-    async fn release(
-        &self,
-        r: &RunnerId,
-        s: &[shoal_protocol::ShardId],
-    ) -> Result<(), shoal_storage::StorageError> {
-        self.inner.release(r, s).await
-    }
-    async fn release_all(&self, r: &RunnerId) -> Result<(), shoal_storage::StorageError> {
-        self.inner.release_all(r).await
-    }
-    async fn lease_machine_id(
-        &self,
-        i: Incarnation,
-        now_ms: u64,
-        ttl: Duration,
-    ) -> Result<shoal_storage::MachineLease, shoal_storage::StorageError> {
-        self.inner.lease_machine_id(i, now_ms, ttl).await
-    }
-    async fn renew_machine_id(
-        &self,
-        m: shoal_protocol::MachineId,
-        i: Incarnation,
-        now_ms: u64,
-        ttl: Duration,
-    ) -> Result<Option<u64>, shoal_storage::StorageError> {
-        if self.lose.swap(false, std::sync::atomic::Ordering::SeqCst) {
-            // The lease lapsed and another process took the id.
-            self.inner.release_machine_id(m, i, now_ms).await?;
-            let thief = self
-                .inner
-                .lease_machine_id(Incarnation::from_raw(8), now_ms, Duration::from_secs(3600))
-                .await?;
-            assert_eq!(thief.machine_id, m);
-            return Ok(None);
-        }
-        self.inner.renew_machine_id(m, i, now_ms, ttl).await
-    }
-    async fn release_machine_id(
-        &self,
-        m: shoal_protocol::MachineId,
-        i: Incarnation,
-        minted_until: u64,
-    ) -> Result<(), shoal_storage::StorageError> {
-        self.inner.release_machine_id(m, i, minted_until).await
-    }
-    async fn machine_ids(
-        &self,
-    ) -> Result<Vec<shoal_storage::MachineIdLease>, shoal_storage::StorageError> {
-        self.inner.machine_ids().await
-    }
-    async fn cluster_parameters(
-        &self,
-        proposed: &shoal_storage::ClusterParameters,
-    ) -> Result<shoal_storage::ClusterParameters, shoal_storage::StorageError> {
-        self.inner.cluster_parameters(proposed).await
-    }
-}
-
 /// A process whose machine-id lease was lost leases another one at its next renewal and keeps
 /// making ids (under the new machine id, after the new id's previous reservation).
 #[tokio::test(start_paused = true)]
 async fn a_lost_machine_id_is_replaced_at_the_next_renewal() {
     init_logs();
     let memory = Arc::new(MemoryRunnerStorage::new());
-    let storage = Arc::new(LosingMachineIds {
-        inner: memory.clone(),
-        lose: std::sync::atomic::AtomicBool::new(false),
-    });
     // Another live process holds machine id 0.
     memory
         .lease_machine_id(Incarnation::from_raw(7), 0, Duration::from_secs(3600))
         .await
         .unwrap();
     let client = Sharding::builder(fast_config().build().unwrap())
-        .storage(storage.clone())
+        .storage(memory.clone())
         .in_process(&InProcessNetwork::new())
         .client_only()
         .start()
@@ -637,9 +523,20 @@ async fn a_lost_machine_id_is_replaced_at_the_next_renewal() {
         .unwrap();
     let first = client.machine_id().unwrap();
     assert_eq!(first.0, 1);
-    storage
-        .lose
-        .store(true, std::sync::atomic::Ordering::SeqCst);
+    // Its lease lapses (as if it had been frozen past it) and another process takes the id.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    memory
+        .release_machine_id(first, client.incarnation(), now)
+        .await
+        .unwrap();
+    let thief = memory
+        .lease_machine_id(Incarnation::from_raw(8), now, Duration::from_secs(3600))
+        .await
+        .unwrap();
+    assert_eq!(thief.machine_id, first);
     // The next renewal (every 10 s) learns the lease is gone and leases another id.
     tokio::time::sleep(shoal_sharding::MACHINE_ID_TTL / 5).await;
     let second = client.machine_id().unwrap();
