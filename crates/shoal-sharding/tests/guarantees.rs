@@ -142,12 +142,7 @@ async fn a_second_process_at_a_live_runners_address_is_refused() {
     )
     .await
     .unwrap();
-    eventually(
-        Duration::from_secs(10),
-        "the first runner holds every shard",
-        || first.active_shards().len() == 60,
-    )
-    .await;
+    holds_every_shard(&first).await;
     let second = start_runner(
         config.clone(),
         storage.clone(),
@@ -325,13 +320,18 @@ async fn saver_runner(
         .start()
         .await
         .unwrap();
+    holds_every_shard(&runner).await;
+    runner
+}
+
+/// Waits until `runner` holds all 60 shards.
+async fn holds_every_shard(runner: &Sharding) {
     eventually(
         Duration::from_secs(10),
-        "the runner holds its shards",
+        "the runner holds every shard",
         || runner.active_shards().len() == 60,
     )
     .await;
-    runner
 }
 
 fn unique(test: &str) -> String {
@@ -458,12 +458,7 @@ async fn a_runner_back_from_a_freeze_refuses_calls_until_its_lease_is_confirmed(
         }
     });
     let a = started_rx.await.unwrap();
-    eventually(
-        Duration::from_secs(10),
-        "the first runner holds every shard",
-        || a.active_shards().len() == 60,
-    )
-    .await;
+    holds_every_shard(&a).await;
     freeze_tx.send(()).unwrap();
     // Another runner takes the shards once the frozen runner's leases lapse.
     let b = start_runner(config.clone(), storage.clone(), &network, address(42_052))
@@ -567,12 +562,7 @@ async fn a_runner_whose_address_was_taken_while_it_was_away_stops() {
     )
     .await
     .unwrap();
-    eventually(
-        Duration::from_secs(10),
-        "the runner holds every shard",
-        || a.active_shards().len() == 60,
-    )
-    .await;
+    holds_every_shard(&a).await;
     // Cut off long enough for its heartbeat (900 ms) to lapse; another process registers there.
     faulty.set_fault(Fault::Fail);
     eventually(

@@ -952,3 +952,35 @@ pub async fn keys_that_differ_only_in_where_the_separator_falls_do_not_collide(e
     saved(s, &first).await;
     saved(s, &second).await;
 }
+
+pub async fn replies_of_two_requests_may_share_an_id(env: &Env) {
+    let s = &*env.messages;
+    let mut id = ids();
+    let (a, b) = (
+        request(id(), &address(1, "a")),
+        request(id(), &address(2, "b")),
+    );
+    saved(s, &a).await;
+    saved(s, &b).await;
+    // Two processes made the same reply id for replies of different requests: both are kept.
+    let reply_id = id();
+    s.save_reply(&final_value(reply_id, a.id, b"a's"), &unfenced(1))
+        .await
+        .unwrap();
+    s.save_reply(&final_value(reply_id, b.id, b"b's"), &unfenced(2))
+        .await
+        .unwrap();
+    let replies = s.replies_for(&[a.id, b.id]).await.unwrap();
+    let value_of = |request: Snowflake| {
+        replies.iter().find_map(|r| match &r.kind {
+            StoredReplyKind::Final(ReplyFrame::Value(v)) if r.request_id == request => {
+                Some(v.clone())
+            }
+            _ => None,
+        })
+    };
+    assert_eq!(value_of(a.id).as_deref(), Some(&b"a's"[..]));
+    assert_eq!(value_of(b.id).as_deref(), Some(&b"b's"[..]));
+    // Both requests are processed: nothing is delivered again.
+    assert!(claim_ids(s, &[1, 2], 1).await.is_empty());
+}

@@ -57,6 +57,7 @@ macro_rules! backend {
             cases::a_reused_id_is_refused_not_answered_with_another_requests_reply,
             cases::interrupts_must_match_their_request,
             cases::keys_that_differ_only_in_where_the_separator_falls_do_not_collide,
+            cases::replies_of_two_requests_may_share_an_id,
             $($path::$case),*
         );
     };
