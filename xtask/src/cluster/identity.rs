@@ -134,7 +134,7 @@ pub(crate) fn collide(
     victim: &str,
     at: f64,
 ) -> Result<Collision> {
-    if !launcher.storage_url.starts_with("postgres") {
+    if !launcher.direct_url.starts_with("postgres") {
         bail!("the collide fault needs Postgres storage (the harness edits the machine-id table)");
     }
     let status = reader.read_json()?;
@@ -147,7 +147,7 @@ pub(crate) fn collide(
         .with_context(|| format!("runner {victim} holds no machine id"))?;
     // A placeholder incarnation that no process has (incarnations are random and never 0 or 1).
     psql(
-        &launcher.storage_url,
+        &launcher.direct_url,
         &format!(
             "BEGIN; \
              UPDATE shoal_machine_ids SET incarnation = 1, expires_at = now() + interval '1 hour' \
@@ -160,7 +160,7 @@ pub(crate) fn collide(
     let client = launcher.start_client();
     // Free the placeholders whatever happened.
     let freed = psql(
-        &launcher.storage_url,
+        &launcher.direct_url,
         "UPDATE shoal_machine_ids SET expires_at = now() WHERE incarnation = 1",
     );
     let client = client?;
