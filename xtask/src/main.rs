@@ -4,8 +4,10 @@
 //!   integration, doc), after making sure Postgres is reachable (starting the local cluster when it
 //!   is down). Fails loudly, never skips, when something it needs is missing.
 //! - `cargo xtask test-cluster`: several `shoal run` processes on shared storage, load through
-//!   every gateway while runners are killed, stopped and replaced; checks that acknowledged work
-//!   is counted exactly once and that shard ownership stays sound (see `cluster`).
+//!   every gateway while runners are killed, stopped, frozen, partitioned and replaced and storage
+//!   is slowed, cut and restarted; checks that acknowledged work is counted exactly once and that
+//!   shard ownership stays sound, also as the replies tell it (see `cluster` and
+//!   docs/testing.md). `--soak 10m` draws the faults from a seed.
 //! - `cargo xtask bench [NAME]`: runs the benchmark target `NAME` (for example `storage`), or all of
 //!   them, in release mode. Benchmarks print figures; they never assert timings.
 
