@@ -166,6 +166,15 @@ pub const SETTINGS: &[Setting] = &[
         Scopes::RUN,
     ),
     s(
+        "advertise_port",
+        "SHOAL_ADVERTISE_PORT",
+        Value("advertise-port"),
+        None,
+        "PORT",
+        "The TCP port other runners use to reach this one (default: the port bound; set it behind a port mapping or proxy)",
+        Scopes::RUN,
+    ),
+    s(
         "client_only",
         "SHOAL_CLIENT_ONLY",
         Switch {
