@@ -70,7 +70,13 @@ impl SocketRunner {
         }
         let address = listener.advertised(&advertise, options.advertise_port)?;
         let runners = GrpcRunners::new(options.socket.clone())?;
-        let health = Arc::new(PingHealth::new(runners.clone()).timeout(Duration::from_secs(1)));
+        // One ping per probe: the prober probes every `health_check_interval` and reports a
+        // runner only after consecutive failures.
+        let health = Arc::new(
+            PingHealth::new(runners.clone())
+                .attempts(1)
+                .timeout(options.sharding.health_check_interval()),
+        );
         let builder = Sharding::builder(options.sharding.clone())
             .storage(storage)
             .transport(runners.clone())

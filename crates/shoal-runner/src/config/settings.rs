@@ -329,9 +329,9 @@ pub const SETTINGS: &[Setting] = &[
         "health_check_interval",
         "SHOAL_HEALTH_CHECK_INTERVAL",
         Value("health-check-interval"),
-        Some("5s"),
+        Some("500ms"),
         "DURATION",
-        "How often other runners are pinged by the health check",
+        "How often each runner probes the others; one that most others cannot reach (two failed probes in a row) loses its shards",
         Scopes::RUN,
     ),
     s(
