@@ -133,12 +133,14 @@ impl Node {
             Role::Runner {
                 listen,
                 advertise_host,
+                advertise_port,
             } => {
                 let builtin = config.builtin_entities;
                 SocketRunner::serve(
                     ServeOptions {
                         listen: listen.clone(),
                         advertise_host: advertise_host.clone(),
+                        advertise_port: *advertise_port,
                         sharding: config.sharding.clone(),
                         socket: config.socket.clone(),
                     },

@@ -137,6 +137,7 @@ fn assignment_cost(shards: u32, runners: usize) {
             ),
             incarnation: shoal_protocol::Incarnation::from_raw(i as u64 + 1),
             healthy: true,
+            unreachable: Vec::new(),
         })
         .collect();
     let groups = [ShardGroup::default_group()];

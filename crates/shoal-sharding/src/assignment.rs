@@ -256,6 +256,7 @@ mod tests {
             ),
             incarnation: shoal_protocol::Incarnation::from_raw(i as u64 + 1),
             healthy: true,
+            unreachable: Vec::new(),
         }
     }
 

@@ -77,7 +77,7 @@ impl Default for ShardingConfig {
             send_retry_interval: Duration::from_millis(50),
             storage_timeout: Duration::from_millis(750),
             default_call_timeout: Duration::from_secs(30),
-            health_check_interval: Duration::from_secs(5),
+            health_check_interval: Duration::from_millis(500),
             defect_max_retries: 3,
             defect_backoff: Duration::from_millis(200),
             simulate_remote_serialization: false,
@@ -288,7 +288,9 @@ impl ShardingConfig {
     pub fn default_call_timeout(&self) -> Duration {
         self.default_call_timeout
     }
-    /// How often other runners' health is checked (by the health singleton).
+    /// How often each runner probes the others (each probe must answer within this interval);
+    /// a runner that fails two probes in a row is reported unreachable, and one a majority of
+    /// the others report is cut off: it gets no shards.
     pub fn health_check_interval(&self) -> Duration {
         self.health_check_interval
     }
@@ -396,7 +398,7 @@ impl ShardingConfigBuilder {
         default_call_timeout: Duration
     );
     setter!(
-        /// Health-check interval (default 5 s).
+        /// How often runners probe each other (default 500 ms).
         health_check_interval: Duration
     );
     setter!(

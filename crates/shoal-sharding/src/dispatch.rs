@@ -299,25 +299,42 @@ impl Sharding {
             Err(e) => return Attempt::Done(Err(e)),
         };
         let transport = &self.inner.transport;
+        // Should the shard be taken over while the request is in flight (its owner froze or was
+        // cut off), stop waiting for an answer that will most likely never come.
+        let moved = self.inner.routes.moved_from(&out.address.shard, owner);
         match mode {
-            Mode::Unary => match timeout_at(deadline, transport.send(owner, request)).await {
-                Err(_) => Attempt::Done(Err(CallError::Timeout {
-                    address: out.address.clone(),
-                    timeout: out.timeout,
-                })),
-                Ok(Ok(ReplyFrame::Value(bytes))) => Attempt::Done(Ok(ReplyValue::Encoded(bytes))),
-                Ok(Ok(ReplyFrame::Failure(failure))) => {
-                    self.failure_attempt(out, failure, Some(owner))
+            Mode::Unary => {
+                let sent = tokio::select! {
+                    biased;
+                    sent = timeout_at(deadline, transport.send(owner, request)) => sent,
+                    now = moved => return Attempt::Done(Err(moved_in_flight(out, owner, &now))),
+                };
+                match sent {
+                    Err(_) => Attempt::Done(Err(CallError::Timeout {
+                        address: out.address.clone(),
+                        timeout: out.timeout,
+                    })),
+                    Ok(Ok(ReplyFrame::Value(bytes))) => {
+                        Attempt::Done(Ok(ReplyValue::Encoded(bytes)))
+                    }
+                    Ok(Ok(ReplyFrame::Failure(failure))) => {
+                        self.failure_attempt(out, failure, Some(owner))
+                    }
+                    Ok(Ok(other)) => Attempt::Done(Err(CallError::MalformedMessage {
+                        address: out.address.clone(),
+                        message: format!("runner {owner} answered a single request with {other:?}"),
+                    })),
+                    Ok(Err(e)) => self.transport_attempt(out, e),
                 }
-                Ok(Ok(other)) => Attempt::Done(Err(CallError::MalformedMessage {
-                    address: out.address.clone(),
-                    message: format!("runner {owner} answered a single request with {other:?}"),
-                })),
-                Ok(Err(e)) => self.transport_attempt(out, e),
-            },
+            }
             Mode::Notify => {
                 let notification = Notification::Request(request);
-                match timeout_at(deadline, transport.notify(owner, notification)).await {
+                let sent = tokio::select! {
+                    biased;
+                    sent = timeout_at(deadline, transport.notify(owner, notification)) => sent,
+                    now = moved => return Attempt::Done(Err(moved_in_flight(out, owner, &now))),
+                };
+                match sent {
                     Err(_) => Attempt::Done(Err(CallError::Timeout {
                         address: out.address.clone(),
                         timeout: out.timeout,
@@ -417,19 +434,29 @@ impl Sharding {
             Ok(r) => r,
             Err(e) => return Attempt::Done(Err(e)),
         };
-        let mut frames =
-            match timeout_at(deadline, self.inner.transport.send_stream(owner, request)).await {
-                Err(_) => {
-                    return Attempt::Done(Err(CallError::Timeout {
-                        address: out.address.clone(),
-                        timeout: out.timeout,
-                    }));
-                }
-                Ok(Err(e)) => return self.transport_attempt(out, e),
-                Ok(Ok(frames)) => frames,
-            };
+        let moved = self.inner.routes.moved_from(&out.address.shard, owner);
+        tokio::pin!(moved);
+        let opened = tokio::select! {
+            biased;
+            opened = timeout_at(deadline, self.inner.transport.send_stream(owner, request)) => opened,
+            now = &mut moved => return Attempt::Done(Err(moved_in_flight(out, owner, &now))),
+        };
+        let mut frames = match opened {
+            Err(_) => {
+                return Attempt::Done(Err(CallError::Timeout {
+                    address: out.address.clone(),
+                    timeout: out.timeout,
+                }));
+            }
+            Ok(Err(e)) => return self.transport_attempt(out, e),
+            Ok(Ok(frames)) => frames,
+        };
         // A routing failure as the first frame means the request never started: retry it.
-        let first = match timeout_at(deadline, frames.next()).await {
+        let first = match tokio::select! {
+            biased;
+            first = timeout_at(deadline, frames.next()) => first,
+            now = &mut moved => return Attempt::Done(Err(moved_in_flight(out, owner, &now))),
+        } {
             Err(_) => {
                 return Attempt::Done(Err(CallError::Timeout {
                     address: out.address.clone(),
@@ -478,6 +505,20 @@ impl Sharding {
             })
             .flatten();
         Attempt::Done(Ok(items.boxed()))
+    }
+}
+
+/// A volatile request was in flight to `owner` when its shard was taken over by `now` (the owner
+/// stopped renewing its lease: frozen, crashed or cut off). It is not sent again: it may have run.
+fn moved_in_flight(out: &Outgoing, owner: &RunnerAddress, now: &RunnerAddress) -> CallError {
+    metrics::counter!("shoal_requests_rerouted_total", "kind" => "volatile").increment(1);
+    CallError::RunnerUnavailable {
+        address: out.address.clone(),
+        runner: Some(owner.clone()),
+        reason: format!(
+            "the shard moved to {now} while the request was in flight to {owner}; its outcome \
+             is unknown"
+        ),
     }
 }
 

@@ -2,7 +2,8 @@
 //!
 //! Requests still cross a real serialization boundary — every request and reply is encoded to
 //! the `shoal.runner.v1` protobuf wire form and decoded again — so what works here works over
-//! sockets. Runners can be disconnected to simulate a server that stops answering.
+//! sockets. Runners can be disconnected (connections refused) or frozen (requests and replies
+//! hang, as with a process stopped by SIGSTOP) to simulate a server that stops answering.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Weak};
@@ -23,6 +24,8 @@ use crate::sharding::{Inner, Sharding};
 pub struct InProcessNetwork {
     runners: RwLock<HashMap<RunnerAddress, Weak<Inner>>>,
     disconnected: RwLock<HashSet<RunnerAddress>>,
+    frozen: RwLock<HashSet<RunnerAddress>>,
+    thawed: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for Inner {
@@ -55,6 +58,32 @@ impl InProcessNetwork {
     /// Undoes [`InProcessNetwork::disconnect`].
     pub fn reconnect(&self, runner: &RunnerAddress) {
         self.disconnected.write().remove(runner);
+    }
+
+    /// Freezes `runner`'s server: requests to it (pings included) and its replies wait until
+    /// [`InProcessNetwork::thaw`], as with a process stopped by SIGSTOP. The runtime itself runs
+    /// on; freeze its storage too to stop its lease renewals.
+    pub fn freeze(&self, runner: &RunnerAddress) {
+        self.frozen.write().insert(runner.clone());
+    }
+
+    /// Undoes [`InProcessNetwork::freeze`]: what waited goes on.
+    pub fn thaw(&self, runner: &RunnerAddress) {
+        self.frozen.write().remove(runner);
+        self.thawed.notify_waiters();
+    }
+
+    /// Waits while `runner` is frozen.
+    async fn while_frozen(&self, runner: &RunnerAddress) {
+        loop {
+            let thawed = self.thawed.notified();
+            tokio::pin!(thawed);
+            thawed.as_mut().enable();
+            if !self.frozen.read().contains(runner) {
+                return;
+            }
+            thawed.await;
+        }
     }
 
     fn target(&self, runner: &RunnerAddress) -> Result<Sharding, TransportError> {
@@ -108,6 +137,7 @@ fn frame_through_wire(
 #[async_trait]
 impl Runners for InProcessNetwork {
     async fn ping(&self, runner: &RunnerAddress) -> Result<(), TransportError> {
+        self.while_frozen(runner).await;
         self.target(runner).map(|_| ())
     }
 
@@ -116,10 +146,12 @@ impl Runners for InProcessNetwork {
         runner: &RunnerAddress,
         request: Request,
     ) -> Result<ReplyFrame, TransportError> {
+        self.while_frozen(runner).await;
         let target = self.target(runner)?;
         let id = request.id;
         let request = through_wire(runner, &request)?;
         let frame = target.handle_request(request).await;
+        self.while_frozen(runner).await;
         // A runner disconnected meanwhile never delivers its reply.
         if self.disconnected.read().contains(runner) {
             return Err(TransportError::Lost {
@@ -135,6 +167,7 @@ impl Runners for InProcessNetwork {
         runner: &RunnerAddress,
         request: Request,
     ) -> Result<ReplyFrames, TransportError> {
+        self.while_frozen(runner).await;
         let target = self.target(runner)?;
         let id = request.id;
         let request = through_wire(runner, &request)?;
@@ -150,6 +183,7 @@ impl Runners for InProcessNetwork {
         runner: &RunnerAddress,
         notification: Notification,
     ) -> Result<Option<Failure>, TransportError> {
+        self.while_frozen(runner).await;
         let target = self.target(runner)?;
         let bytes = pb::Notification::from(&notification).encode_to_vec();
         let wire = pb::Notification::decode(&bytes[..]).map_err(|e| wire_error(runner, e))?;

@@ -38,6 +38,7 @@ pub(crate) async fn start(sharding: &Sharding) {
         unreleased: BTreeSet::new(),
         valid_until: None,
         known: HashSet::new(),
+        cut_off: BTreeSet::new(),
         released_tx,
         released_rx,
         draining: None,
@@ -93,6 +94,8 @@ struct Keeper {
     valid_until: Option<Instant>,
     /// Runners seen in the last view.
     known: HashSet<RunnerAddress>,
+    /// Runners judged cut off from the others in the last view.
+    cut_off: BTreeSet<RunnerAddress>,
     released_tx: mpsc::UnboundedSender<Vec<ShardId>>,
     released_rx: mpsc::UnboundedReceiver<Vec<ShardId>>,
     /// Set while shutting down: the deadline of the handoff.
@@ -202,7 +205,7 @@ impl Keeper {
     /// Reads runners and leases, recomputes the assignment and routes, and moves shards.
     async fn sync(&mut self) {
         let inner = self.sharding.inner.clone();
-        let runners = match self.call("runners", inner.storage.runners()).await {
+        let mut runners = match self.call("runners", inner.storage.runners()).await {
             Ok(r) => r,
             Err(e) => {
                 self.outage.failed("runners", &e);
@@ -229,6 +232,7 @@ impl Keeper {
             tracing::info!(runner = %joined, "runner joined the cluster");
         }
         self.known = now_known;
+        self.judge_reachability(&mut runners);
         metrics::gauge!("shoal_runners").set(runners.len() as f64);
         metrics::gauge!("shoal_runners_healthy")
             .set(runners.iter().filter(|r| r.healthy).count() as f64);
@@ -335,6 +339,30 @@ impl Keeper {
         if !self.unreleased.is_empty() {
             self.release_in_storage().await;
         }
+    }
+
+    /// Marks the runners a quorum of the others cannot reach unhealthy (see `reachability`),
+    /// logging when that changes.
+    fn judge_reachability(&mut self, runners: &mut [shoal_storage::RunnerStatus]) {
+        let cut: BTreeSet<RunnerAddress> =
+            crate::reachability::judge(runners).into_iter().collect();
+        if cut == self.cut_off {
+            return;
+        }
+        for runner in cut.difference(&self.cut_off) {
+            if Some(runner) == self.me() {
+                tracing::error!(
+                    "most other runners report they cannot reach this runner; handing its shards off"
+                );
+            } else {
+                tracing::warn!(%runner, "most other runners report they cannot reach this runner; its shards move");
+            }
+        }
+        for runner in self.cut_off.difference(&cut) {
+            tracing::info!(%runner, "runner reachable by the others again");
+        }
+        metrics::gauge!("shoal_runners_cut_off").set(cut.len() as f64);
+        self.cut_off = cut;
     }
 
     async fn acquire(&mut self, me: &RunnerId, shards: Vec<ShardId>) {

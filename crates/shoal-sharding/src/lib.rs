@@ -74,6 +74,7 @@ mod keeper;
 mod manager;
 mod outgoing;
 mod persist;
+mod reachability;
 mod residency;
 mod routing;
 mod runners;

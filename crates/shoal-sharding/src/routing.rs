@@ -6,12 +6,13 @@ use std::sync::Arc;
 use parking_lot::RwLock;
 use shoal_protocol::{RunnerAddress, ShardGroup, ShardId};
 use shoal_storage::ShardLease;
+use tokio::sync::watch;
 
 use crate::assignment::ShardAssignment;
 
 /// Per shard, the runner to send to: the holder of its live lease, else the runner it is
 /// assigned to (which is about to acquire it).
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq, Eq)]
 pub(crate) struct RouteTable {
     groups: HashMap<ShardGroup, Vec<Option<RunnerAddress>>>,
 }
@@ -46,9 +47,20 @@ impl RouteTable {
 }
 
 /// The current route table, swapped whole when recomputed.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Routes {
     table: RwLock<Arc<RouteTable>>,
+    /// Bumped whenever the table changes (not when it is recomputed the same).
+    changed: watch::Sender<u64>,
+}
+
+impl Default for Routes {
+    fn default() -> Self {
+        Self {
+            table: RwLock::default(),
+            changed: watch::Sender::new(0),
+        }
+    }
 }
 
 impl Routes {
@@ -57,6 +69,31 @@ impl Routes {
     }
 
     pub(crate) fn replace(&self, table: RouteTable) {
-        *self.table.write() = Arc::new(table);
+        {
+            let mut current = self.table.write();
+            if **current == table {
+                return;
+            }
+            *current = Arc::new(table);
+        }
+        self.changed.send_modify(|version| *version += 1);
+    }
+
+    /// Resolves with the new route once `shard` is routed to a runner other than `from` (another
+    /// runner, or this one), for example when `from` stopped renewing its lease and the shard was
+    /// taken over: a request in flight to `from` will then most likely never be answered.
+    pub(crate) async fn moved_from(&self, shard: &ShardId, from: &RunnerAddress) -> RunnerAddress {
+        let mut changes = self.changed.subscribe();
+        loop {
+            if let Some(owner) = self.owner(shard)
+                && owner != *from
+            {
+                return owner;
+            }
+            if changes.changed().await.is_err() {
+                // The table never changes again.
+                std::future::pending::<()>().await;
+            }
+        }
     }
 }

@@ -332,7 +332,7 @@ impl ShardingBuilder {
             sharding.spawn_task(tokio::spawn(async move { gauges.report_mailboxes().await }));
         }
         crate::keeper::start(&sharding).await;
-        crate::singleton::start_health_check(&sharding);
+        crate::reachability::start(&sharding);
         Ok(sharding)
     }
 }

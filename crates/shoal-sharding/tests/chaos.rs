@@ -49,6 +49,14 @@ impl RunnerStorage for LeaseLog {
     async fn set_runner_health(&self, a: &RunnerAddress, h: bool) -> Result<(), StorageError> {
         self.inner.set_runner_health(a, h).await
     }
+
+    async fn report_unreachable(
+        &self,
+        reporter: &RunnerId,
+        unreachable: &[RunnerAddress],
+    ) -> Result<(), StorageError> {
+        self.inner.report_unreachable(reporter, unreachable).await
+    }
     async fn leases(&self) -> Result<Vec<ShardLease>, StorageError> {
         self.inner.leases().await
     }

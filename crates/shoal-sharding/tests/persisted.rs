@@ -23,6 +23,7 @@ use shoal_sharding::{
     HandlerError, InProcessNetwork, Message, MessageSettings, Sharding, ShardingConfig,
     StreamHandler,
 };
+use shoal_storage::testing::{Fault, FaultyRunnerStorage};
 use shoal_storage::{
     Claim, MemoryMessageStorage, MemoryRunnerStorage, MessageEvent, MessageStorage,
     PersistedRequest, PostgresMessageStorage, PostgresRunnerStorage, RunnerStorage,
@@ -449,10 +450,16 @@ impl Persisted {
     }
 
     async fn runner(&mut self, backend: Backend) -> Sharding {
+        let storage = self.runners.clone();
+        self.runner_on(backend, storage).await
+    }
+
+    /// A runner whose lease storage is `storage` (a faulty wrapper, say).
+    async fn runner_on(&mut self, backend: Backend, storage: Arc<dyn RunnerStorage>) -> Sharding {
         self.next_port += 1;
         let address: RunnerAddress = format!("127.0.0.1:{}", self.next_port).parse().unwrap();
         Sharding::builder(Self::config(backend))
-            .storage(self.runners.clone())
+            .storage(storage)
             .message_storage(self.messages.clone())
             .message_settings(Self::settings())
             .in_process(&self.network)
@@ -1082,7 +1089,70 @@ async fn a_save_that_times_out_reports_an_unknown_outcome(backend: Backend) {
     a.shutdown().await;
 }
 
+/// The owner freezes (server and lease renewals) while a persisted call's push waits for its
+/// answer: once the shard is taken over, the stored request is pushed to the new owner and
+/// answered there, instead of the caller waiting out its 60 s deadline on the frozen one.
+async fn a_persisted_call_to_a_frozen_owner_is_answered_by_the_next_owner(backend: Backend) {
+    let mut cluster = Persisted::new(backend).await;
+    let frozen_storage = Arc::new(FaultyRunnerStorage::new(cluster.runners.clone()));
+    let a = cluster.runner_on(backend, frozen_storage.clone()).await;
+    wait_holding(&a, 60).await;
+    let b = cluster.runner(backend).await;
+    eventually(Duration::from_secs(15), "a and b share the shards", || {
+        a.active_shards().len() == 30 && b.active_shards().len() == 30
+    })
+    .await;
+    let client = cluster.client(backend).await;
+    let id = (0..10_000)
+        .map(|i| format!("{}-{i}", unique_id("frozen")))
+        .find(|id| {
+            a.active_shards()
+                .contains(&a.shard_of::<Durable>(&id.as_str().try_into().unwrap()))
+        })
+        .unwrap();
+    let frozen_at = a.runner_address().unwrap().clone();
+    cluster.network.freeze(&frozen_at);
+    let caller = client.clone();
+    let call_id = id.clone();
+    let call = tokio::spawn(async move {
+        let record = Record {
+            key: None,
+            work_ms: 0,
+            at_ms: None,
+        };
+        caller
+            .client::<Durable>()
+            .call_with(
+                &call_id,
+                record,
+                CallOptions::timeout(Duration::from_secs(60)),
+            )
+            .await
+    });
+    frozen_storage.set_fault(Fault::Hang);
+    let reply = tokio::time::timeout(Duration::from_secs(30), call)
+        .await
+        .expect("the call ends long before its deadline")
+        .unwrap()
+        .expect("the new owner answers");
+    // Mostly `b`; `a` may have run it from storage in the moment between the freeze of its
+    // server and the stop of its entities (in-process, only the server freezes).
+    assert!(
+        [&a, &b]
+            .iter()
+            .any(|r| reply == r.runner_address().unwrap().to_string()),
+        "{reply}"
+    );
+    assert_eq!(finished_runs(&id), 1, "exactly one run completed");
+    frozen_storage.set_fault(Fault::None);
+    cluster.network.thaw(&frozen_at);
+    client.shutdown().await;
+    a.crash();
+    b.shutdown().await;
+}
+
 on_every_backend!(
+    a_persisted_call_to_a_frozen_owner_is_answered_by_the_next_owner,
     a_forged_push_runs_only_what_storage_holds,
     interrupts_are_checked_against_the_stored_request,
     a_full_mailbox_does_not_make_the_owner_spin_on_claims,

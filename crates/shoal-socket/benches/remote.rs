@@ -201,6 +201,7 @@ async fn serve(listen: &str, storage_url: &str) {
         ServeOptions {
             listen: listen.parse().expect("listen address"),
             advertise_host: None,
+            advertise_port: None,
             sharding: config,
             socket: socket_config(),
         },

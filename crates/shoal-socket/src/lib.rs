@@ -20,6 +20,7 @@
 //!     ServeOptions {
 //!         listen: "127.0.0.1:0".parse()?,
 //!         advertise_host: None,
+//!         advertise_port: None,
 //!         sharding: ShardingConfig::default(),
 //!         socket: SocketConfig::default(),
 //!     },

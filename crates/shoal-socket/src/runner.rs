@@ -29,6 +29,10 @@ pub struct ServeOptions {
     /// The TCP host other runners use to reach this one (default: the listen host, which must
     /// then be reachable, not `0.0.0.0`).
     pub advertise_host: Option<String>,
+    /// The TCP port other runners use to reach this one (default: the port bound). Set it when
+    /// the runner is reached through a port mapping or a proxy (a container's published port, a
+    /// load balancer, the fault harness's partition proxies).
+    pub advertise_port: Option<u16>,
     /// Sharding settings.
     pub sharding: ShardingConfig,
     /// Transport settings.
@@ -64,9 +68,15 @@ impl SocketRunner {
                 reason: "a wildcard address cannot be advertised; set advertise_host".to_owned(),
             });
         }
-        let address = listener.advertised(&advertise)?;
+        let address = listener.advertised(&advertise, options.advertise_port)?;
         let runners = GrpcRunners::new(options.socket.clone())?;
-        let health = Arc::new(PingHealth::new(runners.clone()).timeout(Duration::from_secs(1)));
+        // One ping per probe: the prober probes every `health_check_interval` and reports a
+        // runner only after consecutive failures.
+        let health = Arc::new(
+            PingHealth::new(runners.clone())
+                .attempts(1)
+                .timeout(options.sharding.health_check_interval()),
+        );
         let builder = Sharding::builder(options.sharding.clone())
             .storage(storage)
             .transport(runners.clone())

@@ -327,6 +327,7 @@ async fn serve_on(listen: &str, socket: SocketConfig) -> Result<SocketRunner, So
         ServeOptions {
             listen: listen.parse().unwrap(),
             advertise_host: Some("127.0.0.1".to_owned()),
+            advertise_port: None,
             sharding: fast_config().build().unwrap(),
             socket,
         },

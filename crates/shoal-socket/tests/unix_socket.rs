@@ -17,6 +17,7 @@ async fn serve_at(path: &std::path::Path) -> Result<SocketRunner, SocketError> {
         ServeOptions {
             listen: ListenAddress::Unix(path.to_path_buf()),
             advertise_host: None,
+            advertise_port: None,
             sharding: fast_config().build().unwrap(),
             socket: SocketConfig::default(),
         },

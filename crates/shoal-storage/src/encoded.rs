@@ -26,6 +26,8 @@ pub struct EncodedRunner {
     pub incarnation: i64,
     /// Health flag.
     pub healthy: bool,
+    /// The addresses (text) this runner reported unreachable, one per line.
+    pub unreachable: String,
 }
 
 /// A live lease as stored: `(shard text, owner address text, owner incarnation, epoch)`.
@@ -56,6 +58,14 @@ pub trait EncodedRunnerStorage: Send + Sync + 'static {
 
     /// See [`RunnerStorage::set_runner_health`].
     async fn set_runner_health(&self, address: &str, healthy: bool) -> Result<(), StorageError>;
+
+    /// See [`RunnerStorage::report_unreachable`]; `unreachable` holds one address per line.
+    async fn report_unreachable(
+        &self,
+        address: &str,
+        incarnation: i64,
+        unreachable: &str,
+    ) -> Result<(), StorageError>;
 
     /// See [`RunnerStorage::leases`].
     async fn leases(&self) -> Result<Vec<EncodedLease>, StorageError>;
@@ -242,10 +252,23 @@ impl<E: EncodedRunnerStorage> RunnerStorage for Typed<E> {
                         detail: format!("runner JSON names another address {}", runner.address),
                     });
                 }
+                let unreachable = row
+                    .unreachable
+                    .lines()
+                    .filter(|line| !line.is_empty())
+                    .map(|line| {
+                        line.parse::<RunnerAddress>()
+                            .map_err(|e| StorageError::Malformed {
+                                what: format!("runner row for address {:?}", row.address),
+                                detail: format!("reported unreachable address {line:?}: {e}"),
+                            })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
                 Ok(RunnerStatus {
                     runner,
                     incarnation: incarnation(row.incarnation),
                     healthy: row.healthy,
+                    unreachable,
                 })
             })
             .collect()
@@ -257,6 +280,27 @@ impl<E: EncodedRunnerStorage> RunnerStorage for Typed<E> {
         healthy: bool,
     ) -> Result<(), StorageError> {
         self.0.set_runner_health(address.as_str(), healthy).await
+    }
+
+    async fn report_unreachable(
+        &self,
+        reporter: &RunnerId,
+        unreachable: &[RunnerAddress],
+    ) -> Result<(), StorageError> {
+        let mut text = String::new();
+        for address in unreachable {
+            if !text.is_empty() {
+                text.push('\n');
+            }
+            text.push_str(address.as_str());
+        }
+        self.0
+            .report_unreachable(
+                reporter.address.as_str(),
+                db_incarnation(reporter.incarnation),
+                &text,
+            )
+            .await
     }
 
     async fn leases(&self) -> Result<Vec<ShardLease>, StorageError> {

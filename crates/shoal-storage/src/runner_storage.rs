@@ -18,6 +18,9 @@ pub struct RunnerStatus {
     pub incarnation: Incarnation,
     /// `false` once a health check marked it unhealthy; unhealthy runners get no shards.
     pub healthy: bool,
+    /// The runners this one reported it cannot reach ([`RunnerStorage::report_unreachable`]),
+    /// in no particular order. Runners judge reachability by quorum from these reports.
+    pub unreachable: Vec<RunnerAddress>,
 }
 
 /// Where runners register and lease shards, and where every process leases its machine id. The
@@ -70,6 +73,15 @@ pub trait RunnerStorage: Send + Sync + 'static {
         &self,
         address: &RunnerAddress,
         healthy: bool,
+    ) -> Result<(), StorageError>;
+
+    /// Replaces the list of runners that `reporter` cannot reach, kept with its registration
+    /// (a new incarnation at the address starts with an empty list). Does nothing when
+    /// `reporter` is not the registered incarnation at its address.
+    async fn report_unreachable(
+        &self,
+        reporter: &RunnerId,
+        unreachable: &[RunnerAddress],
     ) -> Result<(), StorageError>;
 
     /// Every live lease (held by any runner), in no particular order. Runners read it to route
@@ -171,6 +183,14 @@ impl<S: RunnerStorage + ?Sized> RunnerStorage for std::sync::Arc<S> {
         healthy: bool,
     ) -> Result<(), StorageError> {
         (**self).set_runner_health(address, healthy).await
+    }
+
+    async fn report_unreachable(
+        &self,
+        reporter: &RunnerId,
+        unreachable: &[RunnerAddress],
+    ) -> Result<(), StorageError> {
+        (**self).report_unreachable(reporter, unreachable).await
     }
 
     async fn leases(&self) -> Result<Vec<ShardLease>, StorageError> {

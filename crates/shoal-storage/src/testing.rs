@@ -122,6 +122,15 @@ impl<S: RunnerStorage> RunnerStorage for FaultyRunnerStorage<S> {
         self.inner.set_runner_health(address, healthy).await
     }
 
+    async fn report_unreachable(
+        &self,
+        reporter: &RunnerId,
+        unreachable: &[RunnerAddress],
+    ) -> Result<(), StorageError> {
+        self.gate("report_unreachable").await?;
+        self.inner.report_unreachable(reporter, unreachable).await
+    }
+
     async fn leases(&self) -> Result<Vec<ShardLease>, StorageError> {
         self.gate("leases").await?;
         self.inner.leases().await

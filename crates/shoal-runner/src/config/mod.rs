@@ -117,6 +117,8 @@ pub enum Role {
         listen: ListenAddress,
         /// The host it is reached at (default: the listen host).
         advertise_host: Option<String>,
+        /// The TCP port it is reached at (default: the port bound).
+        advertise_port: Option<u16>,
     },
     /// Routes calls only: holds no shards, hosts no entities, listens only for HTTP.
     ClientOnly,
@@ -251,6 +253,7 @@ impl RunnerConfig {
             Role::Runner {
                 listen: r.req("listen", parse::listen)?,
                 advertise_host: r.get("advertise_host", parse::text)?,
+                advertise_port: r.get("advertise_port", parse::port)?,
             }
         };
         let gateway = match r.req("gateway", parse::gateway)? {
@@ -444,7 +447,8 @@ mod tests {
             config.role,
             Role::Runner {
                 listen: "127.0.0.1:34431".parse().unwrap(),
-                advertise_host: None
+                advertise_host: None,
+                advertise_port: None
             }
         );
         assert_eq!(config.gateway.as_ref().unwrap().listen, "127.0.0.1:8080");

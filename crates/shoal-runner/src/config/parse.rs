@@ -172,6 +172,14 @@ pub(super) fn log_level(text: &str) -> Parsed<String> {
         .map_err(|_| expected())
 }
 
+/// A TCP port other processes connect to: 1–65535.
+pub(super) fn port(text: &str) -> Parsed<u16> {
+    match text.trim().parse::<u16>() {
+        Ok(0) | Err(_) => Err("expected a TCP port from 1 to 65535".to_owned()),
+        Ok(port) => Ok(port),
+    }
+}
+
 pub(super) fn text(text: &str) -> Parsed<String> {
     if text.is_empty() {
         Err("must not be empty".to_owned())
@@ -218,6 +226,10 @@ mod tests {
         assert_eq!(gateway("off"), Ok(None));
         assert_eq!(gateway("0.0.0.0:80"), Ok(Some("0.0.0.0:80".to_owned())));
         assert!(gateway("8080").is_err());
+        assert_eq!(port("7100"), Ok(7100));
+        assert!(port("0").is_err());
+        assert!(port("65536").is_err());
+        assert!(port("http").is_err());
         assert!(matches!(metrics("gateway"), Ok(MetricsListen::Gateway)));
         assert!(matches!(
             metrics("127.0.0.1:9090"),

@@ -166,6 +166,15 @@ pub const SETTINGS: &[Setting] = &[
         Scopes::RUN,
     ),
     s(
+        "advertise_port",
+        "SHOAL_ADVERTISE_PORT",
+        Value("advertise-port"),
+        None,
+        "PORT",
+        "The TCP port other runners use to reach this one (default: the port bound; set it behind a port mapping or proxy)",
+        Scopes::RUN,
+    ),
+    s(
         "client_only",
         "SHOAL_CLIENT_ONLY",
         Switch {
@@ -320,9 +329,9 @@ pub const SETTINGS: &[Setting] = &[
         "health_check_interval",
         "SHOAL_HEALTH_CHECK_INTERVAL",
         Value("health-check-interval"),
-        Some("5s"),
+        Some("500ms"),
         "DURATION",
-        "How often other runners are pinged by the health check",
+        "How often each runner probes the others; one that most others cannot reach (two failed probes in a row) loses its shards",
         Scopes::RUN,
     ),
     s(

@@ -343,17 +343,37 @@ impl Sharding {
             Target::Owner(owner) => {
                 let sharding = self.clone();
                 tokio::spawn(async move {
-                    let request = persisted_wire(id, &out, payload, deadline, false);
-                    let sent = timeout_at(
-                        deadline,
-                        sharding
-                            .inner
-                            .transport
-                            .notify(&owner, Notification::Request(request)),
-                    )
-                    .await;
-                    if !matches!(sent, Ok(Ok(None))) {
-                        sharding.release_claim(id).await;
+                    let mut owner = owner;
+                    loop {
+                        let request = persisted_wire(id, &out, payload.clone(), deadline, false);
+                        let transport = &sharding.inner.transport;
+                        let sent = timeout_at(
+                            deadline,
+                            transport.notify(&owner, Notification::Request(request)),
+                        );
+                        let moved = sharding.inner.routes.moved_from(&out.address.shard, &owner);
+                        let sent = tokio::select! {
+                            biased;
+                            sent = sent => sent,
+                            // Taken over while in flight: hand it to the new owner at once.
+                            now = moved => {
+                                metrics::counter!("shoal_requests_rerouted_total", "kind" => "persisted")
+                                    .increment(1);
+                                if Some(&now) != sharding.runner_address() {
+                                    owner = now;
+                                    continue;
+                                }
+                                sharding.release_claim(id).await;
+                                if let Some(persistence) = &sharding.inner.persistence {
+                                    persistence.wake.notify_one();
+                                }
+                                return;
+                            }
+                        };
+                        if !matches!(sent, Ok(Ok(None))) {
+                            sharding.release_claim(id).await;
+                        }
+                        return;
                     }
                 });
             }
@@ -363,6 +383,11 @@ impl Sharding {
 
     /// Pushes a saved request to its owner. `None`: the owner did not settle it (it is stored;
     /// wait for its reply in storage).
+    ///
+    /// When the shard is taken over while the push is in flight (the owner froze, or was cut
+    /// off), the request is pushed to the new owner at once instead of waiting out the deadline
+    /// on the old one: it is stored, and the new owner runs it from storage, so it runs once
+    /// whichever of them answers.
     async fn push(
         &self,
         id: Snowflake,
@@ -371,8 +396,42 @@ impl Sharding {
         payload: Bytes,
         deadline: Instant,
     ) -> Option<Result<ReplyValue, CallError>> {
-        let request = persisted_wire(id, out, payload, deadline, false);
-        match timeout_at(deadline, self.inner.transport.send(owner, request)).await {
+        let mut owner = owner.clone();
+        loop {
+            let request = persisted_wire(id, out, payload.clone(), deadline, false);
+            let sent = timeout_at(deadline, self.inner.transport.send(&owner, request));
+            let moved = self.inner.routes.moved_from(&out.address.shard, &owner);
+            let sent = tokio::select! {
+                biased;
+                sent = sent => sent,
+                now = moved => {
+                    metrics::counter!("shoal_requests_rerouted_total", "kind" => "persisted")
+                        .increment(1);
+                    tracing::debug!(request = %id, from = %owner, to = %now, "shard moved while a persisted request was in flight; pushing it to the new owner");
+                    if Some(&now) == self.runner_address() {
+                        // This runner took the shard over: its poller runs the request.
+                        self.release_claim(id).await;
+                        if let Some(persistence) = &self.inner.persistence {
+                            persistence.wake.notify_one();
+                        }
+                        return None;
+                    }
+                    owner = now;
+                    continue;
+                }
+            };
+            return self.pushed(id, out, sent).await;
+        }
+    }
+
+    /// What a push's answer means for the caller (see [`Sharding::push`]).
+    async fn pushed(
+        &self,
+        id: Snowflake,
+        out: &Outgoing,
+        sent: Result<Result<ReplyFrame, TransportError>, tokio::time::error::Elapsed>,
+    ) -> Option<Result<ReplyValue, CallError>> {
+        match sent {
             Err(_) => {
                 // The owner may be gone: let whoever holds the shard now deliver it at once.
                 self.release_claim(id).await;

@@ -171,14 +171,26 @@ pub(crate) enum Listener {
 
 impl Listener {
     /// The address other runners should use, given the host to advertise for TCP.
-    pub(crate) fn advertised(&self, host: &str) -> Result<RunnerAddress, SocketError> {
+    /// The address other runners reach this listener at: `host` and `port` (default: the bound
+    /// port) for TCP, the socket path for a Unix socket.
+    pub(crate) fn advertised(
+        &self,
+        host: &str,
+        port: Option<u16>,
+    ) -> Result<RunnerAddress, SocketError> {
         match self {
             Listener::Tcp(_, local) => {
-                RunnerAddress::tcp(host, local.port()).map_err(|e| SocketError::InvalidAddress {
-                    address: format!("{host}:{}", local.port()),
+                let port = port.unwrap_or(local.port());
+                RunnerAddress::tcp(host, port).map_err(|e| SocketError::InvalidAddress {
+                    address: format!("{host}:{port}"),
                     reason: e.to_string(),
                 })
             }
+            Listener::Unix(_, _) if port.is_some() => Err(SocketError::InvalidAddress {
+                address: format!("port {}", port.unwrap_or_default()),
+                reason: "a Unix-socket runner has no port to advertise; leave advertise_port unset"
+                    .to_owned(),
+            }),
             Listener::Unix(_, path) => {
                 RunnerAddress::unix(path).map_err(|e| SocketError::InvalidAddress {
                     address: path.display().to_string(),

@@ -215,6 +215,7 @@ impl RunnerProcess {
                 ServeOptions {
                     listen,
                     advertise_host: None,
+                    advertise_port: None,
                     sharding,
                     socket,
                 },

@@ -62,6 +62,8 @@ struct RunnerRow {
     incarnation: Incarnation,
     healthy: bool,
     heartbeat_expires: Instant,
+    /// What it reported unreachable.
+    unreachable: Vec<RunnerAddress>,
 }
 
 #[derive(Debug)]
@@ -147,6 +149,13 @@ impl RunnerStorage for MemoryRunnerStorage {
                 expires_in: row.heartbeat_expires - now,
             });
         }
+        // The same incarnation registering again keeps its reports; a new one starts afresh.
+        let unreachable = state
+            .runners
+            .get(&runner.address)
+            .filter(|row| row.incarnation == incarnation)
+            .map(|row| row.unreachable.clone())
+            .unwrap_or_default();
         state.runners.insert(
             runner.address.clone(),
             RunnerRow {
@@ -154,6 +163,7 @@ impl RunnerStorage for MemoryRunnerStorage {
                 incarnation,
                 healthy,
                 heartbeat_expires: now + ttl,
+                unreachable,
             },
         );
         Ok(())
@@ -185,6 +195,7 @@ impl RunnerStorage for MemoryRunnerStorage {
                 runner: row.runner.clone(),
                 incarnation: row.incarnation,
                 healthy: row.healthy,
+                unreachable: row.unreachable.clone(),
             })
             .collect())
     }
@@ -196,6 +207,19 @@ impl RunnerStorage for MemoryRunnerStorage {
     ) -> Result<(), StorageError> {
         if let Some(row) = self.state.lock().runners.get_mut(address) {
             row.healthy = healthy;
+        }
+        Ok(())
+    }
+
+    async fn report_unreachable(
+        &self,
+        reporter: &RunnerId,
+        unreachable: &[RunnerAddress],
+    ) -> Result<(), StorageError> {
+        if let Some(row) = self.state.lock().runners.get_mut(&reporter.address)
+            && row.incarnation == reporter.incarnation
+        {
+            row.unreachable = unreachable.to_vec();
         }
         Ok(())
     }

@@ -13,6 +13,7 @@ pub(super) struct Queries {
     pub(super) unregister: SqlStr,
     pub(super) runners: SqlStr,
     pub(super) set_runner_health: SqlStr,
+    pub(super) report_unreachable: SqlStr,
     pub(super) leases: SqlStr,
     pub(super) acquire: SqlStr,
     pub(super) refresh: SqlStr,
@@ -46,7 +47,9 @@ impl Queries {
                      runner = EXCLUDED.runner, \
                      incarnation = EXCLUDED.incarnation, \
                      healthy = EXCLUDED.healthy, \
-                     heartbeat_expires_at = EXCLUDED.heartbeat_expires_at \
+                     heartbeat_expires_at = EXCLUDED.heartbeat_expires_at, \
+                     unreachable = CASE WHEN r.incarnation = EXCLUDED.incarnation \
+                       THEN r.unreachable ELSE '' END \
                    WHERE r.heartbeat_expires_at <= now() OR r.incarnation = EXCLUDED.incarnation \
                    RETURNING 1 \
                  ) \
@@ -63,13 +66,19 @@ impl Queries {
             ),
             runners: sql(
                 prefix,
-                "SELECT address, runner, incarnation, healthy FROM {prefix}_runners \
+                "SELECT address, runner, incarnation, healthy, unreachable FROM {prefix}_runners \
                  WHERE heartbeat_expires_at > now()",
             ),
             // $1 address, $2 healthy.
             set_runner_health: sql(
                 prefix,
                 "UPDATE {prefix}_runners SET healthy = $2 WHERE address = $1",
+            ),
+            // $1 address, $2 incarnation, $3 unreachable addresses (one per line).
+            report_unreachable: sql(
+                prefix,
+                "UPDATE {prefix}_runners SET unreachable = $3 \
+                 WHERE address = $1 AND incarnation = $2",
             ),
             leases: sql(
                 prefix,

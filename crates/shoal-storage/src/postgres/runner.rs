@@ -214,19 +214,22 @@ impl EncodedRunnerStorage for PostgresRunnerStorage {
         let sql = self.sql.runners.clone();
         let rows = self
             .call("runners", 0, async |conn| {
-                sqlx::query_as::<_, (String, String, i64, bool)>(sql)
+                sqlx::query_as::<_, (String, String, i64, bool, String)>(sql)
                     .fetch_all(conn)
                     .await
             })
             .await?;
         Ok(rows
             .into_iter()
-            .map(|(address, runner, incarnation, healthy)| EncodedRunner {
-                address,
-                runner,
-                incarnation,
-                healthy,
-            })
+            .map(
+                |(address, runner, incarnation, healthy, unreachable)| EncodedRunner {
+                    address,
+                    runner,
+                    incarnation,
+                    healthy,
+                    unreachable,
+                },
+            )
             .collect())
     }
 
@@ -236,6 +239,25 @@ impl EncodedRunnerStorage for PostgresRunnerStorage {
             sqlx::query(sql)
                 .bind(address)
                 .bind(healthy)
+                .execute(conn)
+                .await
+                .map(drop)
+        })
+        .await
+    }
+
+    async fn report_unreachable(
+        &self,
+        address: &str,
+        incarnation: i64,
+        unreachable: &str,
+    ) -> Result<(), StorageError> {
+        let sql = self.sql.report_unreachable.clone();
+        self.call("report_unreachable", 0, async |conn| {
+            sqlx::query(sql)
+                .bind(address)
+                .bind(incarnation)
+                .bind(unreachable)
                 .execute(conn)
                 .await
                 .map(drop)

@@ -18,6 +18,7 @@ pub(super) struct Queries {
     pub(super) unregister: SqlStr,
     pub(super) runners: SqlStr,
     pub(super) set_runner_health: SqlStr,
+    pub(super) report_unreachable: SqlStr,
     pub(super) leases: SqlStr,
     pub(super) acquire: SqlStr,
     pub(super) heartbeat: SqlStr,
@@ -52,7 +53,9 @@ impl Queries {
                    runner = excluded.runner, \
                    incarnation = excluded.incarnation, \
                    healthy = excluded.healthy, \
-                   heartbeat_expires_at = excluded.heartbeat_expires_at \
+                   heartbeat_expires_at = excluded.heartbeat_expires_at, \
+                   unreachable = CASE WHEN {prefix}_runners.incarnation = excluded.incarnation \
+                     THEN {prefix}_runners.unreachable ELSE '' END \
                  WHERE {prefix}_runners.heartbeat_expires_at <= {now} \
                    OR {prefix}_runners.incarnation = excluded.incarnation \
                  RETURNING 1",
@@ -71,13 +74,19 @@ impl Queries {
             ),
             runners: sql(
                 prefix,
-                "SELECT address, runner, incarnation, healthy FROM {prefix}_runners \
+                "SELECT address, runner, incarnation, healthy, unreachable FROM {prefix}_runners \
                  WHERE heartbeat_expires_at > {now}",
             ),
             // ?1 address, ?2 healthy.
             set_runner_health: sql(
                 prefix,
                 "UPDATE {prefix}_runners SET healthy = ?2 WHERE address = ?1",
+            ),
+            // ?1 address, ?2 incarnation, ?3 unreachable addresses (one per line).
+            report_unreachable: sql(
+                prefix,
+                "UPDATE {prefix}_runners SET unreachable = ?3 \
+                 WHERE address = ?1 AND incarnation = ?2",
             ),
             leases: sql(
                 prefix,

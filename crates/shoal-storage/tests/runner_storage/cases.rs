@@ -390,6 +390,73 @@ pub async fn health_flags(env: &Env) {
     assert_eq!(listed(s).await.len(), 2);
 }
 
+async fn reported(storage: &dyn RunnerStorage) -> BTreeMap<RunnerAddress, BTreeSet<RunnerAddress>> {
+    storage
+        .runners()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| (s.runner.address, s.unreachable.into_iter().collect()))
+        .collect()
+}
+
+pub async fn unreachable_reports(env: &Env) {
+    let s = &*env.storage;
+    let (a, b, c) = (runner(1), runner(2), runner(3));
+    for r in [&a, &b, &c] {
+        s.register(r, id(r).incarnation, true, LONG).await.unwrap();
+    }
+    assert!(reported(s).await.values().all(BTreeSet::is_empty));
+    s.report_unreachable(&id(&a), &[b.address.clone(), c.address.clone()])
+        .await
+        .unwrap();
+    s.report_unreachable(&id(&b), std::slice::from_ref(&a.address))
+        .await
+        .unwrap();
+    let reports = reported(s).await;
+    assert_eq!(
+        reports[&a.address],
+        BTreeSet::from([b.address.clone(), c.address.clone()])
+    );
+    assert_eq!(reports[&b.address], BTreeSet::from([a.address.clone()]));
+    assert!(reports[&c.address].is_empty());
+    // A report replaces the previous one.
+    s.report_unreachable(&id(&a), std::slice::from_ref(&c.address))
+        .await
+        .unwrap();
+    assert_eq!(
+        reported(s).await[&a.address],
+        BTreeSet::from([c.address.clone()])
+    );
+    // Another incarnation at the address cannot report for it.
+    let stale = RunnerId::new(a.address.clone(), Incarnation::from_raw(777));
+    s.report_unreachable(&stale, &[]).await.unwrap();
+    assert_eq!(
+        reported(s).await[&a.address],
+        BTreeSet::from([c.address.clone()])
+    );
+    // Registering again in the same incarnation keeps the reports; a new incarnation (after
+    // the previous one unregistered) starts with none.
+    s.register(&a, id(&a).incarnation, true, LONG)
+        .await
+        .unwrap();
+    assert_eq!(
+        reported(s).await[&a.address],
+        BTreeSet::from([c.address.clone()])
+    );
+    s.unregister(&id(&a)).await.unwrap();
+    s.register(&a, Incarnation::from_raw(777), true, LONG)
+        .await
+        .unwrap();
+    assert!(reported(s).await[&a.address].is_empty());
+    // A unix-socket address survives the round trip.
+    let unix = RunnerAddress::unix("/tmp/shoal reachability.sock").unwrap();
+    s.report_unreachable(&id(&b), std::slice::from_ref(&unix))
+        .await
+        .unwrap();
+    assert_eq!(reported(s).await[&b.address], BTreeSet::from([unix]));
+}
+
 pub async fn heartbeat_expiry_hides_runner(env: &Env) {
     let s = &*env.storage;
     let (a, b) = (runner(1), runner(2));

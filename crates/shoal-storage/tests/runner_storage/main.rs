@@ -42,6 +42,7 @@ macro_rules! backend {
             cases::unregister_forgets_long_dead_runners,
             cases::lapsed_runner_reappears_on_refresh,
             cases::health_flags,
+            cases::unreachable_reports,
             cases::heartbeat_expiry_hides_runner,
             cases::acquire_free_shards,
             cases::acquire_refused_while_another_lease_is_live,
