@@ -146,12 +146,16 @@ pub(crate) fn collide(
         .as_i64()
         .with_context(|| format!("runner {victim} holds no machine id"))?;
     // A placeholder incarnation that no process has (incarnations are random and never 0 or 1).
+    // It holds the free ids and those about to be free: a process that died without releasing
+    // its id (the refused duplicate, a killed runner) leaves a lease that lapses within a minute,
+    // possibly while the client starts. Live processes renew every 10 s a lease of 60 s, so
+    // theirs are always more than 30 s from lapsing.
     psql(
         &launcher.direct_url,
         &format!(
             "BEGIN; \
              UPDATE shoal_machine_ids SET incarnation = 1, expires_at = now() + interval '1 hour' \
-             WHERE expires_at <= now(); \
+             WHERE expires_at <= now() + interval '30 seconds' AND machine_id <> {machine}; \
              UPDATE shoal_machine_ids SET expires_at = now() WHERE machine_id = {machine}; \
              COMMIT;"
         ),
