@@ -98,7 +98,7 @@ pub(crate) fn run(args: &ClusterArgs) -> Result<()> {
     let faults = &schedule.faults;
     options::check_schedule(faults, args.runners)?;
     let binary = build(args.profile, args.no_build)?;
-    let partitions = faults.iter().any(|f| f.action == Action::Partition);
+    let partitions = args.proxies || faults.iter().any(|f| f.action == Action::Partition);
     if partitions {
         check_advertise_port(&binary)?;
     }
@@ -109,7 +109,7 @@ pub(crate) fn run(args: &ClusterArgs) -> Result<()> {
     } else {
         ClusterStorage::create(args.storage, &dir, args.keep)?
     };
-    let storage_proxy = faults.iter().any(|f| f.action.needs_storage_proxy());
+    let storage_proxy = args.proxies || faults.iter().any(|f| f.action.needs_storage_proxy());
     let links = Arc::new(Links::start(
         if storage_proxy {
             storage.server_address()?

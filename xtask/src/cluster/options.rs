@@ -75,6 +75,10 @@ pub(crate) struct ClusterArgs {
     /// Shard lease TTL of the runners (bounds recovery after SIGKILL).
     #[arg(long, default_value = "2s", value_parser = humantime_duration)]
     pub(crate) lease_ttl: Duration,
+    /// Put the storage proxy and the runners' proxies in place even when no fault of the
+    /// schedule needs them (to see what they cost).
+    #[arg(long)]
+    pub(crate) proxies: bool,
     /// Build profile of the `shoal` binary.
     #[arg(long, value_enum, default_value_t = Profile::Release)]
     pub(crate) profile: Profile,
@@ -110,6 +114,7 @@ impl ClusterArgs {
             faults: faults.to_owned(),
             soak: None,
             seed: None,
+            proxies: false,
             lease_ttl: Duration::from_secs(2),
             profile: Profile::Debug,
             keep: false,

@@ -216,18 +216,17 @@ async fn direction(
     let (tx, mut rx) = mpsc::channel::<(Instant, Vec<u8>)>(16);
     let mut read_rules = rules.clone();
     let reader = async move {
+        let mut buf = vec![0u8; 16 * 1024];
         loop {
             if wait_open(&mut read_rules, peer).await.is_err() {
                 return;
             }
-            let mut buf = vec![0u8; 16 * 1024];
             let n = match from.read(&mut buf).await {
                 Ok(0) | Err(_) => return,
                 Ok(n) => n,
             };
-            buf.truncate(n);
             let due = Instant::now() + read_rules.borrow().delay();
-            if tx.send((due, buf)).await.is_err() {
+            if tx.send((due, buf[..n].to_vec())).await.is_err() {
                 return;
             }
         }

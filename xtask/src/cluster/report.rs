@@ -200,7 +200,9 @@ mod tests {
         let cells: Vec<&str> = row.split_whitespace().skip(6).collect();
         assert_eq!(
             cells,
-            ["20%", "310", "2.61", "s", "2.50", "s", "-", "3.00", "s", "0"],
+            [
+                "20%", "310", "2.61", "s", "2.50", "s", "-", "3.00", "s", "0"
+            ],
             "{text}"
         );
         report.violations.push("something broke".to_owned());
