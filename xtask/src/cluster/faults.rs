@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 
 use super::findings::{Active, Finding, SharedLog};
-use super::probe::Probe;
+use super::probe::{Healing, Probe};
 use super::report::fmt_duration;
 use super::runners::{RunnerProcess, SharedGateways};
 use super::served::SharedLedger;
@@ -36,10 +36,15 @@ impl Watch {
     }
 
     /// Starts a probe from `started` (see [`Probe::start`]).
-    pub(crate) fn probe(&self, started: Instant, lasting: bool, exclude: Option<String>) -> Probe {
+    pub(crate) fn probe(
+        &self,
+        started: Instant,
+        healing: Healing,
+        exclude: Option<String>,
+    ) -> Probe {
         Probe::start(
             started,
-            lasting,
+            healing,
             self.lease_ttl,
             self.gateways.clone(),
             self.ids,
@@ -59,7 +64,7 @@ pub(crate) fn watch_recovery(
     survivors: HashSet<String>,
     active: Active,
 ) -> JoinHandle<()> {
-    let probe = watch.probe(killed_at, false, None);
+    let probe = watch.probe(killed_at, Healing::Instant, None);
     std::thread::spawn(move || {
         let reader = watch.reader.clone();
         let leases = std::thread::spawn(move || {

@@ -15,6 +15,7 @@ use super::lasting::{Hold, hold};
 use super::links::Links;
 use super::options::{Action, Fault};
 use super::pgserver::PgServer;
+use super::probe::Healing;
 use super::proxy::Mode;
 use super::report::fmt_duration;
 use super::runners::{Launcher, signal_pid};
@@ -214,7 +215,7 @@ impl Cluster {
                     target.number,
                     fmt_duration(length)
                 );
-                let probe = self.watch.probe(started, true, None);
+                let probe = self.watch.probe(started, Healing::ToldApart, None);
                 let gateways = self.watch.gateways.clone();
                 let Target {
                     number,
@@ -229,7 +230,6 @@ impl Cluster {
                         started,
                         length,
                         target: Some(self.watch.target()),
-                        split: true,
                         words: ("SIGSTOP", "SIGCONT"),
                         probe,
                     },
@@ -261,9 +261,9 @@ impl Cluster {
                 );
                 // Measured through the other side's gateways: the partitioned runner's cannot
                 // reach the others' entities.
-                let probe = self
-                    .watch
-                    .probe(started, true, Some(target.gateway.clone()));
+                let probe =
+                    self.watch
+                        .probe(started, Healing::ToldApart, Some(target.gateway.clone()));
                 let links = self.links.clone();
                 let number = target.number;
                 self.threads.push(hold(
@@ -273,7 +273,6 @@ impl Cluster {
                         started,
                         length,
                         target: Some(self.watch.target()),
-                        split: true,
                         words: ("the partition began", "it healed"),
                         probe,
                     },
@@ -310,7 +309,7 @@ impl Cluster {
                 let started = Instant::now();
                 self.links.set_storage(mode)?;
                 eprintln!("==> {name} at {pct:.0}%");
-                let probe = self.watch.probe(started, true, None);
+                let probe = self.watch.probe(started, Healing::ToldApart, None);
                 let links = self.links.clone();
                 self.threads.push(hold(
                     Hold {
@@ -319,7 +318,6 @@ impl Cluster {
                         started,
                         length,
                         target: None,
-                        split: true,
                         words,
                         probe,
                     },
@@ -340,7 +338,7 @@ impl Cluster {
                 let active = log.injected();
                 let started = Instant::now();
                 eprintln!("==> restarting Postgres (fast mode) at {pct:.0}%");
-                let probe = self.watch.probe(started, true, None);
+                let probe = self.watch.probe(started, Healing::Told, None);
                 self.threads.push(hold(
                     Hold {
                         at,
@@ -348,7 +346,6 @@ impl Cluster {
                         started,
                         length: std::time::Duration::ZERO,
                         target: None,
-                        split: false,
                         words: ("the restart began", "the restart"),
                         probe,
                     },

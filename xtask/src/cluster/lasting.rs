@@ -25,9 +25,6 @@ pub(crate) struct Hold {
     pub(crate) length: Duration,
     /// What recovery should take, when there is a target.
     pub(crate) target: Option<Duration>,
-    /// Whether outages begun after the healing are reported apart (a runner back from a freeze
-    /// or a partition takes its share again); else they count with the fault's.
-    pub(crate) split: bool,
     /// How the report names the start and the healing: `("SIGSTOP", "SIGCONT")`.
     pub(crate) words: (&'static str, &'static str),
     pub(crate) probe: Probe,
@@ -78,7 +75,8 @@ pub(crate) fn hold(
                 ));
             }
         }
-        if hold.split && probe.after_heal.0 > 0 {
+        // Only faults whose probe reports them apart have outages after the healing.
+        if probe.after_heal.0 > 0 {
             match probe.after_heal.1 {
                 Some(back) => line.push_str(&format!(
                     "; after {ended}, {} stopped answering again, all back {} later",

@@ -4,11 +4,11 @@
 //! fault healed. An **outage** of a counter runs from the first call that failed to the next
 //! that answered.
 //!
-//! - *answered again*: from the fault's start until every counter that stopped answering during
-//!   the fault answered again (the end of its first outage begun before the fault healed; for an
-//!   instant fault, such as a SIGKILL, its first outage);
-//! - *after healing*: outages begun after a lasting fault healed (a runner back from a freeze
-//!   taking its share again), measured from the healing;
+//! - *answered again*: from the fault's start until every counter that stopped answering because
+//!   of the fault answered again. For a freeze, a partition or a storage fault, that is the end of
+//!   each counter's first outage begun before the fault healed, and the outages begun after the
+//!   healing (a runner back from a freeze taking its share again) are reported apart, measured
+//!   from the healing; for a SIGKILL or a restart, every outage seen is the fault's;
 //! - *settled*: from the fault's start until the last outage seen ended.
 //!
 //! The watch ends when, `linger` after the fault healed, every counter has answered since and
@@ -54,6 +54,18 @@ pub(crate) struct ProbeReport {
     pub(crate) watched: Duration,
 }
 
+/// How a fault ends, for the probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Healing {
+    /// At once (a SIGKILL): every outage is the fault's.
+    Instant,
+    /// When [`Probe::healed`] is called (a restart): every outage is the fault's.
+    Told,
+    /// When [`Probe::healed`] is called, and the outages begun after it are reported apart (a
+    /// runner back from a freeze or a partition, storage back).
+    ToldApart,
+}
+
 /// A running probe.
 pub(crate) struct Probe {
     healed: Arc<Mutex<Option<Instant>>>,
@@ -63,7 +75,8 @@ pub(crate) struct Probe {
 
 /// What every probe thread shares.
 struct Shared {
-    lasting: bool,
+    /// Whether outages begun after the healing are reported apart.
+    apart: bool,
     linger: Duration,
     healed: Arc<Mutex<Option<Instant>>>,
     exclude: Arc<RwLock<Option<String>>>,
@@ -73,24 +86,24 @@ struct Shared {
 }
 
 impl Probe {
-    /// Starts watching counters `0..ids` from `started` (the fault's start). A `lasting` fault
-    /// (freeze, partition, storage) tells its healing with [`Probe::healed`]; an instant one
-    /// is healed at once. Calls avoid the gateway `exclude` until the fault heals (a partitioned
-    /// runner's gateway cannot reach the others). The watch lasts at least `linger` after the
-    /// healing.
+    /// Starts watching counters `0..ids` from `started` (the fault's start), for a fault that
+    /// ends as `healing` says. Calls avoid the gateway `exclude` until the fault heals (a
+    /// partitioned runner's gateway cannot reach the others). The watch lasts at least `linger`
+    /// after the healing.
     pub(crate) fn start(
         started: Instant,
-        lasting: bool,
+        healing: Healing,
         linger: Duration,
         gateways: SharedGateways,
         ids: u32,
         ledger: SharedLedger,
         exclude: Option<String>,
     ) -> Self {
-        let healed = Arc::new(Mutex::new((!lasting).then_some(started)));
+        let healed = Arc::new(Mutex::new((healing == Healing::Instant).then_some(started)));
+        let apart = healing == Healing::ToldApart;
         let exclude = Arc::new(RwLock::new(exclude));
         let shared = Arc::new(Shared {
-            lasting,
+            apart,
             linger,
             healed: healed.clone(),
             exclude: exclude.clone(),
@@ -114,7 +127,7 @@ impl Probe {
                 }
             }
             let healed = lock(&shared.healed).unwrap_or(started);
-            let mut report = summarize(&watches, started, healed);
+            let mut report = summarize(&watches, started, healed, apart);
             report.watched = started.elapsed();
             report
         });
@@ -226,7 +239,7 @@ fn watch(shared: &Shared, ids: Vec<u32>) -> Vec<IdWatch> {
                             s.first_end = Some(end);
                             s.first_open = false;
                         }
-                        if shared.lasting && healed.is_some_and(|h| began >= h) {
+                        if shared.apart && healed.is_some_and(|h| began >= h) {
                             s.after_heal_end = Some(end);
                         }
                     }
@@ -237,7 +250,7 @@ fn watch(shared: &Shared, ids: Vec<u32>) -> Vec<IdWatch> {
                     if s.out_since.is_none() {
                         s.out_since = Some(sent);
                         s.outages += 1;
-                        let after_heal = shared.lasting && healed.is_some_and(|h| sent >= h);
+                        let after_heal = shared.apart && healed.is_some_and(|h| sent >= h);
                         if after_heal {
                             s.after_heal = true;
                         } else if s.first_end.is_none() && !s.first_open {
@@ -258,11 +271,23 @@ fn watch(shared: &Shared, ids: Vec<u32>) -> Vec<IdWatch> {
     }
 }
 
-fn summarize(watches: &[IdWatch], started: Instant, healed: Instant) -> ProbeReport {
+/// The figures of the counters watched; with `apart`, outages begun after `healed` are not the
+/// fault's own (else every outage is).
+fn summarize(watches: &[IdWatch], started: Instant, healed: Instant, apart: bool) -> ProbeReport {
     let since = |t: Instant| t.saturating_duration_since(started);
     let unavailable = watches.iter().filter(|w| w.outages > 0).count();
     let still_out = watches.iter().filter(|w| w.out_since.is_some()).count();
-    let answered = if watches.iter().any(|w| w.first_open) {
+    let settled = (still_out == 0).then(|| {
+        watches
+            .iter()
+            .filter_map(|w| w.last_end)
+            .map(since)
+            .max()
+            .unwrap_or_default()
+    });
+    let answered = if !apart {
+        settled
+    } else if watches.iter().any(|w| w.first_open) {
         None
     } else {
         Some(
@@ -287,14 +312,6 @@ fn summarize(watches: &[IdWatch], started: Instant, healed: Instant) -> ProbeRep
                 .unwrap_or_default(),
         )
     };
-    let settled = (still_out == 0).then(|| {
-        watches
-            .iter()
-            .filter_map(|w| w.last_end)
-            .map(since)
-            .max()
-            .unwrap_or_default()
-    });
     ProbeReport {
         unavailable,
         answered,
@@ -337,7 +354,7 @@ mod tests {
                 ..IdWatch::default()
             },
         ];
-        let report = summarize(&watches, base, healed);
+        let report = summarize(&watches, base, healed, true);
         assert_eq!(
             report,
             ProbeReport {
@@ -357,7 +374,10 @@ mod tests {
             outages: 1,
             ..IdWatch::default()
         });
-        let report = summarize(&open, base, healed);
+        // Every outage the fault's: answered again when the last ended.
+        let all = summarize(&open[..3], base, healed, false);
+        assert_eq!(all.answered, Some(Duration::from_millis(6300)));
+        let report = summarize(&open, base, healed, true);
         assert_eq!(report.answered, None);
         assert_eq!(report.settled, None);
         assert_eq!(report.still_out, 1);
