@@ -11,9 +11,11 @@
 //! until its reply is stored. With the gateway's `Idempotency-Key` header, a retried increment
 //! is applied once and answers the first reply. The value lives in the entity's durable
 //! key-value storage when the runtime has one (as `shoal run` does), so it survives passivation,
-//! shard moves and crashes; the ids of the latest increments are kept with it, so an increment
-//! that ran before a crash but whose reply was not stored is not applied twice when it runs
-//! again. Without key-value storage (embedded tests) the value lives in memory.
+//! shard moves and crashes; the ids of the latest increments are kept with it, with the value each
+//! returned, so an increment that ran before but whose reply was not stored (a crash, storage
+//! failing as the reply was saved) is not applied twice when it runs again, and answers the value
+//! it returned the first time, even when other increments ran in between. Without key-value
+//! storage (embedded tests) the value lives in memory.
 
 use std::collections::VecDeque;
 
@@ -29,12 +31,60 @@ const STATE_KEY: &str = "state";
 const REMEMBERED: usize = 256;
 
 /// What the counter keeps.
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 struct State {
     value: i64,
-    /// Ids (raw Snowflakes) of the latest applied increments, oldest first.
+    /// The latest applied increments, oldest first.
     #[serde(default)]
-    applied: VecDeque<u64>,
+    applied: VecDeque<Applied>,
+}
+
+/// An applied increment: its id (a raw Snowflake) and the value it returned, `[id, value]`;
+/// states saved before the values were kept hold bare ids.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+enum Applied {
+    WithValue(u64, i64),
+    Id(u64),
+}
+
+impl Applied {
+    fn id(self) -> u64 {
+        match self {
+            Applied::WithValue(id, _) | Applied::Id(id) => id,
+        }
+    }
+}
+
+impl State {
+    /// What increment `id` returned, when it ran already: the value it made (the value now, for
+    /// a state saved before the values were kept).
+    fn replay(&self, id: u64) -> Option<i64> {
+        self.applied
+            .iter()
+            .rev()
+            .find(|a| a.id() == id)
+            .map(|applied| match applied {
+                Applied::WithValue(_, value) => *value,
+                Applied::Id(_) => self.value,
+            })
+    }
+
+    /// The state after adding `by` for increment `id`.
+    fn apply(&self, id: Option<u64>, by: i64) -> Result<State, HandlerError> {
+        let value = self
+            .value
+            .checked_add(by)
+            .ok_or_else(|| HandlerError::failed("the counter would overflow"))?;
+        let mut applied = self.applied.clone();
+        if let Some(id) = id {
+            applied.push_back(Applied::WithValue(id, value));
+            while applied.len() > REMEMBERED {
+                applied.pop_front();
+            }
+        }
+        Ok(State { value, applied })
+    }
 }
 
 /// A counter.
@@ -162,34 +212,20 @@ impl Handler<Increment> for Counter {
         ctx: &EntityContext,
     ) -> Result<CounterReply, HandlerError> {
         let id = ctx.request_id().map(|id| id.raw());
-        if let Some(id) = id
-            && self.state.applied.contains(&id)
-        {
-            // This increment ran before (its reply was lost with a crash): do not apply it again.
-            return Ok(reply(self.state.value, msg.served_by, ctx));
-        }
-        let value = self
-            .state
-            .value
-            .checked_add(msg.by)
-            .ok_or_else(|| HandlerError::failed("the counter would overflow"))?;
-        let Some(kv) = &self.kv else {
-            self.state.value = value;
+        if let Some(value) = id.and_then(|id| self.state.replay(id)) {
+            // This increment ran before (its reply was not stored): do not apply it again, and
+            // answer what it answered then.
             return Ok(reply(value, msg.served_by, ctx));
-        };
-        let mut applied = self.state.applied.clone();
-        if let Some(id) = id {
-            applied.push_back(id);
-            while applied.len() > REMEMBERED {
-                applied.pop_front();
-            }
         }
-        let next = State { value, applied };
-        let bytes = serde_json::to_vec(&next).map_err(|e| unavailable("encode", e))?;
-        // Saved before the reply: an acknowledged increment is durable.
-        kv.put(STATE_KEY, bytes)
-            .await
-            .map_err(|e| unavailable("save", e))?;
+        let next = self.state.apply(id, msg.by)?;
+        let value = next.value;
+        if let Some(kv) = &self.kv {
+            let bytes = serde_json::to_vec(&next).map_err(|e| unavailable("encode", e))?;
+            // Saved before the reply: an acknowledged increment is durable.
+            kv.put(STATE_KEY, bytes)
+                .await
+                .map_err(|e| unavailable("save", e))?;
+        }
         self.state = next;
         Ok(reply(value, msg.served_by, ctx))
     }
@@ -224,6 +260,45 @@ mod tests {
     use shoal_storage::{MemoryEntityKv, MemoryMessageStorage, MemoryRunnerStorage};
 
     use super::*;
+
+    #[test]
+    fn a_rerun_answers_what_it_answered_the_first_time() {
+        let state = State::default();
+        let state = state.apply(Some(10), 1).unwrap();
+        let state = state.apply(Some(11), 1).unwrap();
+        let state = state.apply(None, 5).unwrap();
+        assert_eq!(state.value, 7);
+        // Increment 10 runs again after 11 ran: it answers 1, not 7, and changes nothing.
+        assert_eq!(state.replay(10), Some(1));
+        assert_eq!(state.replay(11), Some(2));
+        assert_eq!(state.replay(12), None);
+        // Saved and loaded again.
+        let json = serde_json::to_string(&state).unwrap();
+        assert_eq!(json, r#"{"value":7,"applied":[[10,1],[11,2]]}"#);
+        assert_eq!(serde_json::from_str::<State>(&json).unwrap(), state);
+        // A state saved before the values were kept: its ids still stop a second application.
+        let old: State = serde_json::from_str(r#"{"value":5,"applied":[7,8]}"#).unwrap();
+        assert_eq!(old.replay(7), Some(5));
+        let next = old.apply(Some(9), 1).unwrap();
+        assert_eq!(next.replay(8), Some(6));
+        assert_eq!(next.replay(9), Some(6));
+        // Only the latest are remembered.
+        let mut many = State::default();
+        for id in 0..(REMEMBERED as u64 + 10) {
+            many = many.apply(Some(id), 1).unwrap();
+        }
+        assert_eq!(many.applied.len(), REMEMBERED);
+        assert_eq!(many.replay(0), None);
+        assert_eq!(many.replay(REMEMBERED as u64 + 9), Some(many.value));
+        assert!(
+            State {
+                value: i64::MAX,
+                applied: VecDeque::new()
+            }
+            .apply(None, 1)
+            .is_err()
+        );
+    }
 
     #[test]
     fn messages_and_bare_replies_keep_their_json() {
