@@ -50,10 +50,7 @@ pub(super) async fn call(
     let started = Instant::now();
     // The head has been read: the body's deadline runs from now.
     let body_deadline = started + state.0.body_timeout;
-    let request_id = headers
-        .get(REQUEST_ID_HEADER)
-        .filter(|v| !v.is_empty() && v.len() <= 256)
-        .cloned();
+    let request_id = request_id(&headers);
     let (label, result) = state
         .call(path, &headers, request_id.as_ref(), body, body_deadline)
         .await;
@@ -196,7 +193,16 @@ impl GatewayState {
     }
 }
 
-fn call_timeout(headers: &HeaderMap) -> Result<Option<Duration>, ApiError> {
+/// The `x-request-id` header, when it is 1 to 256 bytes (echoed back and passed to the entity).
+pub(super) fn request_id(headers: &HeaderMap) -> Option<HeaderValue> {
+    headers
+        .get(REQUEST_ID_HEADER)
+        .filter(|v| !v.is_empty() && v.len() <= 256)
+        .cloned()
+}
+
+/// The `x-shoal-timeout-ms` header: a whole number of milliseconds from 1 to [`MAX_TIMEOUT_MS`].
+pub(super) fn call_timeout(headers: &HeaderMap) -> Result<Option<Duration>, ApiError> {
     let Some(value) = headers.get(TIMEOUT_HEADER) else {
         return Ok(None);
     };
@@ -230,7 +236,11 @@ fn body_timed_out(timeout: Duration) -> ApiError {
 }
 
 /// Reads the body within `max` bytes and checks that it is JSON (an empty body becomes `{}`).
-async fn read_body(body: Body, headers: &HeaderMap, max: usize) -> Result<Bytes, ApiError> {
+pub(super) async fn read_body(
+    body: Body,
+    headers: &HeaderMap,
+    max: usize,
+) -> Result<Bytes, ApiError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -247,6 +257,11 @@ async fn read_body(body: Body, headers: &HeaderMap, max: usize) -> Result<Bytes,
             )));
         }
     };
+    check_json(bytes)
+}
+
+/// A body that is JSON, as read; an empty (or blank) body becomes `{}`.
+fn check_json(bytes: Bytes) -> Result<Bytes, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(Bytes::from_static(b"{}"));
     }
@@ -261,7 +276,7 @@ async fn read_body(body: Body, headers: &HeaderMap, max: usize) -> Result<Bytes,
 }
 
 /// The `Idempotency-Key` header: at most 255 visible ASCII characters.
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+pub(super) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(value) = headers.get(IDEMPOTENCY_KEY_HEADER) else {
         return Ok(None);
     };
