@@ -265,13 +265,17 @@ fn check_json(bytes: Bytes) -> Result<Bytes, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(Bytes::from_static(b"{}"));
     }
-    serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).map_err(|e| {
+    let not_json = |e: &dyn std::fmt::Display| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             ErrorCode::MalformedMessage.as_str(),
             format!("the body is not JSON: {e}"),
         )
-    })?;
+    };
+    // JSON text is UTF-8; serde_json skips the strings it ignores without checking them, so the
+    // text is checked first.
+    let text = std::str::from_utf8(&bytes).map_err(|e| not_json(&e))?;
+    serde_json::from_str::<serde::de::IgnoredAny>(text).map_err(|e| not_json(&e))?;
     Ok(bytes)
 }
 
@@ -285,5 +289,27 @@ pub(super) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Api
         _ => Err(ApiError::bad_request(format!(
             "header {IDEMPOTENCY_KEY_HEADER} must be 1 to 255 visible ASCII characters"
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::expect_used)]
+
+    use super::*;
+
+    #[test]
+    fn bodies_must_be_json_text() {
+        assert_eq!(
+            check_json(Bytes::from_static(b" \n")).ok(),
+            Some(Bytes::from_static(b"{}"))
+        );
+        assert!(check_json(Bytes::from_static(b"{\"by\": [1, \"\xc3\xbc\"]}")).is_ok());
+        // Found by the `gateway` fuzz target: invalid UTF-8 inside a string passed as JSON.
+        let error = check_json(Bytes::from_static(b"{\"by5555555\xff\xff\xff/5555\":1}"))
+            .expect_err("not UTF-8, so not JSON");
+        assert_eq!(error.status, StatusCode::BAD_REQUEST);
+        assert_eq!(error.code, ErrorCode::MalformedMessage.as_str());
+        assert!(check_json(Bytes::from_static(b"{\"a\":1")).is_err());
     }
 }
