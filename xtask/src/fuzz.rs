@@ -77,6 +77,16 @@ const RUSTFLAGS: &[&str] = &[
 /// allocator aborts on any single allocation over 256 MiB instead; see `fuzz/src/alloc.rs`.)
 const LIMITS: &[&str] = &["-timeout=10", "-rss_limit_mb=2048", "-malloc_limit_mb=2048"];
 
+/// What `cargo run` sets for the program it runs (besides `CARGO_PKG_*`).
+const RUN_VARIABLES: &[&str] = &[
+    "CARGO_MANIFEST_DIR",
+    "CARGO_MANIFEST_PATH",
+    "CARGO_MANIFEST_LINKS",
+    "CARGO_CRATE_NAME",
+    "CARGO_BIN_NAME",
+    "CARGO_PRIMARY_PACKAGE",
+];
+
 /// Lines of libFuzzer's output kept to show when a target fails.
 const TAIL_LINES: usize = 60;
 
@@ -188,7 +198,8 @@ fn build(layout: &Layout) -> Result<()> {
         layout.show(&layout.target_dir)
     );
     let started = Instant::now();
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()))
+    let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()));
+    cargo
         .args([
             "build",
             "--release",
@@ -200,9 +211,16 @@ fn build(layout: &Layout) -> Result<()> {
         .args(["--target", &layout.triple])
         .env("CARGO_TARGET_DIR", &layout.target_dir)
         .env("RUSTFLAGS", RUSTFLAGS.join(" "))
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .status()
-        .context("could not start cargo")?;
+        .env_remove("CARGO_ENCODED_RUSTFLAGS");
+    // `cargo run` gives xtask its package's variables; some build scripts (ring's) rerun when
+    // they change, so the build would differ from one made outside xtask.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if name.starts_with("CARGO_PKG_") || RUN_VARIABLES.contains(&name.as_ref()) {
+            cargo.env_remove(name.as_ref());
+        }
+    }
+    let status = cargo.status().context("could not start cargo")?;
     ensure!(
         status.success(),
         "the fuzz build failed ({status}) after {:.1?}",
