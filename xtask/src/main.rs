@@ -5,8 +5,10 @@
 //!   is down), then a short cluster run and every fuzz target for a few seconds. Fails loudly,
 //!   never skips, when something it needs is missing.
 //! - `cargo xtask test-cluster`: several `shoal run` processes on shared storage, load through
-//!   every gateway while runners are killed, stopped and replaced; checks that acknowledged work
-//!   is counted exactly once and that shard ownership stays sound (see `cluster`).
+//!   every gateway while runners are killed, stopped, frozen, partitioned and replaced and storage
+//!   is slowed, cut and restarted; checks that acknowledged work is counted exactly once and that
+//!   shard ownership stays sound, also as the replies tell it (see `cluster` and
+//!   docs/testing.md). `--soak 10m` draws the faults from a seed.
 //! - `cargo xtask fuzz [TARGET] [--time 60s] [--runs N]`: builds the libFuzzer targets of
 //!   `fuzz/` (coverage-guided, on stable Rust) and runs one, or each in turn (see `fuzz`).
 //! - `cargo xtask bench [NAME]`: runs the benchmark target `NAME` (for example `storage`), or all of
@@ -70,9 +72,12 @@ fn main() -> Result<()> {
 /// How long `cargo xtask test` runs each fuzz target.
 const SHORT_FUZZ_TIME: std::time::Duration = std::time::Duration::from_secs(3);
 
-/// The fault schedule of the short cluster run in `cargo xtask test`: SIGKILL, SIGTERM and a
-/// replacement runner.
-const SHORT_CLUSTER_FAULTS: &str = "default";
+/// The fault schedule of the short cluster run in `cargo xtask test`: the default schedule
+/// (SIGKILL, a duplicate address, SIGTERM, a machine-id collision, a replacement runner) and a
+/// 3 s freeze (longer than the 2 s lease TTL) of the replacement; the freeze adds about 2 s to
+/// the run (partitions and storage faults are left to `--faults all`: their proxies cost more).
+const SHORT_CLUSTER_FAULTS: &str =
+    "kill@20%,duplicate@30%,term@45%,collide@50%,start@60%,freeze@70%:3s";
 
 fn test(no_lint: bool, nextest_args: &[String]) -> Result<()> {
     let started = std::time::Instant::now();

@@ -39,7 +39,7 @@ pub(crate) fn ensure() -> Result<String> {
     bail!("started the local Postgres cluster, but {host}:{port} still does not answer after 60 s")
 }
 
-fn host_port(url: &str) -> Result<(String, u16)> {
+pub(crate) fn host_port(url: &str) -> Result<(String, u16)> {
     let rest = url
         .strip_prefix("postgres://")
         .or_else(|| url.strip_prefix("postgresql://"))

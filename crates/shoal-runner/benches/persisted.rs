@@ -161,7 +161,10 @@ async fn bench(storage: &str, options: &Options) {
     while counters
         .call_with(
             "warm",
-            Increment { by: 1 },
+            Increment {
+                by: 1,
+                served_by: false,
+            },
             CallOptions::timeout(Duration::from_secs(2)),
         )
         .await
@@ -179,7 +182,15 @@ async fn bench(storage: &str, options: &Options) {
         let callers = options.callers;
         warm.push(tokio::spawn(async move {
             for id in (caller..IDS).step_by(callers) {
-                let _ = counters.call(&id.to_string(), Increment { by: 1 }).await;
+                let _ = counters
+                    .call(
+                        &id.to_string(),
+                        Increment {
+                            by: 1,
+                            served_by: false,
+                        },
+                    )
+                    .await;
             }
         }));
     }
@@ -201,7 +212,16 @@ async fn bench(storage: &str, options: &Options) {
                 let id = (i % IDS).to_string();
                 i += callers;
                 let sent = Instant::now();
-                match counters.call(&id, Increment { by: 1 }).await {
+                match counters
+                    .call(
+                        &id,
+                        Increment {
+                            by: 1,
+                            served_by: false,
+                        },
+                    )
+                    .await
+                {
                     Ok(_) => {
                         let _ = histogram.record(sent.elapsed().as_nanos() as u64);
                     }

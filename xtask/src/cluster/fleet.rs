@@ -6,8 +6,6 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
-
 use super::runners::RunnerProcess;
 
 /// The runner processes; any still running when this is dropped are killed.
@@ -23,14 +21,6 @@ impl Fleet {
     /// The runner addresses of the live runners.
     pub(crate) fn addresses(&self) -> HashSet<String> {
         self.live.iter().map(|r| r.address.clone()).collect()
-    }
-
-    /// The most recently started live runner (never the last one).
-    pub(crate) fn take_victim(&mut self) -> Result<RunnerProcess> {
-        if self.live.len() < 2 {
-            bail!("no runner left to stop");
-        }
-        self.live.pop().context("no runner left to stop")
     }
 
     /// SIGTERM to every live runner and client; returns those that did not exit cleanly within

@@ -134,7 +134,7 @@ pub(crate) fn collide(
     victim: &str,
     at: f64,
 ) -> Result<Collision> {
-    if !launcher.storage_url.starts_with("postgres") {
+    if !launcher.direct_url.starts_with("postgres") {
         bail!("the collide fault needs Postgres storage (the harness edits the machine-id table)");
     }
     let status = reader.read_json()?;
@@ -146,12 +146,16 @@ pub(crate) fn collide(
         .as_i64()
         .with_context(|| format!("runner {victim} holds no machine id"))?;
     // A placeholder incarnation that no process has (incarnations are random and never 0 or 1).
+    // It holds the free ids and those about to be free: a process that died without releasing
+    // its id (the refused duplicate, a killed runner) leaves a lease that lapses within a minute,
+    // possibly while the client starts. Live processes renew every 10 s a lease of 60 s, so
+    // theirs are always more than 30 s from lapsing.
     psql(
-        &launcher.storage_url,
+        &launcher.direct_url,
         &format!(
             "BEGIN; \
              UPDATE shoal_machine_ids SET incarnation = 1, expires_at = now() + interval '1 hour' \
-             WHERE expires_at <= now(); \
+             WHERE expires_at <= now() + interval '30 seconds' AND machine_id <> {machine}; \
              UPDATE shoal_machine_ids SET expires_at = now() WHERE machine_id = {machine}; \
              COMMIT;"
         ),
@@ -160,7 +164,7 @@ pub(crate) fn collide(
     let client = launcher.start_client();
     // Free the placeholders whatever happened.
     let freed = psql(
-        &launcher.storage_url,
+        &launcher.direct_url,
         "UPDATE shoal_machine_ids SET expires_at = now() WHERE incarnation = 1",
     );
     let client = client?;

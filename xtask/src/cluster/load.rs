@@ -3,13 +3,14 @@
 //! recording what each call came to.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::http::{Call, Client, Outcome};
 use super::runners::SharedGateways;
+use super::served::{GET_BODY, INCREMENT_BODY, Recorder, Reply, SharedLedger, parse_reply};
 
 /// The deadline each call gives the runtime (`x-shoal-timeout-ms`).
 pub(crate) const CALL_DEADLINE_MS: u64 = 5_000;
@@ -27,6 +28,8 @@ pub(crate) struct Plan {
     pub(crate) ids: u32,
     /// Concurrent callers.
     pub(crate) concurrency: u32,
+    /// Send requests for this long instead of `requests` (a soak run).
+    pub(crate) run_for: Option<Duration>,
 }
 
 impl Plan {
@@ -64,6 +67,28 @@ struct Counters {
     resent: AtomicU64,
     failed: AtomicU64,
     stop: AtomicBool,
+    /// Resends and failures by answer, for the soak's progress line.
+    codes: Mutex<BTreeMap<String, u64>>,
+}
+
+impl Counters {
+    fn count_code(&self, label: &str) {
+        if let Ok(mut codes) = self.codes.lock() {
+            *codes.entry(label.to_owned()).or_default() += 1;
+        }
+    }
+}
+
+/// The load's counters at one moment.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Snapshot {
+    pub(crate) done: u64,
+    pub(crate) acked: u64,
+    pub(crate) gets: u64,
+    pub(crate) resent: u64,
+    pub(crate) failed: u64,
+    /// Resends and failures by answer.
+    pub(crate) codes: BTreeMap<String, u64>,
 }
 
 /// What one caller thread saw.
@@ -151,8 +176,14 @@ pub(crate) struct Load {
 }
 
 impl Load {
-    /// Starts `plan.concurrency` caller threads; `run` makes the idempotency keys unique.
-    pub(crate) fn start(plan: Plan, gateways: SharedGateways, run: &str) -> Self {
+    /// Starts `plan.concurrency` caller threads; `run` makes the idempotency keys unique. Every
+    /// reply goes to `ledger`.
+    pub(crate) fn start(
+        plan: Plan,
+        gateways: SharedGateways,
+        run: &str,
+        ledger: &SharedLedger,
+    ) -> Self {
         let counters = Arc::new(Counters::default());
         let floors: Arc<Vec<AtomicI64>> =
             Arc::new((0..plan.ids).map(|_| AtomicI64::new(0)).collect());
@@ -166,6 +197,8 @@ impl Load {
                     floors: floors.clone(),
                     run: run.to_owned(),
                     client: Client::new(Duration::from_millis(CALL_DEADLINE_MS * 2)),
+                    recorder: Recorder::new(ledger.clone()),
+                    started,
                     out: CallerResult::default(),
                 };
                 std::thread::spawn(move || caller.run())
@@ -179,10 +212,27 @@ impl Load {
         }
     }
 
-    /// How far the load is, from 0 to 1.
+    /// How far the load is, from 0 to 1 (by time for a soak run).
     pub(crate) fn progress(&self) -> f64 {
+        if let Some(run_for) = self.plan.run_for {
+            return (self.started.elapsed().as_secs_f64() / run_for.as_secs_f64().max(0.001))
+                .min(1.0);
+        }
         let done = self.counters.done.load(Ordering::Relaxed) as f64;
         (done / self.plan.requests.max(1) as f64).min(1.0)
+    }
+
+    /// The counters now.
+    pub(crate) fn snapshot(&self) -> Snapshot {
+        let c = &self.counters;
+        Snapshot {
+            done: c.done.load(Ordering::Relaxed),
+            acked: c.acked.load(Ordering::Relaxed),
+            gets: c.gets.load(Ordering::Relaxed),
+            resent: c.resent.load(Ordering::Relaxed),
+            failed: c.failed.load(Ordering::Relaxed),
+            codes: c.codes.lock().map(|c| c.clone()).unwrap_or_default(),
+        }
     }
 
     /// Whether every caller has finished.
@@ -271,13 +321,16 @@ struct Caller {
     floors: Arc<Vec<AtomicI64>>,
     run: String,
     client: Client,
+    recorder: Recorder,
+    /// When the load started.
+    started: Instant,
     out: CallerResult,
 }
 
 /// How a request ended.
 enum Ended {
-    /// Answered with this value.
-    Value(i64),
+    /// Answered with this reply, to the attempt sent at that instant.
+    Value(Reply, Instant),
     /// Answered 200 with a body that is not a number, or failed for good.
     Failed,
     /// Never answered within [`RESEND_FOR`].
@@ -290,6 +343,13 @@ impl Caller {
     fn run(mut self) -> CallerResult {
         loop {
             if self.counters.stop.load(Ordering::Acquire) {
+                break;
+            }
+            if self
+                .plan
+                .run_for
+                .is_some_and(|run_for| self.started.elapsed() >= run_for)
+            {
                 break;
             }
             let n = self.counters.issued.fetch_add(1, Ordering::Relaxed);
@@ -313,14 +373,18 @@ impl Caller {
         let call = Call {
             id: &id,
             tag: "increment",
-            body: r#"{"by":1}"#,
+            body: INCREMENT_BODY,
             key: Some(&key),
             deadline_ms: CALL_DEADLINE_MS,
         };
+        let first = Instant::now();
         let ended = self.send(n, call);
         let tally = self.out.tallies.entry(index).or_default();
         match ended {
-            Ended::Value(value) => {
+            Ended::Value(reply, _) => {
+                // Any attempt may have been the one applied: served since the first.
+                self.recorder.record(index, true, &reply, first);
+                let value = reply.value;
                 tally.acked += 1;
                 tally.replies.push(value);
                 self.floors[index as usize].fetch_max(value, Ordering::AcqRel);
@@ -340,12 +404,14 @@ impl Caller {
         let call = Call {
             id: &id,
             tag: "get",
-            body: "{}",
+            body: GET_BODY,
             key: None,
             deadline_ms: CALL_DEADLINE_MS,
         };
         match self.send(n, call) {
-            Ended::Value(value) => {
+            Ended::Value(reply, sent) => {
+                self.recorder.record(index, false, &reply, sent);
+                let value = reply.value;
                 self.out.gets += 1;
                 self.counters.gets.fetch_add(1, Ordering::Relaxed);
                 if value < floor {
@@ -402,9 +468,9 @@ impl Caller {
                 Outcome::Ok(body) => {
                     self.out.call_us.push(micros(sent.elapsed()));
                     self.out.request_us.push(micros(first.elapsed()));
-                    break match body.trim().parse::<i64>() {
-                        Ok(value) => Ended::Value(value),
-                        Err(_) => {
+                    break match parse_reply(&body) {
+                        Some(reply) => Ended::Value(reply, sent),
+                        None => {
                             *self
                                 .out
                                 .failures
@@ -416,15 +482,14 @@ impl Caller {
                     };
                 }
                 Outcome::Failed(label) => {
-                    *self
-                        .out
-                        .failures
-                        .entry(format!("{}: {label}", call.tag))
-                        .or_default() += 1;
+                    let label = format!("{}: {label}", call.tag);
+                    self.counters.count_code(&label);
+                    *self.out.failures.entry(label).or_default() += 1;
                     self.counters.failed.fetch_add(1, Ordering::Relaxed);
                     break Ended::Failed;
                 }
                 Outcome::Refused(label) | Outcome::Unknown(label) => {
+                    self.counters.count_code(&label);
                     *self.out.resent.entry(label).or_default() += 1;
                     self.counters.resent.fetch_add(1, Ordering::Relaxed);
                     std::thread::sleep(backoff);
@@ -480,18 +545,20 @@ fn splitmix64(n: u64) -> u64 {
 type Sweep = (Option<Duration>, BTreeMap<u32, i64>);
 
 /// Asks every id for its value (`get`) until all have answered or `timeout` passes; returns when
-/// the last one answered, measured from `since`, and the values.
+/// the last one answered, measured from `since`, and the values. Every reply goes to `ledger`.
 pub(crate) fn read_all(
     gateways: &SharedGateways,
     ids: u32,
     since: Instant,
     timeout: Duration,
     deadline_ms: u64,
+    ledger: &SharedLedger,
 ) -> Sweep {
     const THREADS: u32 = 16;
     let workers: Vec<JoinHandle<Sweep>> = (0..THREADS)
         .map(|t| {
             let gateways = gateways.clone();
+            let mut recorder = Recorder::new(ledger.clone());
             std::thread::spawn(move || {
                 let client = Client::new(Duration::from_millis(deadline_ms * 2 + 1000));
                 let mut pending: Vec<u32> = (t..ids).step_by(THREADS as usize).collect();
@@ -508,18 +575,20 @@ pub(crate) fn read_all(
                         let call = Call {
                             id: &id,
                             tag: "get",
-                            body: "{}",
+                            body: GET_BODY,
                             key: None,
                             deadline_ms,
                         };
+                        let sent = Instant::now();
                         match client.call(&gateway, call) {
-                            Outcome::Ok(body) => match body.trim().parse::<i64>() {
-                                Ok(value) => {
-                                    values.insert(index, value);
+                            Outcome::Ok(body) => match parse_reply(&body) {
+                                Some(reply) => {
+                                    recorder.record(index, false, &reply, sent);
+                                    values.insert(index, reply.value);
                                     last = Some(since.elapsed());
                                     false
                                 }
-                                Err(_) => true,
+                                None => true,
                             },
                             _ => true,
                         }
@@ -566,6 +635,7 @@ mod tests {
             requests: 4_000,
             ids: 1000,
             concurrency: 1,
+            run_for: None,
         };
         let mut per_id = vec![0u32; plan.ids as usize];
         for n in (0..plan.requests).filter(|&n| !is_get(n)) {

@@ -1,5 +1,6 @@
 //! `cargo xtask test-cluster`: several real `shoal run` processes on shared storage, load through
-//! every gateway, faults injected (SIGKILL, SIGTERM, a replacement), then the invariants:
+//! every gateway, faults injected (SIGKILL, SIGTERM, a replacement, identity faults, SIGSTOP,
+//! partitions, storage latency and cuts, a Postgres restart), then the invariants:
 //!
 //! - (a) every acknowledged persisted increment is counted exactly once: each increment carries
 //!   its own `Idempotency-Key` and is resent with it until acknowledged, so each counter's final
@@ -9,21 +10,37 @@
 //! - (c) storage shows every shard leased by exactly one live runner;
 //! - (d) no shard's epoch ever went back, and no shard changed owner without a new epoch (the
 //!   lease table is sampled during the run);
+//! - (e) ownership seen from the outside: every reply says which runner process and lease epoch
+//!   served it; along each counter's increments epochs never go back, no reply from an older
+//!   epoch was served after a newer epoch had answered, and one epoch is one process (see
+//!   `ownership`);
 //!
 //! and the runners stopped with SIGTERM exited cleanly. Identity faults check that a second
 //! process given a live runner's address is refused, and that a client-only process holding a
 //! live runner's machine id changes nothing to (a) (see `identity`). It prints a report
-//! (throughput, latency, recovery after SIGKILL, handoff after SIGTERM) and fails when an
-//! invariant is violated.
+//! (throughput, latency, per fault the time until every entity answered again, handoff after
+//! SIGTERM) and fails when an invariant is violated; recovery times are reported, never
+//! asserted. `--soak` runs the load for a given time with faults drawn from a seed (see `soak`).
 
 mod faults;
+mod findings;
 mod fleet;
 mod http;
 mod identity;
+mod inject;
+mod lasting;
+mod links;
 mod load;
 mod options;
+mod ownership;
+mod peer;
+mod pgserver;
+mod probe;
+mod proxy;
 mod report;
 mod runners;
+mod served;
+mod soak;
 mod status;
 mod storage;
 mod verify;
@@ -33,30 +50,76 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
 
-use faults::{KillReport, TermReport, WATCH_FOR, watch_recovery, watch_termination};
+use faults::{WATCH_FOR, Watch};
+use findings::{FaultLog, fault_before, write_pause};
 use fleet::Fleet;
+use inject::Cluster;
+use links::Links;
 pub(crate) use options::ClusterArgs;
 use options::{Action, Fault, Profile};
 use report::{Report, fmt_duration};
 use runners::{Gateways, Launcher, SharedGateways};
+use served::SharedLedger;
 use status::{LeaseSampler, Snapshot, StatusReader};
 use storage::ClusterStorage;
 use verify::check_counts;
 
+/// The schedule of a run, and the seed it was drawn from (soak runs).
+struct Schedule {
+    faults: Vec<Fault>,
+    seed: Option<u64>,
+}
+
 /// Runs the cluster test; fails when an invariant is violated.
 pub(crate) fn run(args: &ClusterArgs) -> Result<()> {
-    let faults = options::faults_for(&args.faults, args.storage)?;
-    options::check_schedule(&faults, args.runners)?;
+    let schedule = match args.soak {
+        Some(length) => {
+            let seed = args.seed.unwrap_or_else(soak::fresh_seed);
+            eprintln!(
+                "==> test-cluster: soak for {} with seed {seed} (replay: cargo xtask test-cluster \
+                 --soak {} --seed {seed})",
+                fmt_duration(length),
+                options::short_duration(length)
+            );
+            Schedule {
+                faults: soak::schedule(seed, length, args.lease_ttl, args.storage),
+                seed: Some(seed),
+            }
+        }
+        None => Schedule {
+            faults: options::faults_for(&args.faults, args.storage)?,
+            seed: None,
+        },
+    };
+    let faults = &schedule.faults;
+    options::check_schedule(faults, args.runners)?;
     let binary = build(args.profile, args.no_build)?;
+    let partitions = args.proxies || faults.iter().any(|f| f.action == Action::Partition);
+    if partitions {
+        check_advertise_port(&binary)?;
+    }
     let dir = std::env::temp_dir().join(format!("shoal-test-cluster-{}", std::process::id()));
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let storage = ClusterStorage::create(args.storage, &dir, args.keep)?;
-    let outcome = drive(args, &faults, &binary, &dir, &storage);
+    let storage = if faults.iter().any(|f| f.action.needs_own_postgres()) {
+        ClusterStorage::own_server(&dir, args.keep)?
+    } else {
+        ClusterStorage::create(args.storage, &dir, args.keep)?
+    };
+    let storage_proxy = args.proxies || faults.iter().any(|f| f.action.needs_storage_proxy());
+    let links = Arc::new(Links::start(
+        if storage_proxy {
+            storage.server_address()?
+        } else {
+            None
+        },
+        partitions,
+    )?);
+    let outcome = drive(args, &schedule, &binary, &dir, &storage, &links);
+    drop(links);
     let storage_label = storage.url.clone();
     drop(storage);
     match outcome {
@@ -65,9 +128,12 @@ pub(crate) fn run(args: &ClusterArgs) -> Result<()> {
             if !report.passed() {
                 bail!(
                     "test-cluster: {} invariant(s) violated (see VIOLATION above); runner logs \
-                     are in {}",
+                     are in {}{}",
                     report.violations.len(),
-                    dir.display()
+                    dir.display(),
+                    schedule
+                        .seed
+                        .map_or_else(String::new, |seed| format!("; soak seed {seed}"))
                 );
             }
             if args.keep {
@@ -85,6 +151,22 @@ pub(crate) fn run(args: &ClusterArgs) -> Result<()> {
             dir.display()
         ))),
     }
+}
+
+/// Partitions need runners that advertise a port other than the one they listen on.
+fn check_advertise_port(binary: &Path) -> Result<()> {
+    let out = Command::new(binary)
+        .args(["run", "--help"])
+        .output()
+        .with_context(|| format!("could not run {} run --help", binary.display()))?;
+    if !String::from_utf8_lossy(&out.stdout).contains("--advertise-port") {
+        bail!(
+            "the partition fault needs `shoal run --advertise-port` (runners advertise their \
+             proxy's port); {} has no such option",
+            binary.display()
+        );
+    }
+    Ok(())
 }
 
 /// Builds the `shoal` binary (unless `no_build`) and returns its path.
@@ -171,146 +253,51 @@ fn run_id() -> String {
     format!("tc{}-{nanos:x}", std::process::id())
 }
 
-/// What the fault loop started and must collect.
-#[derive(Default)]
-struct Watches {
-    kills: Vec<(usize, f64, JoinHandle<KillReport>)>,
-    terms: Vec<JoinHandle<TermReport>>,
-    duplicates: Vec<JoinHandle<identity::DuplicateReport>>,
-}
-
-/// Everything a fault needs.
-struct Cluster<'a> {
-    fleet: Fleet,
-    launcher: Launcher,
-    gateways: SharedGateways,
-    reader: StatusReader,
-    plan: load::Plan,
-    report: &'a mut Report,
-    watches: Watches,
-    tty: bool,
-}
-
-impl Cluster<'_> {
-    fn inject(&mut self, fault: Fault) -> Result<()> {
-        let pct = fault.at * 100.0;
-        if self.tty {
-            eprintln!();
-        }
-        match fault.action {
-            Action::Kill => {
-                let victim = self.fleet.take_victim()?;
-                self.gateways.remove(&victim.gateway);
-                let killed_at = Instant::now();
-                victim.kill()?;
-                eprintln!("==> SIGKILL runner {} at {pct:.0}%", victim.number);
-                let mut survivors = self.fleet.addresses();
-                survivors.remove(&victim.address);
-                self.watches.kills.push((
-                    victim.number,
-                    fault.at,
-                    watch_recovery(
-                        killed_at,
-                        self.gateways.clone(),
-                        self.plan.ids,
-                        self.reader.clone(),
-                        survivors,
-                    ),
-                ));
-                self.fleet.killed.push(victim);
-            }
-            Action::Term => {
-                let victim = self.fleet.take_victim()?;
-                eprintln!("==> SIGTERM runner {} at {pct:.0}%", victim.number);
-                self.watches.terms.push(watch_termination(
-                    victim,
-                    fault.at,
-                    self.reader.clone(),
-                    self.gateways.clone(),
-                )?);
-            }
-            Action::Start => {
-                let started = Instant::now();
-                let runner = self.launcher.start()?;
-                let ready = fmt_duration(started.elapsed());
-                eprintln!(
-                    "==> started runner {} at {pct:.0}% (ready after {ready})",
-                    runner.number
-                );
-                self.report.faults.push((
-                    fault.at,
-                    format!(
-                        "start runner {} at {pct:.0}%: ready (registered, holding its share) after {ready}",
-                        runner.number
-                    ),
-                ));
-                self.gateways.add(&runner.gateway);
-                self.fleet.live.push(runner);
-            }
-            Action::Duplicate => {
-                let victim = self
-                    .fleet
-                    .live
-                    .first()
-                    .context("no live runner to duplicate")?
-                    .address
-                    .clone();
-                eprintln!(
-                    "==> a second process advertising {victim} (runner 1's address) at {pct:.0}%"
-                );
-                self.watches.duplicates.push(identity::start_duplicate(
-                    &self.launcher,
-                    &victim,
-                    fault.at,
-                )?);
-            }
-            Action::Collide => {
-                let victim = self
-                    .fleet
-                    .live
-                    .first()
-                    .context("no live runner to collide with")?
-                    .address
-                    .clone();
-                eprintln!(
-                    "==> a client-only gateway on the machine id of runner {victim} at {pct:.0}%"
-                );
-                let collision =
-                    identity::collide(&mut self.launcher, &self.reader, &victim, fault.at)?;
-                eprintln!("    {}", collision.line);
-                self.report.faults.push((fault.at, collision.line));
-                self.gateways.add(&collision.client.gateway);
-                self.fleet.clients.push(collision.client);
-            }
-        }
-        Ok(())
-    }
-}
-
 fn drive(
     args: &ClusterArgs,
-    faults: &[Fault],
+    schedule: &Schedule,
     binary: &Path,
     dir: &Path,
     storage: &ClusterStorage,
+    links: &Arc<Links>,
 ) -> Result<Report> {
+    let faults = &schedule.faults;
     let reader = StatusReader {
         binary: binary.to_path_buf(),
         storage_url: storage.url.clone(),
     };
     let mut launcher = Launcher {
         binary: binary.to_path_buf(),
-        storage_url: storage.url.clone(),
+        storage_url: links.storage_url(&storage.url)?,
+        direct_url: storage.url.clone(),
+        links: links.clone(),
         lease_ttl: args.lease_ttl,
         dir: dir.to_path_buf(),
         started: 0,
     };
     let gateways: SharedGateways = Arc::new(Gateways::default());
+    let ledger = SharedLedger::default();
+    let log = Arc::new(FaultLog::default());
     let mut fleet = Fleet::default();
+    let mut through = Vec::new();
+    if launcher.storage_url != storage.url {
+        through.push(format!(
+            "storage through a proxy at {}",
+            launcher.storage_url
+        ));
+    }
+    if links.runner_proxies() {
+        through.push("runner-to-runner traffic through a proxy per runner".to_owned());
+    }
     eprintln!(
-        "==> test-cluster: starting {} runners on {} (logs in {})",
+        "==> test-cluster: starting {} runners on {}{} (logs in {})",
         args.runners,
         storage.label,
+        if through.is_empty() {
+            String::new()
+        } else {
+            format!("; {}", through.join("; "))
+        },
         dir.display()
     );
     for _ in 0..args.runners {
@@ -326,91 +313,144 @@ fn drive(
         .map_err(|e| anyhow::anyhow!("the cluster never settled: {e}"))?;
 
     let plan = load::Plan {
-        requests: args.requests,
+        requests: if args.soak.is_some() {
+            u64::MAX
+        } else {
+            args.request_count()
+        },
         ids: args.ids,
         concurrency: args.concurrency,
+        run_for: args.soak,
+    };
+    let how_many = match args.soak {
+        Some(length) => format!(
+            "requests for {} (a soak; seed {})",
+            fmt_duration(length),
+            schedule.seed.unwrap_or_default()
+        ),
+        None => format!(
+            "{} requests ({} persisted increments, {} volatile gets)",
+            plan.requests,
+            plan.increments(),
+            plan.requests - plan.increments()
+        ),
     };
     let mut report = Report {
         storage: storage.label.clone(),
         plan: format!(
-            "{} requests ({} persisted increments, each with an Idempotency-Key and resent until acknowledged; {} volatile gets) over {} ids from {} callers, round-robin over every gateway",
-            plan.requests,
-            plan.increments(),
-            plan.requests - plan.increments(),
+            "{how_many} over {} ids from {} callers, round-robin over every gateway; each increment with an Idempotency-Key and resent until acknowledged; one get in {}",
             plan.ids,
-            plan.concurrency
+            plan.concurrency,
+            load::GET_EVERY
         ),
         ..Report::default()
     };
+    let listed: Vec<String> = faults.iter().map(ToString::to_string).collect();
     eprintln!(
-        "==> test-cluster: load: {} requests over {} ids from {} callers; faults: {}",
-        plan.requests, plan.ids, plan.concurrency, args.faults
+        "==> test-cluster: load: {how_many} over {} ids from {} callers; faults: {}",
+        plan.ids,
+        plan.concurrency,
+        if listed.is_empty() {
+            "none".to_owned()
+        } else {
+            listed.join(",")
+        }
     );
     let sampler = LeaseSampler::start(reader.clone(), Duration::from_millis(200));
-    let load = load::Load::start(plan, gateways.clone(), &run_id());
-    let tty = std::io::stderr().is_terminal();
+    let load = load::Load::start(plan, gateways.clone(), &run_id(), &ledger);
+    let tty = std::io::stderr().is_terminal() && args.soak.is_none();
     let mut cluster = Cluster {
         fleet,
         launcher,
-        gateways: gateways.clone(),
-        reader: reader.clone(),
-        plan,
-        report: &mut report,
-        watches: Watches::default(),
-        tty,
+        watch: Watch {
+            gateways: gateways.clone(),
+            ids: plan.ids,
+            ledger: ledger.clone(),
+            reader: reader.clone(),
+            lease_ttl: args.lease_ttl,
+            log: log.clone(),
+        },
+        links: links.clone(),
+        server: storage.server.clone(),
+        rng: schedule
+            .seed
+            .map(|seed| soak::Rng::new(seed ^ 0x5eed_0f71_c71a)),
+        threads: Vec::new(),
     };
     let mut next_fault = 0;
     let mut printed = Instant::now();
     let mut fault_error = None;
-    let every = if tty {
-        Duration::from_millis(250)
-    } else {
-        Duration::from_secs(2)
+    let every = match (tty, args.soak) {
+        (_, Some(_)) => Duration::from_secs(5),
+        (true, None) => Duration::from_millis(250),
+        (false, None) => Duration::from_secs(2),
     };
+    let mut progress = args.soak.map(soak::Progress::new);
     while !load.is_done() {
         std::thread::sleep(Duration::from_millis(20));
+        // A fault waits for those before it to end and for the cluster to recover from them.
         while fault_error.is_none()
+            && !log.busy()
             && let Some(&fault) = faults.get(next_fault)
             && fault.at <= load.progress()
         {
             next_fault += 1;
+            if tty {
+                eprintln!();
+            }
             if let Err(e) = cluster.inject(fault) {
                 load.stop();
-                fault_error = Some(e);
+                fault_error = Some(e.context(format!("fault {fault}")));
             }
         }
         if printed.elapsed() >= every {
             printed = Instant::now();
+            let line = match &mut progress {
+                Some(progress) => progress.line(&load.snapshot(), &log, gateways.len()),
+                None => load.line(gateways.len()),
+            };
             if tty {
-                eprint!("\r{}\x1b[K", load.line(gateways.len()));
+                eprint!("\r{line}\x1b[K");
             } else {
-                eprintln!("{}", load.line(gateways.len()));
+                eprintln!("{line}");
             }
         }
     }
-    eprintln!(
-        "{}{}",
-        if tty { "\r" } else { "" },
-        load.line(gateways.len())
-    );
+    if progress.is_none() {
+        eprintln!(
+            "{}{}",
+            if tty { "\r" } else { "" },
+            load.line(gateways.len())
+        );
+    }
+    report.load = load.finish();
     let Cluster {
         mut fleet,
         launcher,
-        watches,
+        threads,
         ..
     } = cluster;
-    report.load = load.finish();
+    eprintln!("==> test-cluster: load done; waiting for the faults' watchers");
+    for thread in threads {
+        if thread.join().is_err() {
+            report
+                .violations
+                .push("a fault's watcher panicked".to_owned());
+        }
+    }
     if let Some(e) = fault_error {
         return Err(e.context("a fault could not be injected"));
     }
     for fault in &faults[next_fault..] {
-        report.violations.push(format!(
-            "the {:?} fault at {:.0}% was not injected: the load ended first (send more --requests)",
-            fault.action,
-            fault.at * 100.0
-        ));
+        report.not_injected.push(fault.to_string());
+        // A soak's schedule slides when recoveries take long; its last faults may not fit.
+        if args.soak.is_none() {
+            report.violations.push(format!(
+                "the fault {fault} was not injected: the load ended first (send more --requests)"
+            ));
+        }
     }
-    collect_fault_watches(&mut report, watches, args.lease_ttl);
+    report.findings = log.take();
     // The load is over: the client-only gateways leave the rotation for the final reads.
     for client in &fleet.clients {
         gateways.remove(&client.gateway);
@@ -464,6 +504,7 @@ fn drive(
         Instant::now(),
         Duration::from_secs(30),
         2_000,
+        &ledger,
     );
     report.entities = format!("{}/{} counters answered get", finals.len(), plan.ids);
     if answered.is_none() {
@@ -476,89 +517,80 @@ fn drive(
 
     // (a): counts.
     check_load(&mut report, plan.ids, &finals);
+    // (e): ownership, from every reply of the run.
+    check_ownership(&mut report, &ledger);
+    for finding in &report.findings {
+        report.violations.extend(finding.violations.iter().cloned());
+    }
     report.violations.extend(fleet.stop_all());
     Ok(report)
 }
 
-/// Collects what the SIGKILL, SIGTERM and duplicate-address watchers measured into the report.
-fn collect_fault_watches(report: &mut Report, watches: Watches, lease_ttl: Duration) {
-    for watch in watches.duplicates {
-        match watch.join() {
-            Ok(duplicate) => match duplicate.outcome {
-                Ok(what) => report.faults.push((
-                    duplicate.at,
-                    format!(
-                        "duplicate at {:.0}%: a second process advertising {}: {what}",
-                        duplicate.at * 100.0,
-                        duplicate.address
-                    ),
-                )),
-                Err(violation) => report.violations.push(violation),
-            },
-            Err(_) => report
-                .violations
-                .push("the duplicate-address watcher panicked".to_owned()),
-        }
-    }
-    for (number, at, probe) in watches.kills {
-        let Ok(recovery) = probe.join() else {
-            report
-                .violations
-                .push("the SIGKILL watcher panicked".to_owned());
-            continue;
-        };
-        match recovery.answered {
-            Some(after) => report.faults.push((
-                at,
-                format!(
-                    "SIGKILL runner {number} at {:.0}%: every entity answered again {} later; its shards were leased by live runners after {} (lease TTL {})",
-                    at * 100.0,
-                    fmt_duration(after),
-                    recovery
-                        .leased
-                        .map_or_else(|| "never".to_owned(), fmt_duration),
-                    fmt_duration(lease_ttl)
-                ),
-            )),
-            None => report.violations.push(format!(
-                "after SIGKILL of runner {number}, not every entity answered within {} s",
-                WATCH_FOR.as_secs()
-            )),
-        }
-    }
-    for watch in watches.terms {
-        let Ok(t) = watch.join() else {
-            report
-                .violations
-                .push("the SIGTERM watcher panicked".to_owned());
-            continue;
-        };
-        match (t.handoff, t.exited) {
-            (Some(handoff), Some(exited)) => report.faults.push((
-                t.at,
-                format!(
-                    "SIGTERM runner {} at {:.0}%: handoff (its shards leased by the others) {} after the signal; it exited after {}",
-                    t.number,
-                    t.at * 100.0,
-                    fmt_duration(handoff),
-                    fmt_duration(exited)
-                ),
-            )),
-            _ => report.violations.push(format!(
-                "after SIGTERM, runner {} did not hand its shards off or exit within {} s",
-                t.number,
-                WATCH_FOR.as_secs()
-            )),
-        }
-        if let Some(status) = t.status
-            && !status.success()
+/// Invariant (e), and per fault the longest pause in acknowledged increments.
+fn check_ownership(report: &mut Report, ledger: &SharedLedger) {
+    let mut served = ledger.take();
+    served.sort_by_key(|s| s.received);
+    let check = ownership::check(&served);
+    report.ownership = format!(
+        "{} replies checked ({} acknowledged increments, {} gets) from {} owners ({} runner processes, each with its lease epochs); {} increments accepted under an older epoch, {} overlapping owners, {} epochs served by two processes",
+        check.writes + check.reads,
+        check.writes,
+        check.reads,
+        check.owners,
+        check.processes,
+        check.stale_writes.len(),
+        check.overlaps.len(),
+        check.shared_epochs.len()
+    );
+    report.ownership_after = vec![0; report.findings.len()];
+    for violation in check.violations() {
+        if let Some(finding) = fault_before(&report.findings, violation.at)
+            && let Some(index) = report
+                .findings
+                .iter()
+                .position(|f| f.started == finding.started)
         {
-            report.violations.push(format!(
-                "runner {} exited with {status} after SIGTERM",
-                t.number
-            ));
+            report.ownership_after[index] += 1;
         }
     }
+    report.write_pauses = report
+        .findings
+        .iter()
+        .map(|f| {
+            f.watched
+                .map(|watched| write_pause(&served, f.started, f.started + watched))
+        })
+        .collect();
+    let after = |at: Instant| {
+        fault_before(&report.findings, at).map_or_else(
+            || " (before any fault)".to_owned(),
+            |f| format!(" (after: {})", f.fault),
+        )
+    };
+    let mut violations = Vec::new();
+    for (what, list) in [
+        (
+            "increments accepted under an older epoch",
+            &check.stale_writes,
+        ),
+        ("owners serving at once", &check.overlaps),
+        ("epochs served by two processes", &check.shared_epochs),
+    ] {
+        if list.is_empty() {
+            continue;
+        }
+        let samples: Vec<String> = list
+            .iter()
+            .take(5)
+            .map(|v| format!("{}{}", v.text, after(v.at)))
+            .collect();
+        violations.push(format!(
+            "(e) {} {what}, e.g. {}",
+            list.len(),
+            samples.join("; ")
+        ));
+    }
+    report.violations.extend(violations);
 }
 
 /// Invariant (a), and the requests that were never answered or failed.

@@ -3,6 +3,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
+use super::findings::Finding;
 use super::load::LoadResult;
 
 /// Figures and findings of one run.
@@ -12,9 +13,17 @@ pub(crate) struct Report {
     pub(crate) runners: String,
     pub(crate) plan: String,
     pub(crate) load: LoadResult,
-    /// `(when, as a share of the load; what happened)`.
-    pub(crate) faults: Vec<(f64, String)>,
+    /// What each fault did, in the order they began.
+    pub(crate) findings: Vec<Finding>,
+    /// Per finding, the longest time without an acknowledged increment from the fault's start
+    /// until it settled.
+    pub(crate) write_pauses: Vec<Option<Duration>>,
+    /// Per finding, the ownership violations that followed it.
+    pub(crate) ownership_after: Vec<usize>,
+    /// Schedule entries never injected (the load ended first).
+    pub(crate) not_injected: Vec<String>,
     pub(crate) leases: String,
+    pub(crate) ownership: String,
     pub(crate) entities: String,
     pub(crate) counts: String,
     /// Violated invariants; any makes the run fail.
@@ -81,14 +90,22 @@ impl Report {
                 slow.attempts.join("; ")
             );
         }
-        let mut faults = self.faults.clone();
-        faults.sort_by(|a, b| a.0.total_cmp(&b.0));
-        for (_, fault) in &faults {
-            let _ = writeln!(out, "fault        {fault}");
+        for finding in &self.findings {
+            let _ = writeln!(out, "fault        {}", finding.line);
+        }
+        for fault in &self.not_injected {
+            let _ = writeln!(
+                out,
+                "fault        {fault}: not injected (the load ended first)"
+            );
+        }
+        if self.findings.iter().any(|f| f.recovery.is_some()) {
+            out.push_str(&self.table());
         }
         let _ = writeln!(out, "leases       {}", self.leases);
         let _ = writeln!(out, "entities     {}", self.entities);
         let _ = writeln!(out, "counts       {}", self.counts);
+        let _ = writeln!(out, "ownership    {}", self.ownership);
         for (what, map) in [("resent", &l.resent), ("failed", &l.failures)] {
             if !map.is_empty() {
                 let parts: Vec<String> = map.iter().map(|(k, v)| format!("{v}× {k}")).collect();
@@ -107,6 +124,50 @@ impl Report {
     }
 }
 
+impl Report {
+    /// The faults that were measured, one row each.
+    fn table(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "recovery     (from the fault's start until every entity answered again; target: lease TTL + 0.5 s, reported, not asserted;\n             \
+             settled: until the last outage it caused ended; write pause: the longest time without an acknowledged increment)"
+        );
+        let _ = writeln!(
+            out,
+            "             {:<36} {:>4} {:>11} {:>9} {:>9} {:>9} {:>11} {:>9}",
+            "fault",
+            "at",
+            "unavailable",
+            "recovery",
+            "target",
+            "settled",
+            "write pause",
+            "ownership"
+        );
+        let dash = |d: Option<Duration>| d.map_or_else(|| "-".to_owned(), fmt_duration);
+        for (i, f) in self.findings.iter().enumerate() {
+            if f.unavailable.is_none() {
+                continue;
+            }
+            let _ = writeln!(
+                out,
+                "             {:<36} {:>3.0}% {:>11} {:>9} {:>9} {:>9} {:>11} {:>9}",
+                f.fault,
+                f.at * 100.0,
+                f.unavailable
+                    .map_or_else(|| "-".to_owned(), |n| n.to_string()),
+                dash(f.recovery),
+                dash(f.target),
+                dash(f.settled),
+                dash(self.write_pauses.get(i).copied().flatten()),
+                self.ownership_after.get(i).copied().unwrap_or(0)
+            );
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,6 +176,35 @@ mod tests {
     fn renders_pass_and_fail() {
         let mut report = Report::default();
         assert!(report.render().contains("RESULT       PASS"));
+        let mut finding = Finding::line(
+            0.2,
+            std::time::Instant::now(),
+            "freeze runner 2 for 6.00 s".to_owned(),
+            "freeze runner 2 for 6.00 s at 20%: ...".to_owned(),
+        );
+        finding.unavailable = Some(310);
+        finding.recovery = Some(Duration::from_millis(2610));
+        finding.target = Some(Duration::from_millis(2500));
+        report.findings.push(finding);
+        report.write_pauses.push(Some(Duration::from_secs(3)));
+        report.ownership_after.push(0);
+        let text = report.render();
+        assert!(
+            text.contains("fault        freeze runner 2 for 6.00 s at 20%"),
+            "{text}"
+        );
+        let row = text
+            .lines()
+            .find(|l| l.trim_start().starts_with("freeze runner 2 for 6.00 s "))
+            .unwrap_or_default();
+        let cells: Vec<&str> = row.split_whitespace().skip(6).collect();
+        assert_eq!(
+            cells,
+            [
+                "20%", "310", "2.61", "s", "2.50", "s", "-", "3.00", "s", "0"
+            ],
+            "{text}"
+        );
         report.violations.push("something broke".to_owned());
         let text = report.render();
         assert!(text.contains("VIOLATION    something broke"), "{text}");

@@ -12,6 +12,7 @@ use anyhow::{Context, Result, bail};
 use rustix::process::{Pid, Signal, kill_process};
 
 use super::http::Client;
+use super::links::Links;
 
 /// A `shoal run` process of the cluster.
 pub(crate) struct RunnerProcess {
@@ -28,10 +29,15 @@ pub(crate) struct RunnerProcess {
     child: Child,
 }
 
+/// Sends `signal` to process `pid`.
+pub(crate) fn signal_pid(pid: u32, signal: Signal) -> Result<()> {
+    let target = Pid::from_raw(i32::try_from(pid).context("bad pid")?).context("bad pid")?;
+    kill_process(target, signal).with_context(|| format!("could not send {signal:?} to {pid}"))
+}
+
 impl RunnerProcess {
     fn signal(&self, signal: Signal) -> Result<()> {
-        let pid = Pid::from_raw(self.pid as i32).context("bad pid")?;
-        kill_process(pid, signal)
+        signal_pid(self.pid, signal)
             .with_context(|| format!("could not signal runner {}", self.number))
     }
 
@@ -60,7 +66,12 @@ impl RunnerProcess {
 /// Starts runners with the run's settings.
 pub(crate) struct Launcher {
     pub(crate) binary: PathBuf,
+    /// The storage URL runners get (through the storage proxy when there is one).
     pub(crate) storage_url: String,
+    /// The storage URL the harness itself uses (psql), never through a proxy.
+    pub(crate) direct_url: String,
+    /// The run's proxies: runners listen behind one each when they have them.
+    pub(crate) links: Arc<Links>,
     pub(crate) lease_ttl: Duration,
     pub(crate) dir: PathBuf,
     pub(crate) started: usize,
@@ -154,15 +165,27 @@ impl Launcher {
         let number = self.started;
         let log = self.dir.join(format!("runner-{number}.log"));
         let log_file = std::fs::File::create(&log)?;
-        let mut child = self
-            .command()
-            .args(["--listen", "127.0.0.1:0", "--gateway", "127.0.0.1:0"])
+        let mut command = self.command();
+        if self.links.runner_proxies() {
+            // Listen on a port of its own, advertise its proxy's: other runners reach it only
+            // through the proxy.
+            let listen = super::pgserver::free_port()?;
+            let advertised = self.links.add_runner(number, listen)?;
+            command
+                .args(["--listen", &format!("127.0.0.1:{listen}")])
+                .args(["--advertise-port", &advertised.to_string()]);
+        } else {
+            command.args(["--listen", "127.0.0.1:0"]);
+        }
+        let mut child = command
+            .args(["--gateway", "127.0.0.1:0"])
             .args(["--metrics", "127.0.0.1:0"])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log_file)
             .spawn()
             .with_context(|| format!("could not start {}", self.binary.display()))?;
+        self.links.add_pid(child.id());
         let announced = self.announced(number, &mut child, &log)?;
         if announced.runner.is_empty() {
             let _ = child.kill();
@@ -227,11 +250,19 @@ impl Gateways {
 
     /// The `n`th live gateway (round robin).
     pub(crate) fn pick(&self, n: u64) -> Option<String> {
+        self.pick_except(n, None)
+    }
+
+    /// The `n`th live gateway other than `except` (round robin).
+    pub(crate) fn pick_except(&self, n: u64, except: Option<&str>) -> Option<String> {
         let urls = self.urls.read().ok()?;
-        if urls.is_empty() {
+        let usable: Vec<&String> = urls.iter().filter(|u| Some(u.as_str()) != except).collect();
+        if usable.is_empty() {
             return None;
         }
-        urls.get((n % urls.len() as u64) as usize).cloned()
+        usable
+            .get((n % usable.len() as u64) as usize)
+            .map(|u| (*u).clone())
     }
 
     pub(crate) fn len(&self) -> usize {
