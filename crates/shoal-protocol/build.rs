@@ -1,11 +1,12 @@
-//! Compiles every `.proto` under the workspace's `proto/` folder with `protox` (a pure-Rust protobuf
-//! compiler: the build machines have no `protoc`) and generates prost messages and tonic services.
+//! Compiles every `.proto` under the crate's `proto/` folder (the repository root links to it as
+//! `proto/`) with `protox` (a pure-Rust protobuf compiler: the build machines have no `protoc`)
+//! and generates prost messages and tonic services.
 //! The encoded file descriptor set is written next to the generated code for gRPC reflection.
 
 use std::path::{Path, PathBuf};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
+    let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("proto");
     let root = root.canonicalize()?;
     let mut files = Vec::new();
     collect_protos(&root, &mut files)?;

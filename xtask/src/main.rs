@@ -2,18 +2,22 @@
 //!
 //! - `cargo xtask test`: formatting check, clippy with warnings denied, and every test (unit,
 //!   integration, doc), after making sure Postgres is reachable (starting the local cluster when it
-//!   is down). Fails loudly, never skips, when something it needs is missing.
+//!   is down), then a short cluster run and every fuzz target for a few seconds. Fails loudly,
+//!   never skips, when something it needs is missing.
 //! - `cargo xtask test-cluster`: several `shoal run` processes on shared storage, load through
 //!   every gateway while runners are killed, stopped, frozen, partitioned and replaced and storage
 //!   is slowed, cut and restarted; checks that acknowledged work is counted exactly once and that
 //!   shard ownership stays sound, also as the replies tell it (see `cluster` and
 //!   docs/testing.md). `--soak 10m` draws the faults from a seed.
+//! - `cargo xtask fuzz [TARGET] [--time 60s] [--runs N]`: builds the libFuzzer targets of
+//!   `fuzz/` (coverage-guided, on stable Rust) and runs one, or each in turn (see `fuzz`).
 //! - `cargo xtask bench [NAME]`: runs the benchmark target `NAME` (for example `storage`), or all of
 //!   them, in release mode. Benchmarks print figures; they never assert timings.
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod cluster;
+mod fuzz;
 mod postgres;
 mod process;
 
@@ -40,6 +44,8 @@ enum Command {
     },
     /// Run a multi-process cluster under load with faults injected, and check its invariants.
     TestCluster(cluster::ClusterArgs),
+    /// Fuzz the decoders of outside bytes (libFuzzer), one target or each in turn.
+    Fuzz(fuzz::FuzzArgs),
     /// Run benchmarks in release mode and print their figures.
     Bench {
         /// The benchmark to run (a bench target name such as `storage`); all when omitted.
@@ -58,9 +64,13 @@ fn main() -> Result<()> {
             nextest_args,
         } => test(no_lint, &nextest_args),
         Command::TestCluster(args) => cluster::run(&args),
+        Command::Fuzz(args) => fuzz::run(&args),
         Command::Bench { name, args } => bench(name.as_deref(), &args),
     }
 }
+
+/// How long `cargo xtask test` runs each fuzz target.
+const SHORT_FUZZ_TIME: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// The fault schedule of the short cluster run in `cargo xtask test`: the default schedule
 /// (SIGKILL, a duplicate address, SIGTERM, a machine-id collision, a replacement runner) and a
@@ -78,6 +88,18 @@ fn test(no_lint: bool, nextest_args: &[String]) -> Result<()> {
         process::step(
             "cargo fmt --check",
             &["cargo", "fmt", "--all", "--", "--check"],
+            &[],
+        )?;
+        process::step(
+            "cargo fmt --check (fuzz targets)",
+            &[
+                "cargo",
+                "fmt",
+                "--manifest-path",
+                concat!(env!("CARGO_MANIFEST_DIR"), "/../fuzz/Cargo.toml"),
+                "--",
+                "--check",
+            ],
             &[],
         )?;
         process::step(
@@ -123,6 +145,9 @@ fn test(no_lint: bool, nextest_args: &[String]) -> Result<()> {
         "<== test-cluster (short): ok in {:.1?}",
         started_cluster.elapsed()
     );
+
+    // Every fuzz target briefly, from one instrumented build (its own target directory).
+    fuzz::run(&fuzz::FuzzArgs::all_for(SHORT_FUZZ_TIME))?;
 
     println!(
         "\nxtask test: all checks passed in {:.0?}",

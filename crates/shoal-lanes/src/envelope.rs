@@ -61,6 +61,48 @@ impl Envelope {
     }
 }
 
+/// An event as a queue's storage keeps it, column by column (what a database row holds).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEnvelope {
+    /// The queue's message id.
+    pub id: i64,
+    /// The event lane.
+    pub lane: String,
+    /// The event id.
+    pub event: String,
+    /// The serialized payload.
+    pub payload: Vec<u8>,
+    /// Who emitted it.
+    pub source: String,
+    /// The forwarded context, as JSON text.
+    pub context: String,
+    /// The lane token.
+    pub auth_token: Option<String>,
+    /// When the queue accepted it (Unix milliseconds).
+    pub created_at_ms: i64,
+    /// Deliveries so far, as stored.
+    pub attempts: i32,
+}
+
+impl From<StoredEnvelope> for Envelope {
+    /// Reads a stored event tolerantly: a context that does not parse is dropped, not fatal (the
+    /// token's context hash then refuses the message if the lane signs contexts), and a negative
+    /// attempt count reads as 0.
+    fn from(stored: StoredEnvelope) -> Self {
+        Envelope {
+            id: stored.id.to_string(),
+            lane: stored.lane,
+            event: stored.event,
+            payload: Bytes::from(stored.payload),
+            source: stored.source,
+            context: CallContext::from_json(&stored.context).unwrap_or_default(),
+            auth_token: stored.auth_token,
+            created_at_ms: stored.created_at_ms,
+            attempts: u32::try_from(stored.attempts).unwrap_or(0),
+        }
+    }
+}
+
 /// A message a consumer gave up on, with the reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeadLetter {

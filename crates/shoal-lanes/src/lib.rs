@@ -73,7 +73,7 @@ pub use auth::{
 };
 pub use communicator::{Communicator, GrpcCommunicator, RemoteCall, RemoteError};
 pub use context::CallContext;
-pub use envelope::{DeadLetter, Envelope, NewEnvelope};
+pub use envelope::{DeadLetter, Envelope, NewEnvelope, StoredEnvelope};
 pub use error::{CallError, ConfigError, RunError, StartError};
 pub use exposure::{CONTEXT_HEADER, EDGE_TOKEN_HEADER, ERROR_ID_HEADER, EdgeAuth, ExposureConfig};
 pub use id::IdKind;

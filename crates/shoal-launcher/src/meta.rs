@@ -139,9 +139,13 @@ impl MetaFields {
             file.take(MAX_META_BYTES).read_to_end(&mut bytes)?;
             Ok(bytes)
         };
-        read()
-            .ok()
-            .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+        read().map(|bytes| Self::parse(&bytes)).unwrap_or_default()
+    }
+
+    /// Reads the contents of a `.meta` file as [`MetaFields::read`] does: anything that is not
+    /// JSON gives empty fields, and so does each field that is missing or of another type.
+    pub fn parse(bytes: &[u8]) -> Self {
+        serde_json::from_slice::<serde_json::Value>(bytes)
             .map(|value| Self::from_value(&value))
             .unwrap_or_default()
     }

@@ -21,6 +21,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod backoff;
 mod convert;
 mod entity;
 mod message;
@@ -30,6 +31,7 @@ mod runner;
 mod shard;
 mod snowflake;
 
+pub use backoff::{Attempts, Backoff};
 pub use convert::WireError;
 pub use entity::EntityAddress;
 pub use message::{

@@ -7,6 +7,7 @@ use shoal_protocol::ShardGroup;
 
 /// A configuration value that was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConfigError {
     /// A value is out of range or contradicts another.
     #[error("invalid sharding setting `{setting}`: {reason}")]
@@ -14,16 +15,6 @@ pub enum ConfigError {
         /// The setting (as named in the builder and, upper-cased, in the environment).
         setting: &'static str,
         /// What is wrong and what would be accepted.
-        reason: String,
-    },
-    /// An environment variable could not be parsed.
-    #[error("environment variable {variable}={value:?} is not valid: {reason}")]
-    Env {
-        /// The variable's name.
-        variable: String,
-        /// Its value.
-        value: String,
-        /// What was expected.
         reason: String,
     },
 }
@@ -35,9 +26,9 @@ fn invalid(setting: &'static str, reason: impl Into<String>) -> ConfigError {
     }
 }
 
-/// Validated sharding settings. Build with [`ShardingConfig::builder`] or read from the
-/// environment with [`ShardingConfig::from_env`]; [`Default`] gives the defaults listed on each
-/// builder method.
+/// Validated sharding settings. Build with [`ShardingConfig::builder`]; [`Default`] gives the
+/// defaults listed on each builder method. (The `shoal` binary reads them from its configuration
+/// file, `SHOAL_*` variables and flags.)
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShardingConfig {
     shards_per_group: NonZeroU32,
@@ -94,137 +85,6 @@ impl ShardingConfig {
             runner_weight: config.runner_weight.get(),
             config,
         }
-    }
-
-    /// Reads settings from environment variables named `{prefix}{SETTING}` (for example
-    /// `SHOAL_LEASE_TTL=2s`, `SHOAL_SHARDS_PER_GROUP=300`, `SHOAL_ASSIGNED_GROUPS=default,eu`),
-    /// over the defaults. Durations use humantime syntax (`500ms`, `2s`, `1m`).
-    pub fn from_env(prefix: &str) -> Result<Self, ConfigError> {
-        Self::from_lookup(prefix, |name| std::env::var(name).ok())
-    }
-
-    /// Like [`ShardingConfig::from_env`] but reads variables through `lookup` (for tests and for
-    /// layering other sources).
-    pub fn from_lookup(
-        prefix: &str,
-        lookup: impl Fn(&str) -> Option<String>,
-    ) -> Result<Self, ConfigError> {
-        let mut b = Self::builder();
-        let get = |key: &str| {
-            let variable = format!("{prefix}{key}");
-            lookup(&variable).map(|value| (variable, value))
-        };
-        fn env_err(variable: String, value: String, reason: impl Into<String>) -> ConfigError {
-            ConfigError::Env {
-                variable,
-                value,
-                reason: reason.into(),
-            }
-        }
-        let duration = |key: &str| -> Result<Option<Duration>, ConfigError> {
-            get(key)
-                .map(|(variable, value)| {
-                    humantime::parse_duration(value.trim()).map_err(|e| {
-                        env_err(
-                            variable,
-                            value,
-                            format!("expected a duration like 500ms or 2s ({e})"),
-                        )
-                    })
-                })
-                .transpose()
-        };
-        let number = |key: &str| -> Result<Option<u64>, ConfigError> {
-            get(key)
-                .map(|(variable, value)| {
-                    value.trim().parse::<u64>().map_err(|e| {
-                        env_err(variable, value, format!("expected a whole number ({e})"))
-                    })
-                })
-                .transpose()
-        };
-        let groups = |key: &str| -> Result<Option<Vec<ShardGroup>>, ConfigError> {
-            get(key)
-                .map(|(variable, value)| {
-                    value
-                        .split(',')
-                        .map(str::trim)
-                        .filter(|g| !g.is_empty())
-                        .map(ShardGroup::new)
-                        .collect::<Result<Vec<_>, _>>()
-                        .map_err(|e| env_err(variable, value.clone(), e.to_string()))
-                })
-                .transpose()
-        };
-        let flag = |key: &str| -> Result<Option<bool>, ConfigError> {
-            get(key)
-                .map(
-                    |(variable, value)| match value.trim().to_ascii_lowercase().as_str() {
-                        "1" | "true" | "yes" | "on" => Ok(true),
-                        "0" | "false" | "no" | "off" => Ok(false),
-                        _ => Err(env_err(variable, value, "expected true or false")),
-                    },
-                )
-                .transpose()
-        };
-        let to_u32 =
-            |key: &'static str, v: u64| u32::try_from(v).map_err(|_| invalid(key, "too large"));
-
-        if let Some(v) = number("SHARDS_PER_GROUP")? {
-            b = b.shards_per_group(to_u32("shards_per_group", v)?);
-        }
-        if let Some(v) = groups("AVAILABLE_GROUPS")? {
-            b = b.available_groups(v);
-        }
-        if let Some(v) = groups("ASSIGNED_GROUPS")? {
-            b = b.assigned_groups(v);
-        }
-        if let Some(v) = number("RUNNER_WEIGHT")? {
-            b = b.runner_weight(to_u32("runner_weight", v)?);
-        }
-        if let Some(v) = duration("LEASE_TTL")? {
-            b = b.lease_ttl(v);
-        }
-        if let Some(v) = duration("LEASE_REFRESH_INTERVAL")? {
-            b = b.lease_refresh_interval(v);
-        }
-        if let Some(v) = duration("ASSIGNMENT_REFRESH_INTERVAL")? {
-            b = b.assignment_refresh_interval(v);
-        }
-        if let Some(v) = number("ENTITY_MAILBOX_CAPACITY")? {
-            b = b.entity_mailbox_capacity(v as usize);
-        }
-        if let Some(v) = duration("ENTITY_MAX_IDLE_TIME")? {
-            b = b.entity_max_idle_time(v);
-        }
-        if let Some(v) = duration("ENTITY_TERMINATION_TIMEOUT")? {
-            b = b.entity_termination_timeout(v);
-        }
-        if let Some(v) = number("MAX_RESIDENT_ENTITIES")? {
-            b = b.max_resident_entities(v as usize);
-        }
-        if let Some(v) = duration("SEND_RETRY_INTERVAL")? {
-            b = b.send_retry_interval(v);
-        }
-        if let Some(v) = duration("STORAGE_TIMEOUT")? {
-            b = b.storage_timeout(v);
-        }
-        if let Some(v) = duration("DEFAULT_CALL_TIMEOUT")? {
-            b = b.default_call_timeout(v);
-        }
-        if let Some(v) = duration("HEALTH_CHECK_INTERVAL")? {
-            b = b.health_check_interval(v);
-        }
-        if let Some(v) = number("DEFECT_MAX_RETRIES")? {
-            b = b.defect_max_retries(to_u32("defect_max_retries", v)?);
-        }
-        if let Some(v) = duration("DEFECT_BACKOFF")? {
-            b = b.defect_backoff(v);
-        }
-        if let Some(v) = flag("SIMULATE_REMOTE_SERIALIZATION")? {
-            b = b.simulate_remote_serialization(v);
-        }
-        b.build()
     }
 
     /// Shards in each group.
@@ -478,7 +338,6 @@ impl ShardingConfigBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
 
     #[test]
     fn defaults_are_valid() {
@@ -532,28 +391,5 @@ mod tests {
             err(ShardingConfig::builder().entity_mailbox_capacity(0)),
             "entity_mailbox_capacity"
         );
-    }
-
-    #[test]
-    fn reads_the_environment_with_a_prefix() {
-        let env: HashMap<&str, &str> = [
-            ("APP_SHARDS_PER_GROUP", "64"),
-            ("APP_LEASE_TTL", "3s"),
-            ("APP_AVAILABLE_GROUPS", "default, eu"),
-            ("APP_ASSIGNED_GROUPS", "eu"),
-            ("APP_SIMULATE_REMOTE_SERIALIZATION", "true"),
-            ("OTHER_LEASE_TTL", "garbage"),
-        ]
-        .into_iter()
-        .collect();
-        let c = ShardingConfig::from_lookup("APP_", |k| env.get(k).map(|v| v.to_string())).unwrap();
-        assert_eq!(c.shards_per_group().get(), 64);
-        assert_eq!(c.lease_ttl(), Duration::from_secs(3));
-        assert_eq!(c.assigned_groups(), [ShardGroup::new("eu").unwrap()]);
-        assert!(c.simulate_remote_serialization());
-
-        let bad =
-            ShardingConfig::from_lookup("X_", |k| (k == "X_LEASE_TTL").then(|| "soon".to_owned()));
-        assert!(matches!(bad, Err(ConfigError::Env { variable, .. }) if variable == "X_LEASE_TTL"));
     }
 }

@@ -37,6 +37,8 @@ mod client;
 mod codec;
 mod config;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod listen;
 mod runner;
 mod server;

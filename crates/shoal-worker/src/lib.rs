@@ -56,6 +56,8 @@
 
 mod describe;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod host;
 pub mod sdk;
 mod spec;

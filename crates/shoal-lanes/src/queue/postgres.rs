@@ -6,15 +6,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use sqlx::postgres::{PgListener, PgPool, PgPoolOptions, PgRow};
 use sqlx::{AssertSqlSafe, Row};
 use tokio::sync::{Notify, OnceCell};
 use tokio_util::sync::CancellationToken;
 
 use super::{EventQueue, QueueError};
-use crate::context::CallContext;
-use crate::envelope::{DeadLetter, Envelope, NewEnvelope};
+use crate::envelope::{DeadLetter, Envelope, NewEnvelope, StoredEnvelope};
 
 /// Embedded migrations, applied in order per table prefix (`{prefix}` is substituted).
 const MIGRATIONS: &[(i32, &str)] = &[(
@@ -343,23 +341,17 @@ fn message_id(message: &Envelope) -> Result<i64, QueueError> {
 }
 
 fn envelope_from_row(row: &PgRow) -> Result<Envelope, QueueError> {
-    let id: i64 = row.try_get(0).map_err(backend)?;
-    let payload: Vec<u8> = row.try_get(3).map_err(backend)?;
-    let context: String = row.try_get(5).map_err(backend)?;
-    let attempts: i32 = row.try_get(8).map_err(backend)?;
-    Ok(Envelope {
-        id: id.to_string(),
+    Ok(Envelope::from(StoredEnvelope {
+        id: row.try_get(0).map_err(backend)?,
         lane: row.try_get(1).map_err(backend)?,
         event: row.try_get(2).map_err(backend)?,
-        payload: Bytes::from(payload),
+        payload: row.try_get(3).map_err(backend)?,
         source: row.try_get(4).map_err(backend)?,
-        // A context that does not parse is dropped, not fatal: the token's context hash then
-        // refuses the message if the lane signs contexts.
-        context: CallContext::from_json(&context).unwrap_or_default(),
+        context: row.try_get(5).map_err(backend)?,
         auth_token: row.try_get(6).map_err(backend)?,
         created_at_ms: row.try_get(7).map_err(backend)?,
-        attempts: u32::try_from(attempts).unwrap_or(0),
-    })
+        attempts: row.try_get(8).map_err(backend)?,
+    }))
 }
 
 async fn migrate(pool: &PgPool, prefix: &str) -> Result<(), sqlx::Error> {

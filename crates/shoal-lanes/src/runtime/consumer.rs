@@ -1,5 +1,6 @@
 //! The consumer of one queue: claims up to `prefetch` messages at a time and settles each.
 
+use shoal_protocol::Backoff;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,7 +24,7 @@ pub(super) async fn run(inner: Arc<Inner>, plan: ConsumerPlan, shutdown_timeout:
     let plan = Arc::new(plan);
     let mut handlers = JoinSet::new();
     let stop = inner.stopping.clone();
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5)).attempts();
     loop {
         while handlers.try_join_next().is_some() {}
         let mut permits = tokio::select! {
@@ -47,7 +48,7 @@ pub(super) async fn run(inner: Arc<Inner>, plan: ConsumerPlan, shutdown_timeout:
         };
         match batch {
             Ok(batch) => {
-                backoff = Duration::from_millis(100);
+                backoff.reset();
                 for message in batch {
                     let Some(slot) = permits.split(1) else { break };
                     handlers.spawn(handle(Arc::clone(&inner), Arc::clone(&plan), message, slot));
@@ -58,9 +59,8 @@ pub(super) async fn run(inner: Arc<Inner>, plan: ConsumerPlan, shutdown_timeout:
                 tracing::warn!(target: "shoal_lanes", queue = plan.queue.name(), %err, "receiving from the queue failed; retrying");
                 tokio::select! {
                     () = stop.cancelled() => break,
-                    () = tokio::time::sleep(backoff) => {}
+                    () = tokio::time::sleep(backoff.next_delay()) => {}
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
     }

@@ -50,10 +50,7 @@ pub(super) async fn call(
     let started = Instant::now();
     // The head has been read: the body's deadline runs from now.
     let body_deadline = started + state.0.body_timeout;
-    let request_id = headers
-        .get(REQUEST_ID_HEADER)
-        .filter(|v| !v.is_empty() && v.len() <= 256)
-        .cloned();
+    let request_id = request_id(&headers);
     let (label, result) = state
         .call(path, &headers, request_id.as_ref(), body, body_deadline)
         .await;
@@ -196,7 +193,16 @@ impl GatewayState {
     }
 }
 
-fn call_timeout(headers: &HeaderMap) -> Result<Option<Duration>, ApiError> {
+/// The `x-request-id` header, when it is 1 to 256 bytes (echoed back and passed to the entity).
+pub(super) fn request_id(headers: &HeaderMap) -> Option<HeaderValue> {
+    headers
+        .get(REQUEST_ID_HEADER)
+        .filter(|v| !v.is_empty() && v.len() <= 256)
+        .cloned()
+}
+
+/// The `x-shoal-timeout-ms` header: a whole number of milliseconds from 1 to [`MAX_TIMEOUT_MS`].
+pub(super) fn call_timeout(headers: &HeaderMap) -> Result<Option<Duration>, ApiError> {
     let Some(value) = headers.get(TIMEOUT_HEADER) else {
         return Ok(None);
     };
@@ -230,7 +236,11 @@ fn body_timed_out(timeout: Duration) -> ApiError {
 }
 
 /// Reads the body within `max` bytes and checks that it is JSON (an empty body becomes `{}`).
-async fn read_body(body: Body, headers: &HeaderMap, max: usize) -> Result<Bytes, ApiError> {
+pub(super) async fn read_body(
+    body: Body,
+    headers: &HeaderMap,
+    max: usize,
+) -> Result<Bytes, ApiError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -247,21 +257,30 @@ async fn read_body(body: Body, headers: &HeaderMap, max: usize) -> Result<Bytes,
             )));
         }
     };
+    check_json(bytes)
+}
+
+/// A body that is JSON, as read; an empty (or blank) body becomes `{}`.
+fn check_json(bytes: Bytes) -> Result<Bytes, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(Bytes::from_static(b"{}"));
     }
-    serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).map_err(|e| {
+    let not_json = |e: &dyn std::fmt::Display| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             ErrorCode::MalformedMessage.as_str(),
             format!("the body is not JSON: {e}"),
         )
-    })?;
+    };
+    // JSON text is UTF-8; serde_json skips the strings it ignores without checking them, so the
+    // text is checked first.
+    let text = std::str::from_utf8(&bytes).map_err(|e| not_json(&e))?;
+    serde_json::from_str::<serde::de::IgnoredAny>(text).map_err(|e| not_json(&e))?;
     Ok(bytes)
 }
 
 /// The `Idempotency-Key` header: at most 255 visible ASCII characters.
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+pub(super) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(value) = headers.get(IDEMPOTENCY_KEY_HEADER) else {
         return Ok(None);
     };
@@ -270,5 +289,27 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
         _ => Err(ApiError::bad_request(format!(
             "header {IDEMPOTENCY_KEY_HEADER} must be 1 to 255 visible ASCII characters"
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::expect_used)]
+
+    use super::*;
+
+    #[test]
+    fn bodies_must_be_json_text() {
+        assert_eq!(
+            check_json(Bytes::from_static(b" \n")).ok(),
+            Some(Bytes::from_static(b"{}"))
+        );
+        assert!(check_json(Bytes::from_static(b"{\"by\": [1, \"\xc3\xbc\"]}")).is_ok());
+        // Found by the `gateway` fuzz target: invalid UTF-8 inside a string passed as JSON.
+        let error = check_json(Bytes::from_static(b"{\"by5555555\xff\xff\xff/5555\":1}"))
+            .expect_err("not UTF-8, so not JSON");
+        assert_eq!(error.status, StatusCode::BAD_REQUEST);
+        assert_eq!(error.code, ErrorCode::MalformedMessage.as_str());
+        assert!(check_json(Bytes::from_static(b"{\"a\":1")).is_err());
     }
 }

@@ -43,6 +43,8 @@
 
 mod call;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod ops;
 mod server;
 

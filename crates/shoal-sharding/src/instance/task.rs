@@ -134,10 +134,8 @@ impl InstanceTask {
     }
 
     fn backoff(&self, attempt: u32) -> Duration {
-        self.settings
-            .defect_backoff
-            .saturating_mul(1u32 << attempt.min(10))
-            .min(Duration::from_secs(10))
+        shoal_protocol::Backoff::new(self.settings.defect_backoff, Duration::from_secs(10))
+            .delay(attempt)
     }
 
     async fn deactivate(&self, behavior: Behavior) {

@@ -148,9 +148,7 @@ impl Persistence {
                 1
             }
         };
-        FIRST_RETRY_DELAY
-            .saturating_mul(1 << (attempts - 1).min(16))
-            .min(MAX_RETRY_DELAY)
+        shoal_protocol::Backoff::new(FIRST_RETRY_DELAY, MAX_RETRY_DELAY).delay(attempts - 1)
     }
 
     /// `id` settled: its attempts are forgotten.

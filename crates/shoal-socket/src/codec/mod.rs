@@ -5,7 +5,7 @@
 
 pub(crate) mod decode;
 pub(crate) mod encode;
-mod intern;
+pub(crate) mod intern;
 
 use bytes::{Buf, BufMut, Bytes};
 use prost::Message as _;

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use shoal_protocol::{ShardId, Snowflake};
+use shoal_protocol::{Backoff, ShardId, Snowflake};
 use sqlx::postgres::{PgListener, PgPool};
 use tokio::sync::{broadcast, watch};
 
@@ -19,9 +19,8 @@ use crate::messages::MessageEvent;
 
 /// Largest payload written into one notification (Postgres refuses 8000 bytes and more).
 const MAX_PAYLOAD: usize = 7900;
-/// First and longest wait before reconnecting a broken listener.
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Waits before reconnecting a broken listener: from 100 ms, doubling up to 5 s.
+const BACKOFF: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
 
 /// One line of a notification payload.
 pub(super) fn saved_line(shard: &ShardId) -> String {
@@ -168,7 +167,7 @@ async fn listen(
     listening: Arc<watch::Sender<bool>>,
     mut stop: watch::Receiver<()>,
 ) {
-    let mut backoff = BACKOFF_MIN;
+    let mut backoff = BACKOFF.attempts();
     loop {
         let connect = async {
             let mut listener = PgListener::connect_with(&pool).await?;
@@ -183,7 +182,7 @@ async fn listen(
             Ok(mut listener) => {
                 tracing::debug!(%channel, "listening for message events");
                 listening.send_replace(true);
-                backoff = BACKOFF_MIN;
+                backoff.reset();
                 loop {
                     let received = tokio::select! {
                         _ = stop.changed() => return,
@@ -214,16 +213,15 @@ async fn listen(
                 }
             }
             Err(error) => {
-                tracing::warn!(%channel, %error, ?backoff, "message event listener could not listen; retrying");
+                tracing::warn!(%channel, %error, "message event listener could not listen; retrying");
             }
         }
         listening.send_replace(false);
         metrics::counter!("shoal_storage_listener_reconnects_total").increment(1);
         tokio::select! {
             _ = stop.changed() => return,
-            () = tokio::time::sleep(backoff) => {}
+            () = tokio::time::sleep(backoff.next_delay()) => {}
         }
-        backoff = (backoff * 2).min(BACKOFF_MAX);
     }
 }
 

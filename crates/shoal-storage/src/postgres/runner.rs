@@ -17,7 +17,7 @@ use crate::sql::{migrations, millis, sorted_shards, ttl_millis};
 const BACKEND: &str = "postgres";
 
 /// The Postgres migrations, embedded from `migrations/postgres/` (with `{prefix}` placeholders).
-static MIGRATIONS: Migrator = sqlx::migrate!("../../migrations/postgres");
+static MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");
 
 /// Runner membership and shard leases in Postgres: the [`EncodedRunnerStorage`] that
 /// [`PostgresRunnerStorage::connect`] wraps in [`Typed`] to give a

@@ -24,7 +24,7 @@ use crate::sql::{migrations, millis, sorted_shards, ttl_millis};
 const BACKEND: &str = "sqlite";
 
 /// The SQLite migrations, embedded from `migrations/sqlite/` (with `{prefix}` placeholders).
-static MIGRATIONS: Migrator = sqlx::migrate!("../../migrations/sqlite");
+static MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");
 
 /// Where a [`SqliteRunnerStorage`] keeps its database.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,7 +1,7 @@
 //! The runner side: host the entity types of one worker process.
 
 mod entity;
-mod kv;
+pub(crate) mod kv;
 mod link;
 mod session;
 mod supervisor;

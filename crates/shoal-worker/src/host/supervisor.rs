@@ -1,10 +1,9 @@
 //! Restarting a worker whose session ended, with backoff.
 
-use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
+use shoal_protocol::Backoff;
 use tracing::Instrument;
 
 use super::session::{CloseReason, Session};
@@ -12,45 +11,14 @@ use super::{HostInner, HostState, link};
 use crate::describe::difference;
 use crate::spec::WorkerSource;
 
-/// Exponential backoff with up to 25 % jitter.
-#[derive(Debug)]
-pub(crate) struct Backoff {
-    min: Duration,
-    max: Duration,
-    attempt: u32,
-}
-
-impl Backoff {
-    pub(crate) fn new(min: Duration, max: Duration) -> Self {
-        Self {
-            min,
-            max,
-            attempt: 0,
-        }
-    }
-
-    pub(crate) fn reset(&mut self) {
-        self.attempt = 0;
-    }
-
-    pub(crate) fn next_delay(&mut self) -> Duration {
-        let base = self
-            .min
-            .saturating_mul(1u32 << self.attempt.min(16))
-            .min(self.max);
-        self.attempt = self.attempt.saturating_add(1);
-        // A fresh `RandomState` has fresh keys: a cheap source of jitter without a dependency.
-        let jitter = RandomState::new().hash_one(self.attempt) % 1000;
-        base + base.mul_f64(jitter as f64 / 4000.0)
-    }
-}
-
 /// Watches the session; when it ends, restarts (or reconnects to) the worker until a new session
 /// is open, and repeats until the host stops.
 pub(crate) async fn supervise(host: Arc<HostInner>, first: Arc<Session>) {
     let name = host.shared.name.clone();
     let options = host.shared.options.clone();
-    let mut backoff = Backoff::new(options.restart_backoff_min, options.restart_backoff_max);
+    let mut backoff = Backoff::new(options.restart_backoff_min, options.restart_backoff_max)
+        .with_jitter()
+        .attempts();
     let mut session = first;
     'sessions: loop {
         let reason = tokio::select! {
@@ -141,26 +109,5 @@ fn kill_hung(host: &HostInner, pid: Option<u32>) {
         Err(error) => {
             tracing::warn!(worker = %host.shared.name, %error, "could not kill the hung worker")
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_up_to_the_cap_with_bounded_jitter() {
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
-        let delays: Vec<Duration> = (0..6).map(|_| backoff.next_delay()).collect();
-        let bases = [100u64, 200, 400, 800, 1000, 1000];
-        for (delay, base) in delays.iter().zip(bases) {
-            let base = Duration::from_millis(base);
-            assert!(
-                *delay >= base && *delay <= base.mul_f64(1.25),
-                "{delay:?} vs {base:?}"
-            );
-        }
-        backoff.reset();
-        assert!(backoff.next_delay() <= Duration::from_millis(125));
     }
 }
