@@ -63,6 +63,17 @@ impl RunnerProcess {
     }
 }
 
+impl Drop for RunnerProcess {
+    /// A process the harness lets go of without waiting for it (a failed start or check) is
+    /// killed, not left running.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// Starts runners with the run's settings.
 pub(crate) struct Launcher {
     pub(crate) binary: PathBuf,
