@@ -7,7 +7,12 @@ use shoal_launcher::{Meta, MetaFields};
 /// and what this launcher writes reads back the same.
 pub fn check(data: &[u8]) {
     let fields = MetaFields::parse(data);
-    let Ok(meta) = serde_json::from_slice::<Meta>(data) else {
+    // Well-formed: JSON text (UTF-8; serde_json does not check the strings of fields it
+    // ignores, so `Meta` alone would take invalid text in an unknown field).
+    let Some(meta) = std::str::from_utf8(data)
+        .ok()
+        .and_then(|text| serde_json::from_str::<Meta>(text).ok())
+    else {
         return;
     };
     assert_eq!(fields.cmd, meta.cmd);

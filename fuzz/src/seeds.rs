@@ -39,7 +39,7 @@ fn request(id: u64, entity: &str, payload: &'static [u8]) -> Request {
         tag: "increment".parse().expect("a tag"),
         payload: Bytes::from_static(payload),
         headers,
-        persisted: id % 2 == 0,
+        persisted: id.is_multiple_of(2),
         timeout: Some(Duration::from_millis(1500)),
         streaming: false,
     }
