@@ -1,6 +1,7 @@
 //! `cargo xtask`: Shoal's project automation.
 //!
-//! - `cargo xtask test`: formatting check, clippy with warnings denied, and every test (unit,
+//! - `cargo xtask test`: formatting check, clippy with warnings denied, the crates' packaging
+//!   (`cargo package`, and no SQL driver under `shoal-sharding`), and every test (unit,
 //!   integration, doc), after making sure Postgres is reachable (starting the local cluster when it
 //!   is down), then a short cluster run and every fuzz target for a few seconds. Fails loudly,
 //!   never skips, when something it needs is missing.
@@ -21,7 +22,7 @@ mod fuzz;
 mod postgres;
 mod process;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
@@ -79,6 +80,44 @@ const SHORT_FUZZ_TIME: std::time::Duration = std::time::Duration::from_secs(3);
 const SHORT_CLUSTER_FAULTS: &str =
     "kill@20%,duplicate@30%,term@45%,collide@50%,start@60%,freeze@70%:3s";
 
+/// The crates package on their own (protos and migrations inside them, metadata complete), and
+/// `shoal-sharding` builds without a SQL driver (its storage backends are opt-in).
+fn packaging() -> Result<()> {
+    process::step(
+        "cargo package (every published crate, without building)",
+        &[
+            "cargo",
+            "package",
+            "--workspace",
+            "--exclude",
+            "xtask",
+            "--no-verify",
+            "--allow-dirty",
+            "--locked",
+        ],
+        &[],
+    )?;
+    println!("\n==> shoal-sharding's dependencies: cargo tree -p shoal-sharding -e normal");
+    let tree = std::process::Command::new("cargo")
+        .args(["tree", "-p", "shoal-sharding", "-e", "normal", "--locked"])
+        .output()
+        .context("could not run cargo tree")?;
+    if !tree.status.success() {
+        anyhow::bail!(
+            "cargo tree failed: {}",
+            String::from_utf8_lossy(&tree.stderr)
+        );
+    }
+    if String::from_utf8_lossy(&tree.stdout).contains("sqlx") {
+        anyhow::bail!(
+            "shoal-sharding depends on sqlx outside its tests: storage backends must stay opt-in \
+             (depend on shoal-storage without default features)"
+        );
+    }
+    println!("<== no sqlx among them");
+    Ok(())
+}
+
 fn test(no_lint: bool, nextest_args: &[String]) -> Result<()> {
     let started = std::time::Instant::now();
     let database_url = postgres::ensure()?;
@@ -116,6 +155,7 @@ fn test(no_lint: bool, nextest_args: &[String]) -> Result<()> {
             ],
             &[],
         )?;
+        packaging()?;
     }
 
     let mut nextest = vec![
