@@ -158,6 +158,7 @@ fn assignment_cost(shards: u32, runners: usize) {
                 owner: owner.clone(),
                 incarnation: shoal_protocol::Incarnation::from_raw(1),
                 epoch: Epoch(1),
+                expires_in: std::time::Duration::from_secs(1),
             })
         })
         .collect();

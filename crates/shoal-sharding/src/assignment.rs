@@ -277,6 +277,7 @@ mod tests {
                     owner: owner.clone(),
                     incarnation: shoal_protocol::Incarnation::from_raw(1),
                     epoch: Epoch(1),
+                    expires_in: std::time::Duration::from_secs(1),
                 })
             })
             .collect()

@@ -42,6 +42,7 @@ pub(crate) async fn start(sharding: &Sharding) {
         released_tx,
         released_rx,
         draining: None,
+        next_lapse: None,
     };
     keeper.sync().await;
     let span = tracing::info_span!("lease_keeper", runner = ?sharding.runner_address());
@@ -100,6 +101,11 @@ struct Keeper {
     released_rx: mpsc::UnboundedReceiver<Vec<ShardId>>,
     /// Set while shutting down: the deadline of the handoff.
     draining: Option<Instant>,
+    /// When the first lease held by another runner lapses unless refreshed: the keeper syncs
+    /// then, so a shard whose owner stopped (frozen, cut off, killed) moves as soon as its lease
+    /// allows instead of at the next poll. Live owners refresh long before, and every sync
+    /// pushes this later.
+    next_lapse: Option<Instant>,
 }
 
 impl Keeper {
@@ -182,6 +188,9 @@ impl Keeper {
                 Some(shards) = self.released_rx.recv() => self.entities_stopped(shards).await,
                 _ = refresh.tick(), if is_runner => self.refresh().await,
                 _ = poll.tick(), if self.draining.is_none() => self.sync().await,
+                _ = sleep_until(self.next_lapse.unwrap_or(far)), if self.draining.is_none() && self.next_lapse.is_some() => {
+                    self.sync().await
+                }
                 _ = sleep_until(drain_deadline), if self.draining.is_some() => {}
             }
         }
@@ -205,6 +214,8 @@ impl Keeper {
     /// Reads runners and leases, recomputes the assignment and routes, and moves shards.
     async fn sync(&mut self) {
         let inner = self.sharding.inner.clone();
+        // Cleared until this sync reads the leases: a failing storage is not retried in a loop.
+        self.next_lapse = None;
         let mut runners = match self.call("runners", inner.storage.runners()).await {
             Ok(r) => r,
             Err(e) => {
@@ -220,6 +231,7 @@ impl Keeper {
             }
         };
         self.outage.succeeded();
+        self.next_lapse = next_lapse(self.id.as_ref(), &leases, Instant::now());
 
         // Runners that left: drop their connections.
         let now_known: HashSet<RunnerAddress> =
@@ -570,4 +582,21 @@ impl Keeper {
             self.begin_release(held);
         }
     }
+}
+
+/// When the first lease of another runner lapses, read at `read_at`: storage measured the time
+/// left before the reply arrived, so waking at `read_at + expires_in` is never early by its clock.
+fn next_lapse(
+    me: Option<&RunnerId>,
+    leases: &[shoal_storage::ShardLease],
+    read_at: Instant,
+) -> Option<Instant> {
+    /// Rounding of the storage's millisecond figure, and a margin against waking a hair early.
+    const SLACK: Duration = Duration::from_millis(2);
+    leases
+        .iter()
+        .filter(|l| me.is_none_or(|me| l.owner != me.address || l.incarnation != me.incarnation))
+        .map(|l| l.expires_in)
+        .min()
+        .map(|left| read_at + left + SLACK)
 }

@@ -498,6 +498,36 @@ async fn a_runner_back_from_a_freeze_refuses_calls_until_its_lease_is_confirmed(
     b.shutdown().await;
 }
 
+/// A crashed runner's shards move as soon as its leases lapse, not at the next poll: keepers
+/// wake when the first lease of another runner they saw would lapse. Time is paused and polls
+/// are an hour apart, so only that wake can move the shards within the test's window.
+#[tokio::test(start_paused = true)]
+async fn shards_move_when_their_leases_lapse_not_at_the_next_poll() {
+    init_logs();
+    let memory = Arc::new(MemoryRunnerStorage::new());
+    let network = InProcessNetwork::new();
+    let config = fast_config()
+        .assignment_refresh_interval(Duration::from_secs(3600))
+        .build()
+        .unwrap();
+    let a = start_runner(config.clone(), memory.clone(), &network, address(42_071))
+        .await
+        .unwrap();
+    holds_every_shard(&a).await;
+    let b = start_runner(config.clone(), memory.clone(), &network, address(42_072))
+        .await
+        .unwrap();
+    let crashed_at = tokio::time::Instant::now();
+    a.crash();
+    let bound = config.lease_ttl() + Duration::from_millis(100);
+    eventually(bound, "the survivor holds every shard", || {
+        b.active_shards().len() == 60
+    })
+    .await;
+    assert!(crashed_at.elapsed() <= bound);
+    b.shutdown().await;
+}
+
 /// A process whose machine-id lease was lost leases another one at its next renewal and keeps
 /// making ids (under the new machine id, after the new id's previous reservation).
 #[tokio::test(start_paused = true)]

@@ -30,8 +30,9 @@ pub struct EncodedRunner {
     pub unreachable: String,
 }
 
-/// A live lease as stored: `(shard text, owner address text, owner incarnation, epoch)`.
-pub type EncodedLease = (String, String, i64, i64);
+/// A live lease as stored: `(shard text, owner address text, owner incarnation, epoch,
+/// milliseconds left by the database clock)`.
+pub type EncodedLease = (String, String, i64, i64, i64);
 
 /// [`RunnerStorage`] over text and integers: addresses in their text form, runners as JSON,
 /// shards as `group:id`, incarnations, machine ids and epochs as signed 64-bit integers. Same
@@ -306,24 +307,31 @@ impl<E: EncodedRunnerStorage> RunnerStorage for Typed<E> {
     async fn leases(&self) -> Result<Vec<ShardLease>, StorageError> {
         let rows = self.0.leases().await?;
         rows.into_iter()
-            .map(|(shard_text, owner_text, owner_incarnation, epoch)| {
-                let malformed = |detail: String| StorageError::Malformed {
-                    what: format!("shard lease row {shard_text:?}"),
-                    detail,
-                };
-                let shard: ShardId = shard_text.parse().map_err(|e| malformed(format!("{e}")))?;
-                let owner: RunnerAddress = owner_text
-                    .parse()
-                    .map_err(|e| malformed(format!("owner: {e}")))?;
-                let epoch = u64::try_from(epoch)
-                    .map_err(|_| malformed(format!("negative epoch {epoch}")))?;
-                Ok(ShardLease {
-                    shard,
-                    owner,
-                    incarnation: incarnation(owner_incarnation),
-                    epoch: Epoch(epoch),
-                })
-            })
+            .map(
+                |(shard_text, owner_text, owner_incarnation, epoch, left_ms)| {
+                    let malformed = |detail: String| StorageError::Malformed {
+                        what: format!("shard lease row {shard_text:?}"),
+                        detail,
+                    };
+                    let shard: ShardId =
+                        shard_text.parse().map_err(|e| malformed(format!("{e}")))?;
+                    let owner: RunnerAddress = owner_text
+                        .parse()
+                        .map_err(|e| malformed(format!("owner: {e}")))?;
+                    let epoch = u64::try_from(epoch)
+                        .map_err(|_| malformed(format!("negative epoch {epoch}")))?;
+                    Ok(ShardLease {
+                        shard,
+                        owner,
+                        incarnation: incarnation(owner_incarnation),
+                        epoch: Epoch(epoch),
+                        // Rounded up: a lease listed as live has at least a millisecond left.
+                        expires_in: Duration::from_millis(
+                            u64::try_from(left_ms).unwrap_or(0).max(1),
+                        ),
+                    })
+                },
+            )
             .collect()
     }
 

@@ -1,6 +1,7 @@
 //! Shard lease values.
 
 use std::fmt;
+use std::time::Duration;
 
 use shoal_protocol::{Incarnation, MachineId, RunnerAddress, ShardId};
 
@@ -38,6 +39,10 @@ pub struct ShardLease {
     pub incarnation: Incarnation,
     /// The epoch under which it is held.
     pub epoch: Epoch,
+    /// How long the lease had left when storage read it, by storage's clock (never zero: an
+    /// expired lease is not listed). Keepers wake when it runs out, so a shard whose owner
+    /// stopped refreshing moves as soon as its lease lapses rather than at the next poll.
+    pub expires_in: Duration,
 }
 
 /// A machine id leased to one process, with the range of milliseconds its ids may carry.

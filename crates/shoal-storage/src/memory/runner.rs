@@ -237,6 +237,7 @@ impl RunnerStorage for MemoryRunnerStorage {
                     owner: owner.address.clone(),
                     incarnation: owner.incarnation,
                     epoch: Epoch(row.epoch),
+                    expires_in: row.expires - now,
                 })
             })
             .collect())

@@ -82,8 +82,9 @@ impl Queries {
             ),
             leases: sql(
                 prefix,
-                "SELECT shard_id, runner, COALESCE(incarnation, 0), epoch FROM {prefix}_leases \
-                 WHERE runner IS NOT NULL AND expires_at > now()",
+                "SELECT shard_id, runner, COALESCE(incarnation, 0), epoch, \
+                   CEIL(EXTRACT(EPOCH FROM expires_at - now()) * 1000)::bigint \
+                 FROM {prefix}_leases WHERE runner IS NOT NULL AND expires_at > now()",
             ),
             // $1 address, $2 incarnation, $3 shard texts, $4 ttl ms. Rows are visited in byte
             // order so that concurrent acquirers lock them in the same order. A lease is taken

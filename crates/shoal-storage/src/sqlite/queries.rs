@@ -90,8 +90,8 @@ impl Queries {
             ),
             leases: sql(
                 prefix,
-                "SELECT shard_id, runner, COALESCE(incarnation, 0), epoch FROM {prefix}_leases \
-                 WHERE runner IS NOT NULL AND expires_at > {now}",
+                "SELECT shard_id, runner, COALESCE(incarnation, 0), epoch, expires_at - {now} \
+                 FROM {prefix}_leases WHERE runner IS NOT NULL AND expires_at > {now}",
             ),
             // ?1 address, ?2 incarnation, ?3 JSON array of shard texts, ?4 ttl ms. One statement
             // (SQLite runs it atomically under the database write lock). A lease is taken when

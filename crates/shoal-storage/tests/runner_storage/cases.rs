@@ -674,6 +674,37 @@ pub async fn leases_lists_live_leases_only(env: &Env) {
     );
 }
 
+pub async fn leases_tell_their_time_left(env: &Env) {
+    let s = &*env.storage;
+    let (a, b) = (runner(1), runner(2));
+    s.acquire(&id(&a), &shards([1]), LONG).await.unwrap();
+    s.acquire(&id(&b), &shards([2]), SHORT).await.unwrap();
+    let left: BTreeMap<u32, Duration> = s
+        .leases()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| (l.shard.id(), l.expires_in))
+        .collect();
+    // Never more than granted, never zero for a listed lease; the short one ends first.
+    assert!(left[&1] > Duration::ZERO && left[&1] <= LONG, "{left:?}");
+    assert!(left[&2] > Duration::ZERO && left[&2] <= SHORT, "{left:?}");
+    assert!(left[&2] < left[&1], "{left:?}");
+    // A refresh gives the full time again.
+    s.refresh(&id(&b), &shards([2]), LONG).await.unwrap();
+    let refreshed = s
+        .leases()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|l| l.shard.id() == 2)
+        .map(|l| l.expires_in);
+    assert!(
+        refreshed.is_some_and(|d| d > SHORT && d <= LONG),
+        "{refreshed:?}"
+    );
+}
+
 // ---- SQL backends only -------------------------------------------------------------------------
 
 pub async fn prefix_isolation(env: &Env) {

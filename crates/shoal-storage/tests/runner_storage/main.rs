@@ -54,6 +54,7 @@ macro_rules! backend {
             cases::epochs_never_go_back,
             cases::acquire_returns_only_requested_shards,
             cases::leases_lists_live_leases_only,
+            cases::leases_tell_their_time_left,
             race::race_never_gives_a_shard_two_owners,
             $($path::$case),*
         );
