@@ -321,10 +321,14 @@ where
         input: &[u8],
         cx: TaskContext,
     ) -> BoxFuture<'static, Result<Bytes, DynFailure>> {
-        let input: I = match serde_json::from_slice(input) {
+        // Parsed from text: serde_json does not check the bytes of strings it skips, so an
+        // ignored field could otherwise carry invalid UTF-8 into an accepted call.
+        let parsed = std::str::from_utf8(input)
+            .map_err(|err| format!("input is not UTF-8: {err}"))
+            .and_then(|text| serde_json::from_str::<I>(text).map_err(|err| err.to_string()));
+        let input: I = match parsed {
             Ok(input) => input,
-            Err(err) => {
-                let message = err.to_string();
+            Err(message) => {
                 return async move { Err(DynFailure::InvalidInput(message)) }.boxed();
             }
         };

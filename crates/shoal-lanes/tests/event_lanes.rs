@@ -337,6 +337,10 @@ async fn retry_delay_holds_no_consumer_slot() {
     lanes.shutdown().await;
 }
 
+/// A complete order with an extra field holding a byte that is not UTF-8.
+const INVALID_UTF8: &[u8] =
+    b"{\"id\":1,\"note\":null,\"tags\":[],\"total\":1.0,\"hops\":0,\"extra\":\"\xff\"}";
+
 /// Scenario 7: wrong event, wrong lane, bad token, malformed payload: dead-lettered at once.
 #[tokio::test]
 async fn poison_messages_are_dead_lettered_at_once() {
@@ -407,6 +411,14 @@ async fn poison_messages_are_dead_lettered_at_once() {
             "orders:created",
             bytes::Bytes::from_static(b"{\"id\":\"not a number\"}"),
             signed("orders:created", b"{\"id\":\"not a number\"}"),
+            "lanes-payload-malformed",
+        ),
+        (
+            // Invalid UTF-8 inside a string of a field the handler's type ignores: not JSON.
+            "orders",
+            "orders:created",
+            bytes::Bytes::from_static(INVALID_UTF8),
+            signed("orders:created", INVALID_UTF8),
             "lanes-payload-malformed",
         ),
     ];

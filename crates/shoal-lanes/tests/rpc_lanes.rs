@@ -345,6 +345,16 @@ async fn exposure_policy() {
             .await,
         Err(RemoteError::InvalidInput(_))
     ));
+    // Invalid UTF-8 in a field the input type ignores: refused, not run.
+    assert!(matches!(
+        c.run_task(call(
+            "billing:charge",
+            b"{\"cents\":5,\"memo\":\"\xff\"}",
+            None
+        ))
+        .await,
+        Err(RemoteError::InvalidInput(_))
+    ));
     // Untyped failures are masked; typed ones keep their data.
     assert_eq!(
         c.run_task(call("billing:charge", b"{\"cents\":0}", None))

@@ -170,7 +170,7 @@ async fn handle(
         dead_letter(queue, &message, reason).await;
         return;
     }
-    if serde_json::from_slice::<IgnoredAny>(&message.payload).is_err() {
+    if !is_json(&message.payload) {
         let reason = "lanes-payload-malformed: the payload is not valid JSON".to_owned();
         dead_letter(queue, &message, reason).await;
         return;
@@ -236,4 +236,10 @@ async fn handle(
             }
         }
     }
+}
+
+/// Whether `bytes` are one JSON value. UTF-8 is checked first: serde_json skips the bytes of
+/// strings it ignores without checking them, so an ignored field could carry invalid text.
+fn is_json(bytes: &[u8]) -> bool {
+    std::str::from_utf8(bytes).is_ok_and(|text| serde_json::from_str::<IgnoredAny>(text).is_ok())
 }
