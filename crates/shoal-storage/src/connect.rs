@@ -73,7 +73,7 @@ pub async fn connect_runner_storage(
 }
 
 /// Opens the [`RunnerStorage`] and the [`MessageStorage`] a URL names (see
-/// [`connect_runner_storage`] for the URLs), sharing one database, one connection pool and one
+/// [`connect_runner_storage`] for the URLs), sharing one database and one
 /// table prefix: replies saved in the message storage are fenced by the runner storage's leases.
 ///
 /// ```
@@ -122,8 +122,16 @@ impl std::fmt::Debug for Storage {
     }
 }
 
+/// Connections of the pool that serves only leases and membership on Postgres (the keeper's
+/// calls are sequential; probes, machine-id renewals and status calls share the rest).
+#[cfg(feature = "postgres")]
+const RUNNER_POOL_CONNECTIONS: u32 = 3;
+
 /// Opens runner storage, message storage and entity KV over the database a URL names (the URLs
 /// of [`connect_runner_storage`]). Migrations are applied unless `options` say not to.
+///
+/// On Postgres the runner storage (leases, membership) has a pool of three connections of its
+/// own, and messages and entity KV share a pool of [`StorageOptions::max_connections`].
 ///
 /// ```
 /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
@@ -164,9 +172,20 @@ pub async fn connect(url: &str, options: StorageOptions) -> Result<Storage, Stor
         }
         #[cfg(feature = "postgres")]
         Some("postgres" | "postgresql") => {
-            let runners = crate::postgres::PostgresRunnerStorage::connect(url, options).await?;
-            let messages = crate::postgres::PostgresMessageStorage::new(runners.inner()).await?;
-            let kv = crate::kv::PostgresEntityKv::new(runners.inner());
+            use crate::postgres::{PostgresMessageStorage, PostgresRunnerStorage};
+            // Leases and membership get a small pool of their own: a lease refresh never waits
+            // for a connection behind message traffic, which matters most when connections
+            // come back after an outage and every caller wants one at once.
+            let runners = PostgresRunnerStorage::connect(
+                url,
+                options
+                    .clone()
+                    .with_max_connections(RUNNER_POOL_CONNECTIONS),
+            )
+            .await?;
+            let data = PostgresRunnerStorage::connect(url, options.with_migrate(false)).await?;
+            let messages = PostgresMessageStorage::new(data.inner()).await?;
+            let kv = crate::kv::PostgresEntityKv::new(data.inner());
             Ok(Storage {
                 runners: Arc::new(runners),
                 messages: Arc::new(messages),
