@@ -23,7 +23,8 @@ struct Counter {
 
 impl Entity for Counter {
     const TYPE: &'static str = "counter";
-    async fn activate(_: &EntityContext) -> Result<Self, HandlerError> {
+    type State = ();
+    async fn activate(_: &EntityContext, _: &Arc<()>) -> Result<Self, HandlerError> {
         Ok(Counter { value: 0 })
     }
 }

@@ -163,10 +163,15 @@ impl Sharding {
         }
     }
 
-    fn outcome_attempt(&self, out: &Outgoing, outcome: Outcome) -> Attempt<ReplyValue> {
+    fn outcome_attempt(&self, out: &mut Outgoing, outcome: Outcome) -> Attempt<ReplyValue> {
         match outcome {
             Ok(value) => Attempt::Done(Ok(value)),
-            Err(failure) => self.failure_attempt(out, failure, None),
+            Err(unanswered) => {
+                if let Some(payload) = unanswered.payload {
+                    out.restore(payload);
+                }
+                self.failure_attempt(out, unanswered.failure, None)
+            }
         }
     }
 
@@ -412,7 +417,11 @@ impl Sharding {
         let end = futures::stream::once(async move {
             match rx.await {
                 Ok(Ok(_)) => None,
-                Ok(Err(failure)) => Some(Err(CallError::from_failure(address, failure, id))),
+                Ok(Err(unanswered)) => Some(Err(CallError::from_failure(
+                    address,
+                    unanswered.failure,
+                    id,
+                ))),
                 Err(_) => Some(Err(CallError::Interrupted {
                     address,
                     message: "the entity was stopped while streaming".to_owned(),

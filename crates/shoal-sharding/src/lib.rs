@@ -7,51 +7,14 @@
 //! Calls go to the local instance when this runner holds the shard and to the owner through a
 //! [`Runners`] transport otherwise, retried while shards move.
 //!
+//! Each entity type is declared once: its messages, its handlers and the shared state its
+//! instances get (`Entity::State`). The example below is `examples/bank.rs` (run it with
+//! `cargo run -p shoal-sharding --example bank`): accounts whose balances live in entity
+//! storage, a ledger handed to every account as state, two runners in one process and a
+//! transfer between accounts wherever they live.
+//!
 //! ```
-//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
-//! use std::sync::Arc;
-//! use serde::{Deserialize, Serialize};
-//! use shoal_sharding::{
-//!     Entity, EntityContext, EntityDefinition, Handler, HandlerError, InProcessNetwork, Message,
-//!     Sharding, ShardingConfig,
-//! };
-//! use shoal_storage::MemoryRunnerStorage;
-//!
-//! #[derive(Default)]
-//! struct Counter { value: i64 }
-//!
-//! impl Entity for Counter {
-//!     const TYPE: &'static str = "counter";
-//!     async fn activate(_: &EntityContext) -> Result<Self, HandlerError> { Ok(Counter::default()) }
-//! }
-//!
-//! #[derive(Clone, Serialize, Deserialize)]
-//! struct Increment { by: i64 }
-//! impl Message for Increment {
-//!     const TAG: &'static str = "increment";
-//!     type Reply = i64;
-//! }
-//!
-//! impl Handler<Increment> for Counter {
-//!     async fn handle(&mut self, msg: Increment, _: &EntityContext) -> Result<i64, HandlerError> {
-//!         self.value += msg.by;
-//!         Ok(self.value)
-//!     }
-//! }
-//!
-//! let sharding = Sharding::builder(ShardingConfig::default())
-//!     .storage(Arc::new(MemoryRunnerStorage::new()))
-//!     .in_process(&InProcessNetwork::new())
-//!     .runner("127.0.0.1:34431".parse()?)
-//!     .entity(EntityDefinition::<Counter>::new().handle::<Increment>())
-//!     .start()
-//!     .await?;
-//! let counters = sharding.client::<Counter>();
-//! assert_eq!(counters.call("a", Increment { by: 2 }).await?, 2);
-//! assert_eq!(counters.call("a", Increment { by: 3 }).await?, 5);
-//! sharding.shutdown().await;
-//! # Ok::<(), Box<dyn std::error::Error>>(())
-//! # }).unwrap();
+#![doc = include_str!("../examples/bank.rs")]
 //! ```
 
 // Every `CallError` names the entity it concerns (so a user can act on it), which makes it larger

@@ -151,7 +151,7 @@ impl Sharding {
                 ErrorCode::Defect,
                 "the entity answered with an unencoded value",
             )),
-            Ok(Err(failure)) => ReplyFrame::Failure(failure),
+            Ok(Err(unanswered)) => ReplyFrame::Failure(unanswered.failure),
             Err(_) => ReplyFrame::Failure(refused(
                 &request,
                 ErrorCode::Interrupted,
@@ -256,7 +256,7 @@ impl Sharding {
         let end = futures::stream::once(async move {
             match rx.await {
                 Ok(Ok(_)) => ReplyFrame::End,
-                Ok(Err(failure)) => ReplyFrame::Failure(failure),
+                Ok(Err(unanswered)) => ReplyFrame::Failure(unanswered.failure),
                 Err(_) => ReplyFrame::Failure(
                     Failure::new(
                         ErrorCode::Interrupted,

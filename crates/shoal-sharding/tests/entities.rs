@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -304,7 +305,8 @@ async fn keep_alive_prevents_passivation() {
     struct Sticky;
     impl Entity for Sticky {
         const TYPE: &'static str = "sticky";
-        async fn activate(ctx: &EntityContext) -> Result<Self, HandlerError> {
+        type State = ();
+        async fn activate(ctx: &EntityContext, _: &Arc<()>) -> Result<Self, HandlerError> {
             ctx.keep_alive(true);
             Ok(Sticky)
         }

@@ -233,8 +233,9 @@ struct Saver {
 
 impl Entity for Saver {
     const TYPE: &'static str = "saver";
+    type State = ();
 
-    async fn activate(ctx: &EntityContext) -> Result<Self, HandlerError> {
+    async fn activate(ctx: &EntityContext, _: &Arc<()>) -> Result<Self, HandlerError> {
         let kv = ctx.kv().expect("entity kv");
         let n = match kv.get("n").await.map_err(HandlerError::fatal)? {
             Some(bytes) => String::from_utf8_lossy(&bytes).parse().unwrap_or(0),
@@ -624,4 +625,92 @@ async fn a_runner_whose_address_was_taken_while_it_was_away_stops() {
         .await
         .expect("the runner stops once it finds its address taken");
     assert!(a.active_shards().is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Calls that were queued when their entity's shard moved.
+
+/// Holds every `Hold` call until the test opens it (the entity type's shared state).
+struct Gate {
+    open: tokio::sync::Semaphore,
+}
+
+struct Held {
+    gate: Arc<Gate>,
+}
+
+impl Entity for Held {
+    const TYPE: &'static str = "held";
+    type State = Gate;
+
+    async fn activate(_: &EntityContext, gate: &Arc<Gate>) -> Result<Self, HandlerError> {
+        Ok(Held { gate: gate.clone() })
+    }
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+struct Hold;
+
+impl Message for Hold {
+    const TAG: &'static str = "hold";
+    type Reply = String;
+}
+
+impl Handler<Hold> for Held {
+    async fn handle(&mut self, _: Hold, ctx: &EntityContext) -> Result<String, HandlerError> {
+        let _pass = self.gate.open.acquire().await;
+        Ok(ctx
+            .runner_address()
+            .map(ToString::to_string)
+            .unwrap_or_default())
+    }
+}
+
+/// A typed local call waiting in its entity's mailbox when the shard moves away is sent on to
+/// the next owner: the stopping instance hands its value back (typed calls travel unencoded
+/// until they must leave the process). It used to fail with "message already handed over".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_local_call_follows_its_entity_to_the_next_owner() {
+    init_logs();
+    let memory = Arc::new(MemoryRunnerStorage::new());
+    let network = InProcessNetwork::new();
+    let gate = Arc::new(Gate {
+        open: tokio::sync::Semaphore::new(0),
+    });
+    let start = |port: u16| {
+        Sharding::builder(fast_config().build().unwrap())
+            .storage(memory.clone())
+            .in_process(&network)
+            .runner(address(port))
+            .entity(EntityDefinition::<Held>::with_state(gate.clone()).handle::<Hold>())
+            .start()
+    };
+    let a = start(42_081).await.unwrap();
+    holds_every_shard(&a).await;
+    // Two calls per entity: the first runs and waits at the gate, the second waits behind it.
+    let held = a.client::<Held>();
+    let ids: Vec<String> = (0..24).map(|i| format!("e{i}")).collect();
+    let mut calls = Vec::new();
+    for id in &ids {
+        for _ in 0..2 {
+            let mut call = Box::pin(held.call(id, Hold));
+            assert!(futures::poll!(&mut call).is_pending());
+            calls.push(call);
+        }
+    }
+    // A second runner joins: about half the shards leave `a` once their running calls end.
+    let b = start(42_082).await.unwrap();
+    eventually(Duration::from_secs(10), "a sees the newcomer", || {
+        a.cluster_view().runners.len() == 2
+    })
+    .await;
+    gate.open.add_permits(1_000);
+    let mut served_by_b = 0;
+    for call in calls {
+        let runner = call.await.expect("every call is answered");
+        served_by_b += usize::from(runner == address(42_082).to_string());
+    }
+    assert!(served_by_b > 0, "no entity moved; the test proved nothing");
+    a.shutdown().await;
+    b.shutdown().await;
 }

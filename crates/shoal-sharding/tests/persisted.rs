@@ -57,8 +57,9 @@ struct Durable;
 
 impl Entity for Durable {
     const TYPE: &'static str = "durable";
+    type State = ();
 
-    async fn activate(_: &EntityContext) -> Result<Self, HandlerError> {
+    async fn activate(_: &EntityContext, _: &Arc<()>) -> Result<Self, HandlerError> {
         Ok(Durable)
     }
 }
@@ -229,8 +230,9 @@ struct Narrow;
 
 impl Entity for Narrow {
     const TYPE: &'static str = "narrow";
+    type State = ();
 
-    async fn activate(_: &EntityContext) -> Result<Self, HandlerError> {
+    async fn activate(_: &EntityContext, _: &Arc<()>) -> Result<Self, HandlerError> {
         Ok(Narrow)
     }
 }

@@ -18,6 +18,7 @@
 //! storage (embedded tests) the value lives in memory.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use shoal_sharding::{
@@ -100,8 +101,9 @@ fn unavailable(what: &str, error: impl std::fmt::Display) -> HandlerError {
 
 impl Entity for Counter {
     const TYPE: &'static str = "counter";
+    type State = ();
 
-    async fn activate(ctx: &EntityContext) -> Result<Self, HandlerError> {
+    async fn activate(ctx: &EntityContext, _: &Arc<()>) -> Result<Self, HandlerError> {
         let Some(kv) = ctx.kv() else {
             return Ok(Counter::default());
         };

@@ -43,13 +43,14 @@ struct HandlerEntry<E> {
 ///         .max_idle_time(Duration::from_secs(30)),
 /// )?;
 /// ```
-pub struct EntityDefinition<E> {
+pub struct EntityDefinition<E: Entity> {
     handlers: Vec<HandlerEntry<E>>,
     options: EntityOptions,
+    state: Arc<E::State>,
     _entity: PhantomData<fn() -> E>,
 }
 
-impl<E> fmt::Debug for EntityDefinition<E> {
+impl<E: Entity> fmt::Debug for EntityDefinition<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("EntityDefinition")
             .field(
@@ -61,18 +62,28 @@ impl<E> fmt::Debug for EntityDefinition<E> {
     }
 }
 
-impl<E: Entity> Default for EntityDefinition<E> {
+impl<E: Entity<State = ()>> Default for EntityDefinition<E> {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl<E: Entity> EntityDefinition<E> {
-    /// A definition with no handlers yet.
+impl<E: Entity<State = ()>> EntityDefinition<E> {
+    /// A definition with no handlers yet, of an entity without shared state. (An entity with
+    /// shared state is defined with [`EntityDefinition::with_state`].)
     pub fn new() -> Self {
+        Self::with_state(())
+    }
+}
+
+impl<E: Entity> EntityDefinition<E> {
+    /// A definition with no handlers yet, whose instances all get `state` when they activate
+    /// ([`Entity::activate`]). Pass the value or an `Arc` of it already shared elsewhere.
+    pub fn with_state(state: impl Into<Arc<E::State>>) -> Self {
         Self {
             handlers: Vec::new(),
             options: EntityOptions::default(),
+            state: state.into(),
             _entity: PhantomData,
         }
     }
@@ -166,7 +177,10 @@ impl<E: Entity> Registration for EntityDefinition<E> {
         options.shard_group = Some(GroupSelector::by(E::shard_group));
         Ok(RegistrationParts {
             entity_type,
-            factory: Arc::new(TypedFactory { table }),
+            factory: Arc::new(TypedFactory {
+                table,
+                state: self.state,
+            }),
             tags,
             options,
             rust_type: Some(TypeId::of::<E>()),
@@ -180,11 +194,12 @@ struct Table<E> {
     by_type: HashMap<TypeId, usize>,
 }
 
-struct TypedFactory<E> {
+struct TypedFactory<E: Entity> {
     table: Arc<Table<E>>,
+    state: Arc<E::State>,
 }
 
-impl<E> fmt::Debug for TypedFactory<E> {
+impl<E: Entity> fmt::Debug for TypedFactory<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TypedFactory").finish_non_exhaustive()
     }
@@ -193,8 +208,9 @@ impl<E> fmt::Debug for TypedFactory<E> {
 impl<E: Entity> BehaviorFactory for TypedFactory<E> {
     fn activate(&self, ctx: EntityContext) -> BoxFuture<'static, Result<Behavior, String>> {
         let table = self.table.clone();
+        let state = self.state.clone();
         Box::pin(async move {
-            let entity = E::activate(&ctx).await.map_err(|e| e.to_string())?;
+            let entity = E::activate(&ctx, &state).await.map_err(|e| e.to_string())?;
             Ok(Behavior::Exclusive(Box::new(TypedBehavior {
                 entity,
                 table,

@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::future::Future;
+use std::sync::Arc;
 
 use super::context::EntityContext;
 use super::message::Message;
@@ -11,6 +12,7 @@ use super::stream::ChunkSink;
 /// message at a time, in arrival order.
 ///
 /// ```
+/// use std::sync::Arc;
 /// use serde::{Deserialize, Serialize};
 /// use shoal_sharding::{Entity, EntityContext, Handler, HandlerError, Message};
 ///
@@ -21,8 +23,9 @@ use super::stream::ChunkSink;
 ///
 /// impl Entity for Counter {
 ///     const TYPE: &'static str = "counter";
+///     type State = ();
 ///
-///     async fn activate(_ctx: &EntityContext) -> Result<Self, HandlerError> {
+///     async fn activate(_ctx: &EntityContext, _state: &Arc<()>) -> Result<Self, HandlerError> {
 ///         Ok(Counter::default())
 ///     }
 /// }
@@ -48,6 +51,14 @@ pub trait Entity: Send + Sized + 'static {
     /// The entity type's name. Stable: it is on the wire and in storage.
     const TYPE: &'static str;
 
+    /// What every instance of the type is given when it activates: shared application state
+    /// (a database pool, a client of another service, a ledger), handed over once at
+    /// registration with [`EntityDefinition::with_state`](crate::EntityDefinition::with_state).
+    /// `()` for entities that need none ([`EntityDefinition::new`](crate::EntityDefinition::new)
+    /// is only available then, so a definition cannot forget its state). Instances keep the
+    /// `Arc` they are given to reach it from their handlers.
+    type State: Send + Sync + 'static;
+
     /// The shard group of entity `id` (default: `"default"`). Callers and hosts must agree, so it
     /// is part of the type.
     fn shard_group(id: &shoal_protocol::EntityId) -> shoal_protocol::ShardGroup {
@@ -56,8 +67,12 @@ pub trait Entity: Send + Sized + 'static {
     }
 
     /// Creates the instance for `ctx.address()` when its first message arrives (or it is
-    /// re-activated after passivation, a shard move or a defect). Load state here.
-    fn activate(ctx: &EntityContext) -> impl Future<Output = Result<Self, HandlerError>> + Send;
+    /// re-activated after passivation, a shard move or a defect), with the type's shared
+    /// `state`. Load the entity's own state here.
+    fn activate(
+        ctx: &EntityContext,
+        state: &Arc<Self::State>,
+    ) -> impl Future<Output = Result<Self, HandlerError>> + Send;
 
     /// Runs before the instance stops gracefully (passivation, shard release, shutdown). Not run
     /// when the instance is aborted (lease lost, termination timeout).

@@ -3,10 +3,29 @@
 use shoal_protocol::{ErrorCode, Failure, Snowflake};
 use tokio::sync::oneshot;
 
-use crate::entity::{Call, ReplyValue};
+use crate::entity::{Call, Payload, ReplyValue};
 
 /// The final outcome of a request.
-pub(crate) type Outcome = Result<ReplyValue, Failure>;
+pub(crate) type Outcome = Result<ReplyValue, Unanswered>;
+
+/// Why a request got no reply value.
+#[derive(Debug)]
+pub(crate) struct Unanswered {
+    pub(crate) failure: Failure,
+    /// The request's payload, given back when the instance never started the request (it
+    /// stopped first): a typed local value exists only here, and the caller needs it to send
+    /// the request to the entity's next owner.
+    pub(crate) payload: Option<Payload>,
+}
+
+impl From<Failure> for Unanswered {
+    fn from(failure: Failure) -> Self {
+        Self {
+            failure,
+            payload: None,
+        }
+    }
+}
 
 /// Where a request's final outcome goes.
 #[derive(Debug)]
@@ -35,7 +54,15 @@ pub(crate) struct Delivery {
 
 impl Delivery {
     pub(crate) fn fail(self, code: ErrorCode, message: impl Into<String>) {
-        self.reply.send(Err(Failure::new(code, message)));
+        self.reply.send(Err(Failure::new(code, message).into()));
+    }
+
+    /// Fails a request the instance never started, handing its payload back to the caller.
+    pub(crate) fn hand_back(self, code: ErrorCode, message: impl Into<String>) {
+        self.reply.send(Err(Unanswered {
+            failure: Failure::new(code, message),
+            payload: Some(self.call.payload),
+        }));
     }
 }
 

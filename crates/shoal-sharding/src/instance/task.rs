@@ -159,19 +159,22 @@ impl InstanceTask {
         }
     }
 
-    /// Fails every queued request (the instance is going away without processing them).
+    /// Fails every queued request (the instance is going away without processing them),
+    /// handing each payload back so that its caller can send it on.
     fn drain(&mut self, code: ErrorCode, message: &str) {
         self.mailbox.close();
         while let Ok(delivery) = self.mailbox.try_recv() {
             self.flags.done_pending(self.clock.now_ms());
-            delivery.fail(code, message);
+            delivery.hand_back(code, message);
         }
     }
 
     fn finish(&self, delivery: Delivery, result: CallResult) {
         let outcome = result.map_err(|failure| match failure {
-            CallFailure::Failed(f) => f,
-            CallFailure::Fatal(message) => shoal_protocol::Failure::new(ErrorCode::Defect, message),
+            CallFailure::Failed(f) => f.into(),
+            CallFailure::Fatal(message) => {
+                shoal_protocol::Failure::new(ErrorCode::Defect, message).into()
+            }
         });
         // Count the request done before the caller sees the reply, so that a caller's next
         // request finds this instance idle (and evictable under the resident cap).

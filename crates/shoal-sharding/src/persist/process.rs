@@ -273,7 +273,7 @@ impl Sharding {
                 {
                     return None;
                 }
-                let frame = match delivered.outcome.await {
+                let frame = match delivered.outcome.await.map(|o| o.map_err(|u| u.failure)) {
                     // The instance went away with the request (stopped, aborted): not settled.
                     Err(_) => return None,
                     Ok(Err(failure))

@@ -103,8 +103,9 @@ pub struct Counter {
 
 impl Entity for Counter {
     const TYPE: &'static str = "counter";
+    type State = ();
 
-    async fn activate(ctx: &EntityContext) -> Result<Self, HandlerError> {
+    async fn activate(ctx: &EntityContext, _: &Arc<()>) -> Result<Self, HandlerError> {
         let journal = journal_of(ctx);
         journal.activations.fetch_add(1, Ordering::SeqCst);
         Ok(Counter { value: 0, journal })
@@ -185,8 +186,9 @@ pub struct Lists {
 
 impl Entity for Lists {
     const TYPE: &'static str = "lists";
+    type State = ();
 
-    async fn activate(_: &EntityContext) -> Result<Self, HandlerError> {
+    async fn activate(_: &EntityContext, _: &Arc<()>) -> Result<Self, HandlerError> {
         Ok(Lists { items: Vec::new() })
     }
 }

@@ -22,7 +22,8 @@ pub struct Counter {
 
 impl Entity for Counter {
     const TYPE: &'static str = "counter";
-    async fn activate(_: &EntityContext) -> Result<Self, HandlerError> {
+    type State = ();
+    async fn activate(_: &EntityContext, _: &Arc<()>) -> Result<Self, HandlerError> {
         Ok(Counter { value: 0 })
     }
 }
