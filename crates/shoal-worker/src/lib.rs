@@ -67,11 +67,6 @@ pub use error::WorkerError;
 pub use host::{WorkerHost, is_worker_unavailable};
 pub use spec::{WorkerOptions, WorkerSource, WorkerSpec};
 
-/// The `shoal.worker.v1` protocol version this crate speaks.
-pub const PROTOCOL_VERSION: u32 = 1;
-
-/// How many KV requests one session may have outstanding by default, on both sides: the runner
-/// holds at most this many (queued, running, or answered and not yet handed to the transport;
-/// [`WorkerOptions::max_kv_in_flight`]) and the Rust SDK sends at most this many before waiting
-/// for answers ([`sdk::Worker::max_kv_in_flight`]).
-pub const DEFAULT_MAX_KV_IN_FLIGHT: usize = 256;
+// Shared with the worker side (the Rust SDK), hence defined in `shoal-protocol`: the protocol
+// version this crate speaks, and the default of [`WorkerOptions::max_kv_in_flight`].
+pub use shoal_protocol::proto::worker::{DEFAULT_MAX_KV_IN_FLIGHT, PROTOCOL_VERSION};
