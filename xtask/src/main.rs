@@ -80,8 +80,9 @@ const SHORT_FUZZ_TIME: std::time::Duration = std::time::Duration::from_secs(3);
 const SHORT_CLUSTER_FAULTS: &str =
     "kill@20%,duplicate@30%,term@45%,collide@50%,start@60%,freeze@70%:3s";
 
-/// The crates package on their own (protos and migrations inside them, metadata complete), and
-/// `shoal-sharding` builds without a SQL driver (its storage backends are opt-in).
+/// The crates package on their own (protos and migrations inside them, metadata complete),
+/// `shoal-sharding` builds without a SQL driver (its storage backends are opt-in), and the Rust
+/// worker SDK (`shoal-worker-sdk`) without the sharding runtime or storage.
 fn packaging() -> Result<()> {
     process::step(
         "cargo package (every published crate, without building)",
@@ -97,9 +98,33 @@ fn packaging() -> Result<()> {
         ],
         &[],
     )?;
-    println!("\n==> shoal-sharding's dependencies: cargo tree -p shoal-sharding -e normal");
+    let tree = normal_dependencies("shoal-sharding")?;
+    if tree.contains("sqlx") {
+        anyhow::bail!(
+            "shoal-sharding depends on sqlx outside its tests: storage backends must stay opt-in \
+             (depend on shoal-storage without default features)"
+        );
+    }
+    println!("<== no sqlx among them");
+    let tree = normal_dependencies("shoal-worker-sdk")?;
+    if let Some(runner_side) = ["shoal-sharding", "shoal-storage", "sqlx"]
+        .into_iter()
+        .find(|name| tree.contains(name))
+    {
+        anyhow::bail!(
+            "shoal-worker-sdk depends on {runner_side} outside its tests: what a Rust worker \
+             process links must stay free of the runner side (sharding, storage)"
+        );
+    }
+    println!("<== no sharding runtime, storage or sqlx among them");
+    Ok(())
+}
+
+/// `cargo tree -p <package> -e normal`: what the package links outside its tests.
+fn normal_dependencies(package: &str) -> Result<String> {
+    println!("\n==> {package}'s dependencies: cargo tree -p {package} -e normal");
     let tree = std::process::Command::new("cargo")
-        .args(["tree", "-p", "shoal-sharding", "-e", "normal", "--locked"])
+        .args(["tree", "-p", package, "-e", "normal", "--locked"])
         .output()
         .context("could not run cargo tree")?;
     if !tree.status.success() {
@@ -108,14 +133,7 @@ fn packaging() -> Result<()> {
             String::from_utf8_lossy(&tree.stderr)
         );
     }
-    if String::from_utf8_lossy(&tree.stdout).contains("sqlx") {
-        anyhow::bail!(
-            "shoal-sharding depends on sqlx outside its tests: storage backends must stay opt-in \
-             (depend on shoal-storage without default features)"
-        );
-    }
-    println!("<== no sqlx among them");
-    Ok(())
+    Ok(String::from_utf8_lossy(&tree.stdout).into_owned())
 }
 
 fn test(no_lint: bool, nextest_args: &[String]) -> Result<()> {

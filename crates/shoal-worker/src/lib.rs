@@ -1,23 +1,24 @@
 //! # shoal-worker
 //!
-//! Entities implemented by **worker processes**, in any language. A worker is a separate
-//! process that serves the `shoal.worker.v1` gRPC protocol (`proto/shoal/worker/v1/worker.proto`)
-//! on a Unix socket: it describes the entity types it implements, then handles their calls over
-//! one bidirectional session per runner, and reads and writes each entity's durable key-value
-//! storage through the runner.
+//! Entities implemented by **worker processes**, in any language: the runner side. A worker is a
+//! separate process that serves the `shoal.worker.v1` gRPC protocol
+//! (`proto/shoal/worker/v1/worker.proto`) on a Unix socket: it describes the entity types it
+//! implements, then handles their calls over one bidirectional session per runner, and reads and
+//! writes each entity's durable key-value storage through the runner.
 //!
-//! - Runner side: [`WorkerHost`] launches the worker with `shoal-launcher` (spawn-or-reuse: one
-//!   process per command line on a machine, shared by its runners) or connects to its socket,
-//!   checks its `Describe` answer, and turns each entity type into a
-//!   [`DynamicDefinition`](shoal_sharding::DynamicDefinition) for the sharding runtime. Entity
-//!   KV requests are served from an [`EntityKv`](shoal_storage::EntityKv), fenced by the shard's
-//!   lease epoch. A worker that exits, breaks the session or stops answering heartbeats is
-//!   started again with backoff: persisted requests in flight are delivered again to the new
-//!   process, volatile ones fail (see [`is_worker_unavailable`]).
-//! - Worker side: [`sdk`] writes a worker in Rust. Other languages generate a client from the
-//!   proto; `examples/python` is a worker in Python on grpcio.
+//! [`WorkerHost`] launches the worker with `shoal-launcher` (spawn-or-reuse: one process per
+//! command line on a machine, shared by its runners) or connects to its socket, checks its
+//! `Describe` answer, and turns each entity type into a
+//! [`DynamicDefinition`](shoal_sharding::DynamicDefinition) for the sharding runtime. Entity KV
+//! requests are served from an [`EntityKv`](shoal_storage::EntityKv), fenced by the shard's lease
+//! epoch. A worker that exits, breaks the session or stops answering heartbeats is started again
+//! with backoff: persisted requests in flight are delivered again to the new process, volatile
+//! ones fail (see [`is_worker_unavailable`]).
 //!
-//! `docs/workers.md` describes the protocol for writers of workers in other languages.
+//! The worker side is not here: a worker written in Rust links `shoal-worker-sdk` (no sharding
+//! runtime, no storage). Other languages generate a server from the proto; `examples/python` is
+//! a worker in Python on grpcio. `docs/workers.md` describes the protocol for writers of workers
+//! in other languages.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -59,7 +60,6 @@ mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 mod host;
-pub mod sdk;
 mod spec;
 
 pub use describe::{WorkerEntityType, WorkerTag};
@@ -67,11 +67,6 @@ pub use error::WorkerError;
 pub use host::{WorkerHost, is_worker_unavailable};
 pub use spec::{WorkerOptions, WorkerSource, WorkerSpec};
 
-/// The `shoal.worker.v1` protocol version this crate speaks.
-pub const PROTOCOL_VERSION: u32 = 1;
-
-/// How many KV requests one session may have outstanding by default, on both sides: the runner
-/// holds at most this many (queued, running, or answered and not yet handed to the transport;
-/// [`WorkerOptions::max_kv_in_flight`]) and the Rust SDK sends at most this many before waiting
-/// for answers ([`sdk::Worker::max_kv_in_flight`]).
-pub const DEFAULT_MAX_KV_IN_FLIGHT: usize = 256;
+// Shared with the worker side (`shoal-worker-sdk`), hence defined in `shoal-protocol`: the
+// protocol version this crate speaks, and the default of [`WorkerOptions::max_kv_in_flight`].
+pub use shoal_protocol::proto::worker::{DEFAULT_MAX_KV_IN_FLIGHT, PROTOCOL_VERSION};

@@ -51,8 +51,8 @@ pub struct WorkerOptions {
     /// the worker has this many outstanding, the runner stops reading the session until one is
     /// answered (backpressure through HTTP/2 flow control; calls' replies and heartbeats behind
     /// the request wait too). A worker that keeps the session blocked past
-    /// [`WorkerOptions::heartbeat_timeout`] is closed as hung. The Rust SDK never sends more than
-    /// its own limit ([`crate::sdk::Worker::max_kv_in_flight`]), the same by default.
+    /// [`WorkerOptions::heartbeat_timeout`] is closed as hung. The Rust SDK (`shoal-worker-sdk`) never
+    /// sends more than its own limit (its `Worker::max_kv_in_flight`), the same by default.
     pub max_kv_in_flight: usize,
 }
 

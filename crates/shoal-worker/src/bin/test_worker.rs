@@ -17,8 +17,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use shoal_storage::kv::{KvEntry, KvQuery};
-use shoal_worker::sdk::{CallContext, ChunkWriter, EntityType, Failure, KvError, Worker};
+use shoal_worker_sdk::{
+    CallContext, ChunkWriter, EntityType, Failure, KvEntry, KvError, KvQuery, Worker,
+};
 
 #[derive(Default)]
 struct Gauge {

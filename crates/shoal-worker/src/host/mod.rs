@@ -267,7 +267,7 @@ impl WorkerHost {
     /// How many times a session's reader stopped reading because the worker had
     /// [`WorkerOptions::max_kv_in_flight`] KV requests outstanding (over every session of this
     /// host; also the counter `shoal_worker_kv_backpressure_total`). A worker on the Rust SDK
-    /// with the default limits never causes one.
+    /// (`shoal-worker-sdk`) with the default limits never causes one.
     pub fn kv_backpressure_pauses(&self) -> u64 {
         self.inner.shared.kv_pauses.load(Ordering::Relaxed)
     }

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use shoal_protocol::proto::worker::v1 as pb;
 
-use super::failure::Failure;
-use super::kv::Kv;
-use super::session::SessionState;
+use crate::failure::Failure;
+use crate::kv::Kv;
+use crate::session::SessionState;
 
 pub(crate) struct CallInfo {
     pub(crate) call_id: u64,

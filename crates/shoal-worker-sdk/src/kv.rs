@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use shoal_protocol::proto::worker::v1 as pb;
-use shoal_storage::kv::{KvEntry, KvQuery, KvSelection};
 
-use super::session::SessionState;
+use crate::query::{KvEntry, KvQuery};
+use crate::session::SessionState;
 
 /// What went wrong with a KV request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,9 +72,9 @@ impl fmt::Display for KvError {
 
 impl std::error::Error for KvError {}
 
-/// The KV storage of the entity a call is for. Requests are answered by the runner (limits,
-/// ordering and fencing as in [`shoal_storage::kv`]); requests of one entity are applied in the
-/// order they are made.
+/// The KV storage of the entity a call is for. Requests are answered by the runner, from its
+/// entity KV storage (limits, ordering and fencing as `docs/workers.md` describes them); requests
+/// of one entity are applied in the order they are made.
 #[derive(Clone)]
 pub struct Kv {
     session: Arc<SessionState>,
@@ -144,25 +144,14 @@ impl Kv {
 
     /// The entries `query` selects.
     pub async fn list(&self, query: KvQuery) -> Result<Vec<KvEntry>, KvError> {
-        use pb::kv_list::Selection;
-        let selection = match query.selection {
-            KvSelection::All => Selection::All(pb::KvAll {}),
-            KvSelection::Prefix(prefix) => Selection::Prefix(prefix),
-            KvSelection::Range { start, end } => Selection::Range(pb::KvRange { start, end }),
-        };
-        let list = pb::KvList {
-            selection: Some(selection),
-            reverse: query.reverse,
-            limit: query.limit.map(|l| u32::try_from(l).unwrap_or(u32::MAX)),
-        };
-        match self.request(pb::kv_request::Op::List(list)).await? {
+        match self
+            .request(pb::kv_request::Op::List(query.into_wire()))
+            .await?
+        {
             pb::kv_response::Result::Entries(entries) => Ok(entries
                 .entries
                 .into_iter()
-                .map(|e| KvEntry {
-                    key: e.key,
-                    value: e.value,
-                })
+                .map(KvEntry::from_wire)
                 .collect()),
             _ => Err(unexpected("list")),
         }
@@ -170,13 +159,7 @@ impl Kv {
 
     /// Sets every entry, all or nothing.
     pub async fn put(&self, entries: impl IntoIterator<Item = KvEntry>) -> Result<(), KvError> {
-        let entries = entries
-            .into_iter()
-            .map(|e| pb::KvEntry {
-                key: e.key,
-                value: e.value,
-            })
-            .collect();
+        let entries = entries.into_iter().map(KvEntry::into_wire).collect();
         self.done(pb::kv_request::Op::Put(pb::KvPut { entries }), "put")
             .await
     }

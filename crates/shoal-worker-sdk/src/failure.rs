@@ -4,12 +4,12 @@ use std::fmt;
 
 use shoal_protocol::proto::worker::v1 as pb;
 
-use super::kv::{KvError, KvErrorKind};
+use crate::kv::{KvError, KvErrorKind};
 
 /// A handler failure, sent to the runner with a stable code.
 ///
 /// ```
-/// use shoal_worker::sdk::Failure;
+/// use shoal_worker_sdk::Failure;
 ///
 /// let refused = Failure::application("amount must be positive");
 /// assert_eq!(refused.message(), "amount must be positive");

@@ -19,14 +19,13 @@
 //! worker = ["target/debug/examples/counter_worker"]
 //! ```
 //!
-//! or by hand: `cargo run -p shoal-worker --example counter_worker -- --unix /tmp/counter.sock`.
+//! or by hand: `cargo run -p shoal-worker-sdk --example counter_worker -- --unix /tmp/counter.sock`.
 
 use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::Value;
-use shoal_storage::KvEntry;
-use shoal_worker::sdk::{CallContext, ChunkWriter, EntityType, Failure, Worker};
+use shoal_worker_sdk::{CallContext, ChunkWriter, EntityType, Failure, KvEntry, Worker};
 
 const VALUE: &str = "value";
 /// The last increment applied, `<request id> <value>`, written with the value: a persisted

@@ -12,10 +12,11 @@ use parking_lot::Mutex;
 use shoal_protocol::proto::worker::v1 as pb;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
-use super::context::{CallContext, CallInfo, ChunkWriter};
-use super::failure::Failure;
-use super::kv::{KvError, KvErrorKind};
-use super::{Handler, Registry};
+use crate::context::{CallContext, CallInfo, ChunkWriter};
+use crate::entity_type::Handler;
+use crate::failure::Failure;
+use crate::kv::{KvError, KvErrorKind};
+use crate::service::Registry;
 
 /// What a session's calls share: the outgoing queue, the running calls, the pending KV requests.
 ///
