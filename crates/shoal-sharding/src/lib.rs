@@ -52,7 +52,8 @@ pub use config::{ConfigError, ShardingConfig, ShardingConfigBuilder};
 pub use entity::{
     ChunkSink, DynamicDefinition, DynamicEntity, DynamicFactory, DynamicRequest, Entity,
     EntityContext, EntityDefinition, EntityKvHandle, EntityOptions, GroupSelector, Handler,
-    HandlerError, Message, RawChunkSink, Registration, StreamClosed, StreamHandler, TagKind,
+    HandlerError, HandlerErrorKind, Message, RawChunkSink, Registration, StreamClosed,
+    StreamHandler, TagKind,
 };
 pub use error::{CallError, RegisterError};
 pub use hash::shard_for;

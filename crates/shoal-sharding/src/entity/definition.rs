@@ -14,7 +14,7 @@ use super::behavior::{
     Behavior, BehaviorFactory, Call, CallFailure, CallResult, ExclusiveBehavior, TagInfo,
 };
 use super::context::EntityContext;
-use super::handler::{Entity, Handler, HandlerError, StreamHandler};
+use super::handler::{Entity, Handler, HandlerError, HandlerErrorKind, StreamHandler};
 use super::message::Message;
 use super::options::{EntityOptions, GroupSelector};
 use super::payload::{Payload, ReplyValue};
@@ -283,12 +283,10 @@ fn decode<M: Message>(payload: &Payload) -> Result<M, CallFailure> {
 }
 
 fn handler_failure(error: HandlerError) -> CallFailure {
-    if error.is_fatal() {
-        CallFailure::Fatal(error.message().to_owned())
-    } else if error.is_transient() {
-        failed(ErrorCode::Persistence, error.message())
-    } else {
-        failed(ErrorCode::Handler, error.message())
+    match error.kind() {
+        HandlerErrorKind::Fatal => CallFailure::Fatal(error.message().to_owned()),
+        HandlerErrorKind::Unavailable => failed(ErrorCode::Persistence, error.message()),
+        HandlerErrorKind::Failed => failed(ErrorCode::Handler, error.message()),
     }
 }
 

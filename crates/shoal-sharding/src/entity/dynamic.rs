@@ -13,7 +13,7 @@ use super::behavior::{
     Behavior, BehaviorFactory, Call, CallFailure, CallResult, SharedBehavior, TagInfo,
 };
 use super::context::EntityContext;
-use super::handler::HandlerError;
+use super::handler::{HandlerError, HandlerErrorKind};
 use super::options::EntityOptions;
 use super::payload::{Payload, ReplyValue};
 use super::stream::RawChunkSink;
@@ -211,15 +211,15 @@ impl SharedBehavior for DynamicBehavior {
         Box::pin(async move {
             match self.entity.clone().handle(request, ctx).await {
                 Ok(bytes) => Ok(ReplyValue::Encoded(bytes)),
-                Err(e) if e.is_fatal() => Err(CallFailure::Fatal(e.message().to_owned())),
-                Err(e) if e.is_transient() => Err(CallFailure::Failed(Failure::new(
-                    ErrorCode::Persistence,
-                    e.message(),
-                ))),
-                Err(e) => Err(CallFailure::Failed(Failure::new(
-                    ErrorCode::Handler,
-                    e.message(),
-                ))),
+                Err(e) => Err(match e.kind() {
+                    HandlerErrorKind::Fatal => CallFailure::Fatal(e.message().to_owned()),
+                    HandlerErrorKind::Unavailable => {
+                        CallFailure::Failed(Failure::new(ErrorCode::Persistence, e.message()))
+                    }
+                    HandlerErrorKind::Failed => {
+                        CallFailure::Failed(Failure::new(ErrorCode::Handler, e.message()))
+                    }
+                }),
             }
         })
     }

@@ -103,56 +103,60 @@ pub trait StreamHandler<M: Message>: Entity {
     ) -> impl Future<Output = Result<(), HandlerError>> + Send;
 }
 
-/// A handler failure. Any `std::error::Error` converts into a plain failure with `?`: the caller
-/// gets it as [`crate::CallError::Handler`] and the entity carries on. A **fatal** failure (and a
-/// panic) is a defect: the instance is dropped and re-activated, and the request replayed (up to
-/// [`crate::ShardingConfig::defect_max_retries`] times, then it fails with
-/// [`crate::CallError::Defect`]).
+/// What kind of failure a [`HandlerError`] is: it decides what the runtime does next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum HandlerErrorKind {
+    /// This request failed; the entity carries on. The caller gets
+    /// [`crate::CallError::Handler`].
+    Failed,
+    /// Something the handler depends on (its storage, typically) is unavailable for now: the
+    /// request did not take effect and may be retried. A persisted request is not answered: it
+    /// stays unprocessed and runs again (here after the next poll, or on the shard's next
+    /// owner). A volatile caller gets [`crate::CallError::Persistence`].
+    Unavailable,
+    /// A defect: the instance's state can no longer be trusted. The instance is dropped and
+    /// re-activated, and the request replayed (up to
+    /// [`crate::ShardingConfig::defect_max_retries`] times, then it fails with
+    /// [`crate::CallError::Defect`]). A panic in a handler is treated the same way.
+    Fatal,
+}
+
+/// A handler failure: its [kind](HandlerErrorKind) and a description. Any `std::error::Error`
+/// converts into a [`HandlerErrorKind::Failed`] one with `?`.
 pub struct HandlerError {
-    fatal: bool,
-    transient: bool,
+    kind: HandlerErrorKind,
     message: String,
 }
 
 impl HandlerError {
-    /// A failure of this request only.
+    /// A failure of kind `kind`.
+    pub fn new(kind: HandlerErrorKind, message: impl fmt::Display) -> Self {
+        Self {
+            kind,
+            message: message.to_string(),
+        }
+    }
+
+    /// A failure of this request only ([`HandlerErrorKind::Failed`]).
     pub fn failed(message: impl fmt::Display) -> Self {
-        Self {
-            fatal: false,
-            transient: false,
-            message: message.to_string(),
-        }
+        Self::new(HandlerErrorKind::Failed, message)
     }
 
-    /// A transient failure of something the handler depends on (its storage, typically): the
-    /// request did not take effect and may be retried. A persisted request is not answered: it
-    /// stays unprocessed and runs again (here after the next poll, or on the shard's next
-    /// owner). A volatile caller gets [`crate::CallError::Persistence`].
+    /// A transient failure of something the handler depends on
+    /// ([`HandlerErrorKind::Unavailable`]).
     pub fn unavailable(message: impl fmt::Display) -> Self {
-        Self {
-            fatal: false,
-            transient: true,
-            message: message.to_string(),
-        }
+        Self::new(HandlerErrorKind::Unavailable, message)
     }
 
-    /// A defect: the instance's state can no longer be trusted.
+    /// A defect ([`HandlerErrorKind::Fatal`]).
     pub fn fatal(message: impl fmt::Display) -> Self {
-        Self {
-            fatal: true,
-            transient: false,
-            message: message.to_string(),
-        }
+        Self::new(HandlerErrorKind::Fatal, message)
     }
 
-    /// Whether this is a transient failure ([`HandlerError::unavailable`]).
-    pub fn is_transient(&self) -> bool {
-        self.transient
-    }
-
-    /// Whether this is a defect.
-    pub fn is_fatal(&self) -> bool {
-        self.fatal
+    /// The failure's kind.
+    pub fn kind(&self) -> HandlerErrorKind {
+        self.kind
     }
 
     /// The failure's description.
@@ -164,7 +168,7 @@ impl HandlerError {
 impl fmt::Debug for HandlerError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("HandlerError")
-            .field("fatal", &self.fatal)
+            .field("kind", &self.kind)
             .field("message", &self.message)
             .finish()
     }
@@ -172,10 +176,9 @@ impl fmt::Debug for HandlerError {
 
 impl fmt::Display for HandlerError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.fatal {
-            write!(f, "fatal: {}", self.message)
-        } else {
-            f.write_str(&self.message)
+        match self.kind {
+            HandlerErrorKind::Failed | HandlerErrorKind::Unavailable => f.write_str(&self.message),
+            HandlerErrorKind::Fatal => write!(f, "fatal: {}", self.message),
         }
     }
 }

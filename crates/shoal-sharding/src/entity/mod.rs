@@ -18,7 +18,7 @@ pub use context::EntityContext;
 pub(crate) use context::InstanceFlags;
 pub use definition::EntityDefinition;
 pub use dynamic::{DynamicDefinition, DynamicEntity, DynamicFactory, DynamicRequest, TagKind};
-pub use handler::{Entity, Handler, HandlerError, StreamHandler};
+pub use handler::{Entity, Handler, HandlerError, HandlerErrorKind, StreamHandler};
 pub use kv::EntityKvHandle;
 pub use message::Message;
 pub use options::{EntityOptions, GroupSelector};

@@ -33,7 +33,7 @@ use super::{Activation, HostInner, HostState};
 /// assert!(!is_worker_unavailable(&HandlerError::failed("insufficient funds")));
 /// ```
 pub fn is_worker_unavailable(error: &HandlerError) -> bool {
-    error.is_transient()
+    error.kind() == shoal_sharding::HandlerErrorKind::Unavailable
         && error.message().starts_with("worker ")
         && (error.message().contains(" exited: ") || error.message().contains(" unavailable: "))
 }
