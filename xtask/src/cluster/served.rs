@@ -2,7 +2,10 @@
 //! of a run for the ownership checker.
 //!
 //! The harness calls the counter with `"served_by": true`: it answers
-//! `{"value": n, "runner": "host:port", "incarnation": "…", "epoch": n}`.
+//! `{"value": n, "runner": "host:port", "incarnation": "…", "epoch": n}`, with
+//! `"replayed": true` when an increment had run before (its first reply was lost, for example
+//! when storage failed as it was saved) and the reply repeats the value it returned then. A
+//! replayed increment wrote nothing under the epoch it names, so it counts as a read.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -20,6 +23,8 @@ pub(crate) struct Reply {
     pub(crate) runner: String,
     pub(crate) incarnation: u64,
     pub(crate) epoch: u64,
+    /// It repeats an earlier reply: nothing was written under `epoch`.
+    pub(crate) replayed: bool,
 }
 
 /// Reads a reply; `None` when the body is not a counter reply with who served it.
@@ -30,6 +35,7 @@ pub(crate) fn parse_reply(body: &str) -> Option<Reply> {
         runner: json["runner"].as_str()?.to_owned(),
         incarnation: u64::from_str_radix(json["incarnation"].as_str()?, 16).ok()?,
         epoch: json["epoch"].as_u64()?,
+        replayed: json["replayed"].as_bool().unwrap_or(false),
     })
 }
 
@@ -99,8 +105,10 @@ impl Recorder {
         }
     }
 
-    /// Records a reply to a call to counter `id` first sent at `sent`.
+    /// Records a reply to a call to counter `id` first sent at `sent` (`write`: an increment; a
+    /// replayed one is recorded as a read).
     pub(crate) fn record(&mut self, id: u32, write: bool, reply: &Reply, sent: Instant) {
+        let write = write && !reply.replayed;
         let runner = match self.runners.get(&reply.runner) {
             Some(runner) => runner.clone(),
             None => {
@@ -157,7 +165,8 @@ mod tests {
                 value: 3,
                 runner: "127.0.0.1:7100".to_owned(),
                 incarnation: 255,
-                epoch: 12
+                epoch: 12,
+                replayed: false,
             }
         );
         assert_eq!(parse_reply("3"), None);
@@ -179,5 +188,20 @@ mod tests {
         let all = ledger.take();
         assert_eq!(all.len(), 600);
         assert!(Arc::ptr_eq(&all[0].owner.runner, &all[599].owner.runner));
+    }
+
+    #[test]
+    fn a_replayed_increment_is_recorded_as_a_read() {
+        let ledger = SharedLedger::default();
+        let reply = parse_reply(
+            r#"{"value":1,"runner":"a:1","incarnation":"1","epoch":9,"replayed":true}"#,
+        )
+        .unwrap();
+        assert!(reply.replayed);
+        let mut recorder = Recorder::new(ledger.clone());
+        recorder.record(0, true, &reply, Instant::now());
+        drop(recorder);
+        let all = ledger.take();
+        assert!(all.iter().all(|served| !served.write), "{all:?}");
     }
 }

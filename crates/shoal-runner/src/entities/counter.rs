@@ -4,7 +4,8 @@
 //! Both also take `"served_by": true`: the reply is then an object that says who served it,
 //! `{"value": n, "runner": "host:port", "incarnation": "…", "epoch": n}` — the runner's address,
 //! the incarnation of its process and the shard lease epoch the instance started under (the
-//! fencing token of its writes). `cargo xtask test-cluster` asks for it on every call to check
+//! fencing token of its writes), plus `"replayed": true` when the increment had already been
+//! applied (perhaps by another owner, under an older epoch) and the reply repeats its value. `cargo xtask test-cluster` asks for it on every call to check
 //! shard ownership from the outside.
 //!
 //! `increment` is a persisted message: it is stored before it runs and runs again after a crash
@@ -189,10 +190,14 @@ pub struct ServedBy {
     pub incarnation: String,
     /// The shard lease epoch the instance started under: the fencing token of its writes.
     pub epoch: u64,
+    /// The increment had been applied before (by whichever owner ran it first, under its
+    /// epoch) and this reply repeats its value: nothing was written under `epoch`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub replayed: bool,
 }
 
-/// The reply to a call that asked `served_by` or not.
-fn reply(value: i64, served_by: bool, ctx: &EntityContext) -> CounterReply {
+/// The reply to a call that asked `served_by` or not (`replayed`: see [`ServedBy::replayed`]).
+fn reply(value: i64, served_by: bool, replayed: bool, ctx: &EntityContext) -> CounterReply {
     if !served_by {
         return CounterReply::Value(value);
     }
@@ -204,6 +209,7 @@ fn reply(value: i64, served_by: bool, ctx: &EntityContext) -> CounterReply {
             .unwrap_or_default(),
         incarnation: ctx.sharding().incarnation().to_string(),
         epoch: ctx.epoch().0,
+        replayed,
     })
 }
 
@@ -217,7 +223,7 @@ impl Handler<Increment> for Counter {
         if let Some(value) = id.and_then(|id| self.state.replay(id)) {
             // This increment ran before (its reply was not stored): do not apply it again, and
             // answer what it answered then.
-            return Ok(reply(value, msg.served_by, ctx));
+            return Ok(reply(value, msg.served_by, true, ctx));
         }
         let next = self.state.apply(id, msg.by)?;
         let value = next.value;
@@ -229,7 +235,7 @@ impl Handler<Increment> for Counter {
                 .map_err(|e| unavailable("save", e))?;
         }
         self.state = next;
-        Ok(reply(value, msg.served_by, ctx))
+        Ok(reply(value, msg.served_by, false, ctx))
     }
 }
 
@@ -239,7 +245,7 @@ impl Handler<Get> for Counter {
         msg: Get,
         ctx: &EntityContext,
     ) -> Result<CounterReply, HandlerError> {
-        Ok(reply(self.state.value, msg.served_by, ctx))
+        Ok(reply(self.state.value, msg.served_by, false, ctx))
     }
 }
 
@@ -315,6 +321,7 @@ mod tests {
             runner: "127.0.0.1:7100".to_owned(),
             incarnation: "00000000000000ff".to_owned(),
             epoch: 12,
+            replayed: false,
         });
         let text = serde_json::to_string(&served).unwrap();
         assert_eq!(
@@ -322,6 +329,11 @@ mod tests {
             r#"{"value":3,"runner":"127.0.0.1:7100","incarnation":"00000000000000ff","epoch":12}"#
         );
         assert_eq!(serde_json::from_str::<CounterReply>(&text).unwrap(), served);
+        let replayed = r#"{"value":3,"runner":"a:1","incarnation":"1","epoch":2,"replayed":true}"#;
+        assert!(matches!(
+            serde_json::from_str::<CounterReply>(replayed).unwrap(),
+            CounterReply::ServedBy(ServedBy { replayed: true, .. })
+        ));
         assert_eq!(
             serde_json::from_str::<CounterReply>("3").unwrap(),
             CounterReply::Value(3)
@@ -380,6 +392,7 @@ mod tests {
             runner: address.to_string(),
             incarnation: sharding.incarnation().to_string(),
             epoch: epoch.0,
+            replayed: false,
         };
         assert_eq!(served, CounterReply::ServedBy(expected.clone()));
         assert_eq!(served.value(), 3);
