@@ -31,7 +31,7 @@ use crate::residency::Residency;
 use crate::routing::Routes;
 use crate::runners::Runners;
 use crate::shards::ShardStates;
-use crate::singleton::Singletons;
+use crate::singleton::{SingletonContext, SingletonSpec, Singletons};
 
 /// Why the runtime could not start.
 #[derive(Debug, thiserror::Error)]
@@ -160,6 +160,7 @@ pub struct ShardingBuilder {
     network: Option<Arc<InProcessNetwork>>,
     mode: Option<Mode>,
     registrations: Vec<Result<RegistrationParts, RegisterError>>,
+    singletons: Vec<SingletonSpec>,
 }
 
 impl std::fmt::Debug for ShardingBuilder {
@@ -184,6 +185,7 @@ impl Sharding {
             network: None,
             mode: None,
             registrations: Vec::new(),
+            singletons: Vec::new(),
         }
     }
 }
@@ -253,6 +255,19 @@ impl ShardingBuilder {
         self
     }
 
+    /// Registers a singleton before the runner takes shards (see
+    /// [`Sharding::register_singleton`]): it starts as soon as this runner holds its shard, and
+    /// a mistake in it (an unknown group, a name that is not a valid entity id, a name used
+    /// twice) fails [`ShardingBuilder::start`].
+    pub fn singleton<F, Fut>(mut self, name: &str, group: ShardGroup, run: F) -> Self
+    where
+        F: Fn(SingletonContext) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.singletons.push(SingletonSpec::new(name, group, run));
+        self
+    }
+
     /// Registers the runner in storage, reads the cluster and starts the background tasks.
     pub async fn start(self) -> Result<Sharding, StartError> {
         let storage = self.storage.ok_or(StartError::MissingStorage)?;
@@ -305,6 +320,9 @@ impl ShardingBuilder {
         let sharding = Sharding { inner };
         for registration in self.registrations {
             sharding.register_parts(registration?)?;
+        }
+        for singleton in self.singletons {
+            sharding.add_singleton(singleton)?;
         }
         if let (Some(network), Some(me)) = (&sharding.inner.network, &sharding.inner.me) {
             network.attach(me.address.clone(), &sharding);
