@@ -29,9 +29,9 @@ use crate::manager::{EntityManager, ManagerParts};
 use crate::persist::{MessageSettings, Persistence};
 use crate::residency::Residency;
 use crate::routing::Routes;
-use crate::runners::Runners;
 use crate::shards::ShardStates;
 use crate::singleton::{SingletonContext, SingletonSpec, Singletons};
+use crate::transport::Transport;
 
 /// Why the runtime could not start.
 #[derive(Debug, thiserror::Error)]
@@ -100,7 +100,7 @@ pub(crate) struct Inner {
     pub(crate) persistence: Option<Arc<Persistence>>,
     /// Entity key-value storage (`None`: [`crate::EntityContext::kv`] is unavailable).
     pub(crate) kv: Option<Arc<dyn EntityKv>>,
-    pub(crate) transport: Arc<dyn Runners>,
+    pub(crate) transport: Arc<dyn Transport>,
     pub(crate) health: Arc<dyn RunnerHealth>,
     pub(crate) shards: ShardStates,
     pub(crate) routes: Routes,
@@ -155,7 +155,7 @@ pub struct ShardingBuilder {
     messages: Option<Arc<dyn MessageStorage>>,
     message_settings: MessageSettings,
     kv: Option<Arc<dyn EntityKv>>,
-    transport: Option<Arc<dyn Runners>>,
+    transport: Option<Arc<dyn Transport>>,
     health: Option<Arc<dyn RunnerHealth>>,
     network: Option<Arc<InProcessNetwork>>,
     mode: Option<Mode>,
@@ -217,7 +217,7 @@ impl ShardingBuilder {
     }
 
     /// How this process reaches other runners.
-    pub fn transport(mut self, transport: Arc<dyn Runners>) -> Self {
+    pub fn transport(mut self, transport: Arc<dyn Transport>) -> Self {
         self.transport = Some(transport);
         self
     }
