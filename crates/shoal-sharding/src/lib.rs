@@ -40,7 +40,7 @@ mod persist;
 mod reachability;
 mod residency;
 mod routing;
-mod server;
+mod inbound;
 mod sharding;
 mod shards;
 mod singleton;
