@@ -14,8 +14,8 @@ use crate::entity::{Call, ReplyValue, chunk_channel};
 use crate::error::CallError;
 use crate::instance::{Delivery, Outcome, ReplyTo};
 use crate::outgoing::Outgoing;
-use crate::runners::TransportError;
 use crate::sharding::Sharding;
+use crate::transport::TransportError;
 
 /// A stream of replies as the client sees it.
 pub(crate) type ReplyItems = BoxStream<'static, Result<ReplyValue, CallError>>;

@@ -6,7 +6,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use shoal_protocol::RunnerAddress;
 
-use crate::runners::Runners;
+use crate::transport::Transport;
 
 /// Decides whether another runner is alive. The runtime's health singleton asks it about every
 /// registered runner and marks the ones that fail unhealthy in storage (unhealthy runners get no
@@ -32,7 +32,7 @@ impl RunnerHealth for NoopHealth {
 /// within `timeout`, answers.
 #[derive(Clone)]
 pub struct PingHealth {
-    runners: Arc<dyn Runners>,
+    runners: Arc<dyn Transport>,
     timeout: Duration,
     attempts: u32,
     interval: Duration,
@@ -50,7 +50,7 @@ impl std::fmt::Debug for PingHealth {
 
 impl PingHealth {
     /// Pings through `runners` (defaults: 3 attempts of 1 s, 250 ms apart).
-    pub fn new(runners: Arc<dyn Runners>) -> Self {
+    pub fn new(runners: Arc<dyn Transport>) -> Self {
         Self {
             runners,
             timeout: Duration::from_secs(1),

@@ -15,8 +15,8 @@ use prost::Message as _;
 use shoal_protocol::proto::runner::v1 as pb;
 use shoal_protocol::{Failure, Notification, Reply, ReplyFrame, Request, RunnerAddress, Snowflake};
 
-use crate::runners::{ReplyFrames, Runners, TransportError};
 use crate::sharding::{Inner, Sharding};
+use crate::transport::{ReplyFrames, Transport, TransportError};
 
 /// Connects the runtimes of one process. Share it (`Arc`) between their builders
 /// ([`crate::ShardingBuilder::in_process`]).
@@ -135,7 +135,7 @@ fn frame_through_wire(
 }
 
 #[async_trait]
-impl Runners for InProcessNetwork {
+impl Transport for InProcessNetwork {
     async fn ping(&self, runner: &RunnerAddress) -> Result<(), TransportError> {
         self.while_frozen(runner).await;
         self.target(runner).map(|_| ())

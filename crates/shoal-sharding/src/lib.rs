@@ -5,7 +5,7 @@
 //! from the runners and leases in storage ([`ShardAssignment`]); a runner serves a shard only
 //! while it holds the shard's lease, refreshed well before it expires and fenced by an epoch.
 //! Calls go to the local instance when this runner holds the shard and to the owner through a
-//! [`Runners`] transport otherwise, retried while shards move.
+//! [`Transport`] otherwise, retried while shards move.
 //!
 //! Each entity type is declared once: its messages, its handlers and the shared state its
 //! instances get (`Entity::State`). The example below is `examples/bank.rs` (run it with
@@ -40,11 +40,11 @@ mod persist;
 mod reachability;
 mod residency;
 mod routing;
-mod runners;
-mod server;
+mod inbound;
 mod sharding;
 mod shards;
 mod singleton;
+mod transport;
 
 pub use assignment::ShardAssignment;
 pub use client::{CallOptions, DynamicClient, EntityClient};
@@ -61,6 +61,6 @@ pub use health::{NoopHealth, PingHealth, RunnerHealth};
 pub use identity::MACHINE_ID_TTL;
 pub use in_process::InProcessNetwork;
 pub use persist::MessageSettings;
-pub use runners::{ReplyFrames, Runners, TransportError};
 pub use sharding::{ClusterView, Sharding, ShardingBuilder, StartError};
 pub use singleton::SingletonContext;
+pub use transport::{ReplyFrames, Transport, TransportError};

@@ -29,9 +29,9 @@ use crate::manager::{EntityManager, ManagerParts};
 use crate::persist::{MessageSettings, Persistence};
 use crate::residency::Residency;
 use crate::routing::Routes;
-use crate::runners::Runners;
 use crate::shards::ShardStates;
-use crate::singleton::Singletons;
+use crate::singleton::{SingletonContext, SingletonSpec, Singletons};
+use crate::transport::Transport;
 
 /// Why the runtime could not start.
 #[derive(Debug, thiserror::Error)]
@@ -100,7 +100,7 @@ pub(crate) struct Inner {
     pub(crate) persistence: Option<Arc<Persistence>>,
     /// Entity key-value storage (`None`: [`crate::EntityContext::kv`] is unavailable).
     pub(crate) kv: Option<Arc<dyn EntityKv>>,
-    pub(crate) transport: Arc<dyn Runners>,
+    pub(crate) transport: Arc<dyn Transport>,
     pub(crate) health: Arc<dyn RunnerHealth>,
     pub(crate) shards: ShardStates,
     pub(crate) routes: Routes,
@@ -155,11 +155,12 @@ pub struct ShardingBuilder {
     messages: Option<Arc<dyn MessageStorage>>,
     message_settings: MessageSettings,
     kv: Option<Arc<dyn EntityKv>>,
-    transport: Option<Arc<dyn Runners>>,
+    transport: Option<Arc<dyn Transport>>,
     health: Option<Arc<dyn RunnerHealth>>,
     network: Option<Arc<InProcessNetwork>>,
     mode: Option<Mode>,
     registrations: Vec<Result<RegistrationParts, RegisterError>>,
+    singletons: Vec<SingletonSpec>,
 }
 
 impl std::fmt::Debug for ShardingBuilder {
@@ -184,6 +185,7 @@ impl Sharding {
             network: None,
             mode: None,
             registrations: Vec::new(),
+            singletons: Vec::new(),
         }
     }
 }
@@ -215,7 +217,7 @@ impl ShardingBuilder {
     }
 
     /// How this process reaches other runners.
-    pub fn transport(mut self, transport: Arc<dyn Runners>) -> Self {
+    pub fn transport(mut self, transport: Arc<dyn Transport>) -> Self {
         self.transport = Some(transport);
         self
     }
@@ -250,6 +252,19 @@ impl ShardingBuilder {
     /// missing).
     pub fn entity(mut self, definition: impl Registration) -> Self {
         self.registrations.push(definition.into_parts());
+        self
+    }
+
+    /// Registers a singleton before the runner takes shards (see
+    /// [`Sharding::register_singleton`]): it starts as soon as this runner holds its shard, and
+    /// a mistake in it (an unknown group, a name that is not a valid entity id, a name used
+    /// twice) fails [`ShardingBuilder::start`].
+    pub fn singleton<F, Fut>(mut self, name: &str, group: ShardGroup, run: F) -> Self
+    where
+        F: Fn(SingletonContext) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.singletons.push(SingletonSpec::new(name, group, run));
         self
     }
 
@@ -305,6 +320,9 @@ impl ShardingBuilder {
         let sharding = Sharding { inner };
         for registration in self.registrations {
             sharding.register_parts(registration?)?;
+        }
+        for singleton in self.singletons {
+            sharding.add_singleton(singleton)?;
         }
         if let (Some(network), Some(me)) = (&sharding.inner.network, &sharding.inner.me) {
             network.attach(me.address.clone(), &sharding);

@@ -20,6 +20,27 @@ use crate::sharding::Sharding;
 
 type SingletonFn = Arc<dyn Fn(SingletonContext) -> BoxFuture<'static, ()> + Send + Sync>;
 
+/// A singleton as registered, before its shard is known (on the builder, before `start`).
+pub(crate) struct SingletonSpec {
+    name: String,
+    group: ShardGroup,
+    run: SingletonFn,
+}
+
+impl SingletonSpec {
+    pub(crate) fn new<F, Fut>(name: &str, group: ShardGroup, run: F) -> Self
+    where
+        F: Fn(SingletonContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        Self {
+            name: name.to_owned(),
+            group,
+            run: Arc::new(move |ctx| Box::pin(run(ctx))),
+        }
+    }
+}
+
 /// What a singleton task is given.
 #[derive(Clone)]
 pub struct SingletonContext {
@@ -193,7 +214,8 @@ impl Sharding {
     /// Registers a singleton: `run` runs on exactly one runner (the holder of the shard `name`
     /// hashes to in `group`), is stopped (see [`SingletonContext::cancelled`]) when that shard
     /// moves, and starts on the new holder. If `run` returns, it is not restarted until the shard
-    /// moves.
+    /// moves. (To have it in place before the runner takes any shard, register it on the
+    /// builder: [`crate::ShardingBuilder::singleton`].)
     pub fn register_singleton<F, Fut>(
         &self,
         name: &str,
@@ -204,18 +226,23 @@ impl Sharding {
         F: Fn(SingletonContext) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
+        self.add_singleton(SingletonSpec::new(name, group, run))
+    }
+
+    pub(crate) fn add_singleton(&self, spec: SingletonSpec) -> Result<(), RegisterError> {
+        let SingletonSpec { name, group, run } = spec;
         if !self.config().available_groups().contains(&group) {
             return Err(RegisterError::UnknownGroup {
                 entity_type: format!("singleton {name}"),
                 group: group.to_string(),
             });
         }
-        let id = EntityId::new(name)?;
+        let id = EntityId::new(&name)?;
         let shard = self.shard_in(&group, &id);
         self.inner.singletons.register(Definition {
             name: Arc::from(name),
             shard,
-            run: Arc::new(move |ctx| Box::pin(run(ctx))),
+            run,
         })?;
         self.inner.singletons.sync(self);
         Ok(())

@@ -714,3 +714,59 @@ async fn a_queued_local_call_follows_its_entity_to_the_next_owner() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Singletons registered on the builder.
+
+/// A singleton given to the builder is in place before the runner takes shards: it runs on
+/// exactly one of two runners; a mistake in it fails `start`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn singletons_registered_before_start_run_once() {
+    init_logs();
+    let memory = Arc::new(MemoryRunnerStorage::new());
+    let network = InProcessNetwork::new();
+    let running = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let start = |port: u16, group: ShardGroup| {
+        let running = running.clone();
+        Sharding::builder(fast_config().build().unwrap())
+            .storage(memory.clone())
+            .in_process(&network)
+            .runner(address(port))
+            .singleton("leader", group, move |ctx| {
+                let running = running.clone();
+                async move {
+                    running.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    ctx.cancelled().await;
+                    running.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                }
+            })
+            .start()
+    };
+    let refused = start(42_091, "nowhere".parse().unwrap()).await;
+    assert!(
+        matches!(
+            refused,
+            Err(shoal_sharding::StartError::Register(
+                shoal_sharding::RegisterError::UnknownGroup { .. }
+            ))
+        ),
+        "{refused:?}"
+    );
+    let a = start(42_092, ShardGroup::default_group()).await.unwrap();
+    let b = start(42_093, ShardGroup::default_group()).await.unwrap();
+    eventually(Duration::from_secs(10), "the singleton runs", || {
+        running.load(std::sync::atomic::Ordering::SeqCst) == 1
+    })
+    .await;
+    let shard = a.shard_in(&ShardGroup::default_group(), &"leader".parse().unwrap());
+    eventually(
+        Duration::from_secs(10),
+        "one runner holds its shard",
+        || a.holds(&shard) != b.holds(&shard),
+    )
+    .await;
+    assert_eq!(running.load(std::sync::atomic::Ordering::SeqCst), 1);
+    a.shutdown().await;
+    b.shutdown().await;
+    assert_eq!(running.load(std::sync::atomic::Ordering::SeqCst), 0);
+}

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::{Backend, Cluster, Counter, Get, config_for, counter_definition, eventually};
 use shoal_protocol::RunnerAddress;
-use shoal_sharding::{CallError, CallOptions, PingHealth, Runners, Sharding, ShardingConfig};
+use shoal_sharding::{CallError, CallOptions, PingHealth, Sharding, ShardingConfig, Transport};
 use shoal_storage::RunnerStorage;
 use shoal_storage::testing::{Fault, FaultyRunnerStorage};
 
@@ -31,7 +31,7 @@ async fn runner(
     config: ShardingConfig,
     storage: Arc<dyn RunnerStorage>,
 ) -> Sharding {
-    let transport: Arc<dyn Runners> = cluster.network.clone();
+    let transport: Arc<dyn Transport> = cluster.network.clone();
     let health = PingHealth::new(transport)
         .attempts(1)
         .timeout(config.health_check_interval());

@@ -2,7 +2,7 @@
 //!
 //! The transport between Shoal runners: each runner serves `shoal.runner.v1.RunnerService`
 //! (gRPC, tonic) on a TCP port or a Unix socket, and reaches the others through
-//! [`GrpcRunners`], an implementation of the sharding runtime's `Runners` trait. Requests to one
+//! [`GrpcTransport`], an implementation of the sharding runtime's `Transport` trait. Requests to one
 //! runner share a single HTTP/2 **batch stream**: callers' requests are written in batches and
 //! replies come back in batches, matched by request id.
 //!
@@ -44,7 +44,7 @@ mod runner;
 mod server;
 mod tls;
 
-pub use client::GrpcRunners;
+pub use client::GrpcTransport;
 pub use config::{SendMode, SocketConfig, TlsConfig};
 pub use error::SocketError;
 pub use listen::ListenAddress;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use shoal_sharding::{PingHealth, Sharding, ShardingBuilder, ShardingConfig};
 use shoal_storage::RunnerStorage;
 
-use crate::client::GrpcRunners;
+use crate::client::GrpcTransport;
 use crate::config::SocketConfig;
 use crate::error::SocketError;
 use crate::listen::ListenAddress;
@@ -18,7 +18,7 @@ use crate::server::{Bound, RunnerServiceImpl, ServerHandle};
 pub struct SocketRunner {
     sharding: Sharding,
     server: Option<ServerHandle>,
-    runners: Arc<GrpcRunners>,
+    runners: Arc<GrpcTransport>,
 }
 
 /// Options of [`SocketRunner::serve`].
@@ -69,7 +69,7 @@ impl SocketRunner {
             });
         }
         let address = listener.advertised(&advertise, options.advertise_port)?;
-        let runners = GrpcRunners::new(options.socket.clone())?;
+        let runners = GrpcTransport::new(options.socket.clone())?;
         // One ping per probe: the prober probes every `health_check_interval` and reports a
         // runner only after consecutive failures.
         let health = Arc::new(
@@ -119,7 +119,7 @@ impl SocketRunner {
         storage: Arc<dyn RunnerStorage>,
         configure: impl FnOnce(ShardingBuilder) -> ShardingBuilder,
     ) -> Result<Self, SocketError> {
-        let runners = GrpcRunners::new(socket)?;
+        let runners = GrpcTransport::new(socket)?;
         let builder = Sharding::builder(sharding)
             .storage(storage)
             .transport(runners.clone())

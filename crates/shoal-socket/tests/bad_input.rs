@@ -13,8 +13,8 @@ use shoal_protocol::proto::runner::v1 as pb;
 use shoal_protocol::{
     EntityAddress, ErrorCode, Headers, Reply, ReplyFrame, Request, RunnerAddress, Snowflake,
 };
-use shoal_sharding::{CallError, CallOptions, Runners, TransportError};
-use shoal_socket::{GrpcRunners, SocketConfig, SocketRunner};
+use shoal_sharding::{CallError, CallOptions, Transport, TransportError};
+use shoal_socket::{GrpcTransport, SocketConfig, SocketRunner};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn pad(bytes: usize) -> String {
@@ -255,7 +255,7 @@ async fn a_server_that_never_answers_is_reported_within_the_connect_timeout() {
             keep.lock().push(socket);
         }
     });
-    let runners = GrpcRunners::new(SocketConfig {
+    let runners = GrpcTransport::new(SocketConfig {
         connect_timeout: Duration::from_millis(500),
         ..SocketConfig::default()
     })

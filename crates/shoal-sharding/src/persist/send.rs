@@ -17,8 +17,8 @@ use super::waiter::frame_result;
 use crate::entity::ReplyValue;
 use crate::error::CallError;
 use crate::outgoing::Outgoing;
-use crate::runners::TransportError;
 use crate::sharding::Sharding;
+use crate::transport::TransportError;
 
 /// A persisted request just saved.
 pub(super) struct Saved {

@@ -1,4 +1,4 @@
-//! The outgoing side: [`GrpcRunners`] implements the sharding runtime's `Runners` trait over
+//! The outgoing side: [`GrpcTransport`] implements the sharding runtime's `Transport` trait over
 //! gRPC, with one connection (and one batch stream) per peer runner.
 
 mod connect;
@@ -15,7 +15,7 @@ use parking_lot::Mutex;
 use prost::Message as _;
 use shoal_protocol::proto::runner::v1 as pb;
 use shoal_protocol::{ErrorCode, Failure, Notification, Reply, ReplyFrame, Request, RunnerAddress};
-use shoal_sharding::{ReplyFrames, Runners, TransportError};
+use shoal_sharding::{ReplyFrames, Transport, TransportError};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::AttachToken;
@@ -27,7 +27,7 @@ use pipeline::Pipeline;
 
 /// Reaches other runners over gRPC (TCP or Unix sockets).
 #[derive(Debug)]
-pub struct GrpcRunners {
+pub struct GrpcTransport {
     config: SocketConfig,
     token: AttachToken,
     peers: Mutex<HashMap<RunnerAddress, Arc<Peer>>>,
@@ -88,7 +88,7 @@ fn status_error(runner: &RunnerAddress, status: tonic::Status) -> TransportError
     }
 }
 
-impl GrpcRunners {
+impl GrpcTransport {
     /// A transport with `config`. Must be called inside a tokio runtime (it starts a task that
     /// closes idle connections).
     pub fn new(config: SocketConfig) -> Result<Arc<Self>, SocketError> {
@@ -309,7 +309,7 @@ impl GrpcRunners {
 }
 
 #[async_trait]
-impl Runners for GrpcRunners {
+impl Transport for GrpcTransport {
     async fn ping(&self, runner: &RunnerAddress) -> Result<(), TransportError> {
         let peer = self.peer(runner);
         let result = async {

@@ -1,4 +1,6 @@
-//! Requests arriving from other runners (through a transport).
+//! Inbound: requests arriving from other runners, which a transport hands to the runtime through
+//! [`Sharding::handle_request`], [`Sharding::handle_stream`] and
+//! [`Sharding::handle_notification`] (outbound calls go through `dispatch`).
 
 use futures::StreamExt;
 use futures::stream::BoxStream;

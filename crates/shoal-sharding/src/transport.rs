@@ -41,7 +41,7 @@ pub type ReplyFrames = BoxStream<'static, Result<ReplyFrame, TransportError>>;
 /// Reaches other runners. `shoal-socket` implements it over gRPC; [`crate::InProcessNetwork`]
 /// connects runners living in one process.
 #[async_trait]
-pub trait Runners: Send + Sync + 'static {
+pub trait Transport: Send + Sync + 'static {
     /// Checks that `runner` answers.
     async fn ping(&self, runner: &RunnerAddress) -> Result<(), TransportError>;
 
