@@ -1,10 +1,11 @@
-//! Inbound: requests arriving from other runners, which a transport hands to the runtime through
-//! [`Sharding::handle_request`], [`Sharding::handle_stream`] and
-//! [`Sharding::handle_notification`] (outbound calls go through `dispatch`).
+//! Inbound: requests arriving from other runners. A transport's server hands them to an
+//! [`InboundHandler`], which [`Sharding`] implements (outbound calls go through `dispatch`).
+
+use std::future::Future;
 
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use shoal_protocol::{Chunk, ErrorCode, Failure, Notification, ReplyFrame, Request};
+use shoal_protocol::{Chunk, ErrorCode, Failure, Notification, ReplyFrame, Request, RunnerAddress};
 use tokio::sync::oneshot;
 
 use crate::entity::{ReplyValue, chunk_channel};
@@ -12,6 +13,47 @@ use crate::instance::ReplyTo;
 use crate::outgoing::Outgoing;
 use crate::persist::StreamRun;
 use crate::sharding::Sharding;
+
+/// The one entry point of requests from other runners: what a transport's server calls. The
+/// runtime ([`Sharding`]) implements it; a server is generic over it, so nothing is boxed per
+/// request and a transport can be tested against a handler of its own.
+pub trait InboundHandler: Clone + Send + Sync + Unpin + 'static {
+    /// The address this runner serves at (`None` for a process that hosts no entities).
+    fn address(&self) -> Option<&RunnerAddress>;
+
+    /// Serves a request and returns its final reply (a value or a failure).
+    fn handle_request(&self, request: Request) -> impl Future<Output = ReplyFrame> + Send;
+
+    /// Serves a streaming request: chunks, then `End` or a failure.
+    fn handle_stream(&self, request: Request) -> BoxStream<'static, ReplyFrame>;
+
+    /// Serves a notification; `Err` when it was refused.
+    fn handle_notification(
+        &self,
+        notification: Notification,
+    ) -> impl Future<Output = Result<(), Failure>> + Send;
+}
+
+impl InboundHandler for Sharding {
+    fn address(&self) -> Option<&RunnerAddress> {
+        self.runner_address()
+    }
+
+    fn handle_request(&self, request: Request) -> impl Future<Output = ReplyFrame> + Send {
+        Sharding::handle_request(self, request)
+    }
+
+    fn handle_stream(&self, request: Request) -> BoxStream<'static, ReplyFrame> {
+        Sharding::handle_stream(self, request)
+    }
+
+    fn handle_notification(
+        &self,
+        notification: Notification,
+    ) -> impl Future<Output = Result<(), Failure>> + Send {
+        Sharding::handle_notification(self, notification)
+    }
+}
 
 fn refused(request: &Request, code: ErrorCode, message: impl Into<String>) -> Failure {
     Failure::new(code, message).with_address(request.address.clone())

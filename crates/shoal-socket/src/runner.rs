@@ -87,7 +87,7 @@ impl SocketRunner {
             listener,
             &listen_host,
             RunnerServiceImpl {
-                sharding: sharding.clone(),
+                handler: sharding.clone(),
                 max_batch: options.socket.max_batch,
                 max_message_size: options.socket.max_message_size,
                 window: options.socket.window,

@@ -20,7 +20,7 @@ use futures::Stream;
 use futures::future::BoxFuture;
 use futures::stream::{BoxStream, FuturesUnordered};
 use shoal_protocol::{ErrorCode, Failure, ReplyFrame};
-use shoal_sharding::Sharding;
+use shoal_sharding::InboundHandler;
 use tokio_stream::StreamMap;
 use tonic::{Status, Streaming};
 
@@ -32,8 +32,8 @@ use crate::codec::encode::put_reply;
 type Pending = BoxFuture<'static, Option<(u64, ReplyFrame)>>;
 
 /// The replies of one batch stream.
-pub(crate) struct Session {
-    sharding: Sharding,
+pub(crate) struct Session<H> {
+    handler: H,
     inbound: Streaming<Vec<Inbound>>,
     inbound_open: bool,
     pending: FuturesUnordered<Pending>,
@@ -50,7 +50,7 @@ pub(crate) struct Session {
     dropped_notifications: u64,
 }
 
-impl std::fmt::Debug for Session {
+impl<H> std::fmt::Debug for Session<H> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Session")
             .field("pending", &self.pending.len())
@@ -72,14 +72,10 @@ pub(crate) struct Limits {
     pub(crate) window: usize,
 }
 
-impl Session {
-    pub(crate) fn new(
-        sharding: Sharding,
-        inbound: Streaming<Vec<Inbound>>,
-        limits: Limits,
-    ) -> Self {
+impl<H: InboundHandler> Session<H> {
+    pub(crate) fn new(handler: H, inbound: Streaming<Vec<Inbound>>, limits: Limits) -> Self {
         Self {
-            sharding,
+            handler,
             inbound,
             inbound_open: true,
             pending: FuturesUnordered::new(),
@@ -151,13 +147,12 @@ impl Session {
                     let failure = failure.with_address(request.address);
                     self.reply(id, ReplyFrame::Failure(failure));
                 } else if request.streaming {
-                    self.streams
-                        .insert(id, self.sharding.handle_stream(request));
+                    self.streams.insert(id, self.handler.handle_stream(request));
                 } else {
-                    let sharding = self.sharding.clone();
+                    let handler = self.handler.clone();
                     self.pending_answered += 1;
                     self.pending.push(Box::pin(async move {
-                        Some((id, sharding.handle_request(request).await))
+                        Some((id, handler.handle_request(request).await))
                     }));
                 }
             }
@@ -189,9 +184,9 @@ impl Session {
                             }
                         }
                     }
-                    let sharding = self.sharding.clone();
+                    let handler = self.handler.clone();
                     self.pending.push(Box::pin(async move {
-                        let result = sharding.handle_notification(notification).await;
+                        let result = handler.handle_notification(notification).await;
                         request_id.map(|id| {
                             let frame = match result {
                                 Ok(()) => ReplyFrame::Value(Bytes::new()),
@@ -233,7 +228,7 @@ impl Session {
 /// polled again).
 const INBOUND_PER_PASS: usize = 16;
 
-impl Session {
+impl<H: InboundHandler> Session<H> {
     /// One pass: read requests, collect ready replies.
     fn poll_pass(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, Status>>> {
         // New requests first, so that their handling starts in this same pass.
@@ -291,7 +286,7 @@ impl Session {
     }
 }
 
-impl Stream for Session {
+impl<H: InboundHandler> Stream for Session<H> {
     type Item = Result<Bytes, Status>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {

@@ -14,6 +14,8 @@ use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 
+use shoal_sharding::InboundHandler;
+
 use super::RunnerServiceImpl;
 use crate::auth::RequireToken;
 use crate::config::SocketConfig;
@@ -202,10 +204,10 @@ impl Listener {
 }
 
 /// Serves the runner service on `listener`.
-pub(crate) fn serve_on(
+pub(crate) fn serve_on<H: InboundHandler>(
     listener: Listener,
     host: &str,
-    service: RunnerServiceImpl,
+    service: RunnerServiceImpl<H>,
     config: &SocketConfig,
 ) -> Result<ServerHandle, SocketError> {
     // Batches are limited by the sender to `max_message_size`; each request in them is checked
@@ -269,12 +271,13 @@ pub(crate) fn serve_on(
     })
 }
 
-/// Binds `listen` and serves `sharding`'s runner service on it. A TCP address other hosts can
+/// Binds `listen` and serves the runner service on it, handing requests to `handler` (a
+/// [`Sharding`](shoal_sharding::Sharding), or any other [`InboundHandler`]). A TCP address other hosts can
 /// reach (not loopback) is refused with [`SocketError::InsecureTransport`] unless `config` sets
 /// a token, mutual TLS, or `insecure_transport`.
 pub async fn serve(
     listen: &ListenAddress,
-    sharding: shoal_sharding::Sharding,
+    handler: impl InboundHandler,
     config: &SocketConfig,
 ) -> Result<ServerHandle, SocketError> {
     let listener = bind(listen, config).await?;
@@ -286,7 +289,7 @@ pub async fn serve(
         listener,
         &host,
         RunnerServiceImpl {
-            sharding,
+            handler,
             max_batch: config.max_batch,
             max_message_size: config.max_message_size,
             window: config.window,

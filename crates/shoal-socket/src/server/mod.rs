@@ -14,13 +14,13 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 use shoal_protocol::proto::runner::v1 as pb;
 use shoal_protocol::{ErrorCode, Failure, Notification, Reply, ReplyFrame, Request, Snowflake};
-use shoal_sharding::Sharding;
+use shoal_sharding::InboundHandler;
 use tonic::{Response, Status, Streaming};
 
-/// Serves `shoal.runner.v1.RunnerService` for one sharding runtime.
+/// Serves `shoal.runner.v1.RunnerService`, handing what arrives to `handler` (the runtime).
 #[derive(Debug, Clone)]
-pub(crate) struct RunnerServiceImpl {
-    pub(crate) sharding: Sharding,
+pub(crate) struct RunnerServiceImpl<H> {
+    pub(crate) handler: H,
     pub(crate) max_batch: usize,
     pub(crate) max_message_size: usize,
     /// Requests one batch stream may have in flight (`SocketConfig::window`).
@@ -60,15 +60,15 @@ fn reply(request_id: u64, frame: ReplyFrame) -> pb::Reply {
 }
 
 #[tonic::async_trait]
-impl pb::runner_service_server::RunnerService for RunnerServiceImpl {
+impl<H: InboundHandler> pb::runner_service_server::RunnerService for RunnerServiceImpl<H> {
     async fn ping(
         &self,
         _request: tonic::Request<pb::PingRequest>,
     ) -> Result<Response<pb::PingResponse>, Status> {
         Ok(Response::new(pb::PingResponse {
             runner_address: self
-                .sharding
-                .runner_address()
+                .handler
+                .address()
                 .map(ToString::to_string)
                 .unwrap_or_default(),
         }))
@@ -86,7 +86,7 @@ impl pb::runner_service_server::RunnerService for RunnerServiceImpl {
             }
             Ok(request) => {
                 let span = tracing::debug_span!("runner.send", address = %request.address, tag = %request.tag);
-                tracing::Instrument::instrument(self.sharding.handle_request(request), span).await
+                tracing::Instrument::instrument(self.handler.handle_request(request), span).await
             }
             Err(e) => ReplyFrame::Failure(malformed(e)),
         };
@@ -102,7 +102,7 @@ impl pb::runner_service_server::RunnerService for RunnerServiceImpl {
         let wire = request.into_inner();
         let id = wire.request_id;
         let frames = match Request::try_from(wire) {
-            Ok(request) => self.sharding.handle_stream(request),
+            Ok(request) => self.handler.handle_stream(request),
             Err(e) => {
                 futures::stream::once(async move { ReplyFrame::Failure(malformed(e)) }).boxed()
             }
@@ -117,7 +117,7 @@ impl pb::runner_service_server::RunnerService for RunnerServiceImpl {
         request: tonic::Request<pb::Notification>,
     ) -> Result<Response<pb::NotifyAck>, Status> {
         let failure = match Notification::try_from(request.into_inner()) {
-            Ok(notification) => self.sharding.handle_notification(notification).await.err(),
+            Ok(notification) => self.handler.handle_notification(notification).await.err(),
             Err(e) => Some(malformed(e)),
         };
         Ok(Response::new(pb::NotifyAck {

@@ -11,6 +11,8 @@ use tonic::server::NamedService;
 use tonic::{Status, Streaming};
 use tower::Service;
 
+use shoal_sharding::InboundHandler;
+
 use super::RunnerServiceImpl;
 use super::batch::{Limits, Session};
 use crate::codec::decode::Inbound;
@@ -18,17 +20,17 @@ use crate::codec::{BATCH_PATH, ServerCodec};
 
 /// Routes the batch stream to [`Session`], everything else to the generated service.
 #[derive(Debug, Clone)]
-pub(crate) struct Routes {
-    generated: RunnerServiceServer<RunnerServiceImpl>,
-    service: RunnerServiceImpl,
+pub(crate) struct Routes<H> {
+    generated: RunnerServiceServer<RunnerServiceImpl<H>>,
+    service: RunnerServiceImpl<H>,
     max_decoding: usize,
     max_encoding: usize,
 }
 
-impl Routes {
+impl<H: InboundHandler> Routes<H> {
     /// Messages up to `max_decoding` bytes are accepted and up to `max_encoding` sent.
     pub(crate) fn new(
-        service: RunnerServiceImpl,
+        service: RunnerServiceImpl<H>,
         max_decoding: usize,
         max_encoding: usize,
     ) -> Self {
@@ -43,11 +45,11 @@ impl Routes {
     }
 }
 
-impl NamedService for Routes {
+impl<H> NamedService for Routes<H> {
     const NAME: &'static str = "shoal.runner.v1.RunnerService";
 }
 
-impl Service<http::Request<Body>> for Routes {
+impl<H: InboundHandler> Service<http::Request<Body>> for Routes<H> {
     type Response = http::Response<Body>;
     type Error = Infallible;
     type Future = BoxFuture<'static, Result<Self::Response, Infallible>>;
@@ -74,12 +76,12 @@ impl Service<http::Request<Body>> for Routes {
 
 /// Opens a [`Session`] for each batch stream.
 #[derive(Debug, Clone)]
-struct BatchHandler {
-    service: RunnerServiceImpl,
+struct BatchHandler<H> {
+    service: RunnerServiceImpl<H>,
 }
 
-impl Service<tonic::Request<Streaming<Vec<Inbound>>>> for BatchHandler {
-    type Response = tonic::Response<Session>;
+impl<H: InboundHandler> Service<tonic::Request<Streaming<Vec<Inbound>>>> for BatchHandler<H> {
+    type Response = tonic::Response<Session<H>>;
     type Error = Status;
     type Future = std::future::Ready<Result<Self::Response, Status>>;
 
@@ -89,7 +91,7 @@ impl Service<tonic::Request<Streaming<Vec<Inbound>>>> for BatchHandler {
 
     fn call(&mut self, request: tonic::Request<Streaming<Vec<Inbound>>>) -> Self::Future {
         let session = Session::new(
-            self.service.sharding.clone(),
+            self.service.handler.clone(),
             request.into_inner(),
             Limits {
                 max_batch: self.service.max_batch,
