@@ -24,6 +24,7 @@
 mod backoff;
 mod convert;
 mod entity;
+pub mod kv;
 mod message;
 mod name;
 pub mod proto;

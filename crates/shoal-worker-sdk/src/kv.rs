@@ -6,8 +6,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use shoal_protocol::proto::worker::v1 as pb;
 
-use crate::query::{KvEntry, KvQuery};
 use crate::session::SessionState;
+use shoal_protocol::kv::{KvEntry, KvQuery};
 
 /// What went wrong with a KV request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,22 +144,17 @@ impl Kv {
 
     /// The entries `query` selects.
     pub async fn list(&self, query: KvQuery) -> Result<Vec<KvEntry>, KvError> {
-        match self
-            .request(pb::kv_request::Op::List(query.into_wire()))
-            .await?
-        {
-            pb::kv_response::Result::Entries(entries) => Ok(entries
-                .entries
-                .into_iter()
-                .map(KvEntry::from_wire)
-                .collect()),
+        match self.request(pb::kv_request::Op::List(query.into())).await? {
+            pb::kv_response::Result::Entries(entries) => {
+                Ok(entries.entries.into_iter().map(KvEntry::from).collect())
+            }
             _ => Err(unexpected("list")),
         }
     }
 
     /// Sets every entry, all or nothing.
     pub async fn put(&self, entries: impl IntoIterator<Item = KvEntry>) -> Result<(), KvError> {
-        let entries = entries.into_iter().map(KvEntry::into_wire).collect();
+        let entries = entries.into_iter().map(pb::KvEntry::from).collect();
         self.done(pb::kv_request::Op::Put(pb::KvPut { entries }), "put")
             .await
     }

@@ -27,5 +27,5 @@ pub fn describe_difference(
 
 /// The storage query of a worker's KV `list` request.
 pub fn kv_query(list: pb::KvList) -> KvQuery {
-    crate::host::kv::query_of(list)
+    KvQuery::from(list)
 }

@@ -15,8 +15,7 @@ pub const MAX_VALUE_SIZE: usize = 128 * 1024;
 pub const MAX_KEYS: usize = 128;
 /// Most bytes of keys plus values in one `put` (976 KiB).
 pub const MAX_PUT_PAYLOAD: usize = 976 * 1024;
-/// Entries a list returns when its query sets no limit.
-pub const DEFAULT_LIST_LIMIT: usize = 16_384;
+pub use shoal_protocol::kv::DEFAULT_LIST_LIMIT;
 
 fn invalid(operation: &'static str, detail: String) -> StorageError {
     StorageError::InvalidArgument { operation, detail }

@@ -93,7 +93,7 @@ impl EntityKv for MemoryEntityKv {
     ) -> Result<Vec<KvEntry>, StorageError> {
         check_query("kv_list", query)?;
         let limit = query.effective_limit();
-        let Some(bounds) = query.bounds().filter(|_| limit > 0) else {
+        let Some(bounds) = super::query::bounds(query).filter(|_| limit > 0) else {
             return Ok(Vec::new());
         };
         let entities = self.entities.lock();

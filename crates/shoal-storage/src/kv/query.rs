@@ -1,131 +1,29 @@
-//! What a KV list reads, and the entries it returns.
+//! What a KV list reads (the shared types of `shoal_protocol::kv`) and the key interval a
+//! backend scans for it.
 
 use bytes::Bytes;
 
-use super::limits::DEFAULT_LIST_LIMIT;
+pub use shoal_protocol::kv::{KvEntry, KvQuery, KvSelection};
 
-/// One key and its value.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct KvEntry {
-    /// The key.
-    pub key: Bytes,
-    /// The value (never empty).
-    pub value: Bytes,
-}
-
-impl KvEntry {
-    /// An entry from anything that converts into bytes.
-    pub fn new(key: impl Into<Bytes>, value: impl Into<Bytes>) -> Self {
-        Self {
-            key: key.into(),
-            value: value.into(),
-        }
-    }
-}
-
-/// Which keys a list visits.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum KvSelection {
-    /// Every key of the entity.
-    All,
-    /// Keys starting with these bytes (an empty prefix selects every key).
-    Prefix(Bytes),
-    /// Keys `k` with `start <= k < end` (empty when `end <= start`).
-    Range {
-        /// First key included.
-        start: Bytes,
-        /// First key excluded.
-        end: Bytes,
-    },
-}
-
-/// A list query: a selection, a direction and a limit. Keys are compared as unsigned bytes
-/// (lexicographically, a shorter key before its extensions).
-///
-/// ```
-/// use shoal_storage::kv::{KvQuery, KvSelection};
-///
-/// let latest = KvQuery::prefix("event/").reverse().limit(10);
-/// assert_eq!(latest.selection, KvSelection::Prefix("event/".into()));
-/// assert!(latest.reverse);
-/// assert_eq!(latest.effective_limit(), 10);
-/// assert_eq!(KvQuery::all().effective_limit(), 16_384);
-/// ```
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct KvQuery {
-    /// Which keys.
-    pub selection: KvSelection,
-    /// Largest key first.
-    pub reverse: bool,
-    /// At most this many entries (`None`: [`DEFAULT_LIST_LIMIT`]; `Some(0)`: none).
-    pub limit: Option<usize>,
-}
-
-impl KvQuery {
-    /// Every key, in ascending order, up to the default limit.
-    pub fn all() -> Self {
-        Self::of(KvSelection::All)
-    }
-
-    /// Keys starting with `prefix`.
-    pub fn prefix(prefix: impl Into<Bytes>) -> Self {
-        Self::of(KvSelection::Prefix(prefix.into()))
-    }
-
-    /// Keys from `start` (included) to `end` (excluded).
-    pub fn range(start: impl Into<Bytes>, end: impl Into<Bytes>) -> Self {
-        Self::of(KvSelection::Range {
-            start: start.into(),
-            end: end.into(),
-        })
-    }
-
-    /// A query of `selection`, ascending, default limit.
-    pub fn of(selection: KvSelection) -> Self {
-        Self {
-            selection,
-            reverse: false,
-            limit: None,
-        }
-    }
-
-    /// Largest key first.
-    pub fn reverse(mut self) -> Self {
-        self.reverse = true;
-        self
-    }
-
-    /// At most `limit` entries.
-    pub fn limit(mut self, limit: usize) -> Self {
-        self.limit = Some(limit);
-        self
-    }
-
-    /// The number of entries the query returns at most.
-    pub fn effective_limit(&self) -> usize {
-        self.limit.unwrap_or(DEFAULT_LIST_LIMIT)
-    }
-
-    /// The half-open key interval the query selects; `None` when it selects nothing.
-    pub(crate) fn bounds(&self) -> Option<Bounds> {
-        let bounds = match &self.selection {
-            KvSelection::All => Bounds {
-                start: Bytes::new(),
-                end: None,
-            },
-            KvSelection::Prefix(prefix) => Bounds {
-                start: prefix.clone(),
-                end: prefix_end(prefix).map(Bytes::from),
-            },
-            KvSelection::Range { start, end } => Bounds {
-                start: start.clone(),
-                end: Some(end.clone()),
-            },
-        };
-        match &bounds.end {
-            Some(end) if end <= &bounds.start => None,
-            _ => Some(bounds),
-        }
+/// The half-open key interval `query` selects; `None` when it selects nothing.
+pub(crate) fn bounds(query: &KvQuery) -> Option<Bounds> {
+    let bounds = match &query.selection {
+        KvSelection::All => Bounds {
+            start: Bytes::new(),
+            end: None,
+        },
+        KvSelection::Prefix(prefix) => Bounds {
+            start: prefix.clone(),
+            end: prefix_end(prefix).map(Bytes::from),
+        },
+        KvSelection::Range { start, end } => Bounds {
+            start: start.clone(),
+            end: Some(end.clone()),
+        },
+    };
+    match &bounds.end {
+        Some(end) if end <= &bounds.start => None,
+        _ => Some(bounds),
     }
 }
 
@@ -165,11 +63,11 @@ mod tests {
 
     #[test]
     fn empty_ranges_select_nothing() {
-        assert!(KvQuery::range("b", "a").bounds().is_none());
-        assert!(KvQuery::range("a", "a").bounds().is_none());
-        assert!(KvQuery::range("a", "b").bounds().is_some());
+        assert!(bounds(&KvQuery::range("b", "a")).is_none());
+        assert!(bounds(&KvQuery::range("a", "a")).is_none());
+        assert!(bounds(&KvQuery::range("a", "b")).is_some());
         assert_eq!(
-            KvQuery::prefix("").bounds(),
+            bounds(&KvQuery::prefix("")),
             Some(Bounds {
                 start: Bytes::new(),
                 end: None

@@ -185,7 +185,7 @@ impl EntityKv for SqliteEntityKv {
     ) -> Result<Vec<KvEntry>, StorageError> {
         check_query("kv_list", query)?;
         let limit = query.effective_limit();
-        let Some(bounds) = query.bounds().filter(|_| limit > 0) else {
+        let Some(bounds) = super::query::bounds(query).filter(|_| limit > 0) else {
             return Ok(Vec::new());
         };
         let sql = self.sql.list(bounds.end.is_some(), query.reverse);

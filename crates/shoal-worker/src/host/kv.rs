@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use parking_lot::Mutex;
 use shoal_protocol::proto::worker::v1 as pb;
-use shoal_storage::kv::{KvEntry, KvQuery, KvSelection};
+use shoal_storage::kv::{KvEntry, KvQuery};
 use shoal_storage::{Fence, StorageError};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::sync::mpsc;
@@ -175,27 +175,14 @@ async fn answer(session: &Session, activation: u64, request: pb::KvRequest) -> p
                     .collect(),
             })
         }),
-        Some(Op::List(list)) => kv.list(address, &query_of(list)).await.map(|entries| {
+        Some(Op::List(list)) => kv.list(address, &KvQuery::from(list)).await.map(|entries| {
             Answer::Entries(pb::KvEntries {
-                entries: entries
-                    .into_iter()
-                    .map(|e| pb::KvEntry {
-                        key: e.key,
-                        value: e.value,
-                    })
-                    .collect(),
+                entries: entries.into_iter().map(pb::KvEntry::from).collect(),
             })
         }),
         Some(Op::Put(put)) => match fence() {
             Ok(fence) => {
-                let entries: Vec<KvEntry> = put
-                    .entries
-                    .into_iter()
-                    .map(|e| KvEntry {
-                        key: e.key,
-                        value: e.value,
-                    })
-                    .collect();
+                let entries: Vec<KvEntry> = put.entries.into_iter().map(KvEntry::from).collect();
                 kv.put(address, &entries, &fence).await.map(|()| done())
             }
             Err(e) => Err(e),
@@ -263,23 +250,5 @@ fn code_of(error: &StorageError) -> (pb::KvErrorCode, &'static str) {
             (pb::KvErrorCode::Unavailable, "unavailable")
         }
         _ => (pb::KvErrorCode::Internal, "internal"),
-    }
-}
-
-/// A storage list query from its wire form.
-pub(crate) fn query_of(list: pb::KvList) -> KvQuery {
-    use pb::kv_list::Selection;
-    let selection = match list.selection {
-        None | Some(Selection::All(_)) => KvSelection::All,
-        Some(Selection::Prefix(prefix)) => KvSelection::Prefix(prefix),
-        Some(Selection::Range(range)) => KvSelection::Range {
-            start: range.start,
-            end: range.end,
-        },
-    };
-    KvQuery {
-        selection,
-        reverse: list.reverse,
-        limit: list.limit.map(|l| l as usize),
     }
 }

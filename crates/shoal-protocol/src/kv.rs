@@ -1,22 +1,20 @@
-//! What a KV list asks the runner for, and the entries KV reads and writes: a worker's own types,
-//! sent on the wire as `shoal.worker.v1` messages (the runner turns them into storage queries).
+//! Entity key-value data as every side sees it: an entry, and what a list reads. The storage
+//! backends (`shoal-storage`), the runner and worker processes (`shoal-worker-sdk`) share these
+//! types; the `shoal.worker.v1` messages convert to and from them.
 
 use bytes::Bytes;
-use shoal_protocol::proto::worker::v1 as pb;
+
+use crate::proto::worker::v1 as pb;
+
+/// Entries a list returns when its query sets no limit.
+pub const DEFAULT_LIST_LIMIT: usize = 16_384;
 
 /// One key and its value.
-///
-/// ```
-/// use shoal_worker_sdk::KvEntry;
-///
-/// let entry = KvEntry::new("value", "41");
-/// assert_eq!(&entry.key[..], b"value");
-/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct KvEntry {
     /// The key.
     pub key: Bytes,
-    /// The value (never empty: the runner refuses an empty value).
+    /// The value (never empty).
     pub value: Bytes,
 }
 
@@ -26,20 +24,6 @@ impl KvEntry {
         Self {
             key: key.into(),
             value: value.into(),
-        }
-    }
-
-    pub(crate) fn into_wire(self) -> pb::KvEntry {
-        pb::KvEntry {
-            key: self.key,
-            value: self.value,
-        }
-    }
-
-    pub(crate) fn from_wire(entry: pb::KvEntry) -> Self {
-        Self {
-            key: entry.key,
-            value: entry.value,
         }
     }
 }
@@ -64,12 +48,13 @@ pub enum KvSelection {
 /// (lexicographically, a shorter key before its extensions).
 ///
 /// ```
-/// use shoal_worker_sdk::{KvQuery, KvSelection};
+/// use shoal_protocol::kv::{KvQuery, KvSelection};
 ///
 /// let latest = KvQuery::prefix("event/").reverse().limit(10);
 /// assert_eq!(latest.selection, KvSelection::Prefix("event/".into()));
 /// assert!(latest.reverse);
-/// assert_eq!(latest.limit, Some(10));
+/// assert_eq!(latest.effective_limit(), 10);
+/// assert_eq!(KvQuery::all().effective_limit(), 16_384);
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct KvQuery {
@@ -77,7 +62,7 @@ pub struct KvQuery {
     pub selection: KvSelection,
     /// Largest key first.
     pub reverse: bool,
-    /// At most this many entries (`None`: the runner's default, 16,384; `Some(0)`: none).
+    /// At most this many entries (`None`: [`DEFAULT_LIST_LIMIT`]; `Some(0)`: none).
     pub limit: Option<usize>,
 }
 
@@ -121,18 +106,63 @@ impl KvQuery {
         self
     }
 
+    /// The number of entries the query returns at most.
+    pub fn effective_limit(&self) -> usize {
+        self.limit.unwrap_or(DEFAULT_LIST_LIMIT)
+    }
+}
+
+impl From<KvEntry> for pb::KvEntry {
+    fn from(entry: KvEntry) -> Self {
+        Self {
+            key: entry.key,
+            value: entry.value,
+        }
+    }
+}
+
+impl From<pb::KvEntry> for KvEntry {
+    fn from(entry: pb::KvEntry) -> Self {
+        Self {
+            key: entry.key,
+            value: entry.value,
+        }
+    }
+}
+
+impl From<KvQuery> for pb::KvList {
     /// The list request on the wire (a limit past `u32::MAX` is sent as `u32::MAX`).
-    pub(crate) fn into_wire(self) -> pb::KvList {
+    fn from(query: KvQuery) -> Self {
         use pb::kv_list::Selection;
-        let selection = match self.selection {
+        let selection = match query.selection {
             KvSelection::All => Selection::All(pb::KvAll {}),
             KvSelection::Prefix(prefix) => Selection::Prefix(prefix),
             KvSelection::Range { start, end } => Selection::Range(pb::KvRange { start, end }),
         };
-        pb::KvList {
+        Self {
             selection: Some(selection),
-            reverse: self.reverse,
-            limit: self.limit.map(|l| u32::try_from(l).unwrap_or(u32::MAX)),
+            reverse: query.reverse,
+            limit: query.limit.map(|l| u32::try_from(l).unwrap_or(u32::MAX)),
+        }
+    }
+}
+
+impl From<pb::KvList> for KvQuery {
+    /// The query a list request asks for (no selection: every key).
+    fn from(list: pb::KvList) -> Self {
+        use pb::kv_list::Selection;
+        let selection = match list.selection {
+            None | Some(Selection::All(_)) => KvSelection::All,
+            Some(Selection::Prefix(prefix)) => KvSelection::Prefix(prefix),
+            Some(Selection::Range(range)) => KvSelection::Range {
+                start: range.start,
+                end: range.end,
+            },
+        };
+        Self {
+            selection,
+            reverse: list.reverse,
+            limit: list.limit.and_then(|l| usize::try_from(l).ok()),
         }
     }
 }
@@ -142,9 +172,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn queries_on_the_wire() {
+    fn queries_round_trip_on_the_wire() {
         use pb::kv_list::Selection;
-        let list = KvQuery::range("a", "b").reverse().limit(7).into_wire();
+        let list = pb::KvList::from(KvQuery::range("a", "b").reverse().limit(7));
         assert_eq!(
             list.selection,
             Some(Selection::Range(pb::KvRange {
@@ -154,16 +184,26 @@ mod tests {
         );
         assert!(list.reverse);
         assert_eq!(list.limit, Some(7));
-
-        let list = KvQuery::prefix("p").into_wire();
+        assert_eq!(
+            KvQuery::from(list),
+            KvQuery::range("a", "b").reverse().limit(7)
+        );
+        let list = pb::KvList::from(KvQuery::prefix("p"));
         assert_eq!(
             list.selection,
             Some(Selection::Prefix(Bytes::from_static(b"p")))
         );
         assert_eq!(list.limit, None);
         assert_eq!(
-            KvQuery::all().limit(usize::MAX).into_wire().limit,
+            pb::KvList::from(KvQuery::all().limit(usize::MAX)).limit,
             Some(u32::MAX)
         );
+        assert_eq!(KvQuery::from(pb::KvList::default()), KvQuery::all());
+    }
+
+    #[test]
+    fn entries_round_trip_on_the_wire() {
+        let entry = KvEntry::new("k", "v");
+        assert_eq!(KvEntry::from(pb::KvEntry::from(entry.clone())), entry);
     }
 }
