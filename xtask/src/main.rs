@@ -92,6 +92,8 @@ fn packaging() -> Result<()> {
             "--workspace",
             "--exclude",
             "xtask",
+            "--exclude",
+            "shoal-test-support",
             "--no-verify",
             "--allow-dirty",
             "--locked",

@@ -57,15 +57,8 @@ pub fn unique_prefix(tag: &str) -> String {
 }
 
 /// Polls `condition` until it holds (fails the test after 20 s).
-pub async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !condition() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+pub async fn wait_until(what: &str, condition: impl FnMut() -> bool) {
+    shoal_test_support::eventually(Duration::from_secs(20), what, condition).await;
 }
 
 /// Diagnostics captured from `shoal_lanes::diag`.

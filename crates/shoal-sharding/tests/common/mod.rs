@@ -3,6 +3,7 @@
 
 #![allow(
     dead_code,
+    unused_imports,
     unused_macros,
     unreachable_pub,
     clippy::unwrap_used,
@@ -10,7 +11,6 @@
 )]
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -39,27 +39,7 @@ pub fn fast_config() -> ShardingConfigBuilder {
         .defect_backoff(Duration::from_millis(10))
 }
 
-/// Polls `condition` until it holds or `timeout` passes.
-pub async fn eventually<F: FnMut() -> bool>(timeout: Duration, what: &str, mut condition: F) {
-    let deadline = Instant::now() + timeout;
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-/// Polls an async `condition` until it holds or `timeout` passes.
-pub async fn eventually_async<F, Fut>(timeout: Duration, what: &str, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    while !condition().await {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
+pub use shoal_test_support::{eventually, eventually_async};
 
 // ---------------------------------------------------------------------------------------------
 // A counter entity that logs what it does.

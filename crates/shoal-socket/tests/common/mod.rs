@@ -311,13 +311,4 @@ pub fn capture_logs() -> LogBuffer {
         .clone()
 }
 
-pub async fn eventually<F: FnMut() -> bool>(timeout: Duration, what: &str, mut condition: F) {
-    let deadline = tokio::time::Instant::now() + timeout;
-    while !condition() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+pub use shoal_test_support::eventually;

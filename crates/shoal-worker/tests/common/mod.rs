@@ -251,19 +251,12 @@ pub fn handler_message(result: Result<String, CallError>) -> String {
 }
 
 /// Polls `condition` (every 10 ms, for at most 20 s) until it holds.
-pub async fn eventually<F, Fut>(mut condition: F)
+pub async fn eventually<F, Fut>(condition: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !condition().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "condition not met within 20 s"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    shoal_test_support::eventually_async(Duration::from_secs(20), "the condition", condition).await;
 }
 
 /// Logs to the test's output when `RUST_LOG` is set (for example
