@@ -423,3 +423,32 @@ async fn notify_wakes_a_consumer_in_another_process() {
     worker.shutdown().await;
     consumer_queue.drop_tables().await.unwrap();
 }
+
+/// A retried message is delivered after its retry delay, not after the visibility timeout: a
+/// consumer already waiting (until the in-flight message's visibility timeout) is woken by the
+/// retry. It used to sleep until the timeout (30 s here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_wakes_a_waiting_consumer() {
+    let prefix = unique_prefix("wake");
+    let q = queue(&prefix, Duration::from_secs(30));
+    q.init().await.unwrap();
+    q.enqueue(message(1)).await.unwrap();
+    let first = q.receive(1).await.unwrap();
+    assert_eq!(first.len(), 1);
+    // A second receive finds nothing visible and waits for the in-flight message's visibility
+    // timeout. (The pause lets it reach that wait; without it the test passes but proves less.)
+    let waiting = tokio::spawn({
+        let q = q.clone();
+        async move { q.receive(1).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    q.retry(&first[0], Duration::from_millis(10)).await.unwrap();
+    let again = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("the retried message is delivered long before the visibility timeout")
+        .unwrap()
+        .unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].payload, bytes::Bytes::from("1"));
+    q.drop_tables().await.unwrap();
+}

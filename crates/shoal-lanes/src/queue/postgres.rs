@@ -330,6 +330,16 @@ impl PostgresQueue {
     }
 }
 
+impl PostgresQueue {
+    /// A message became visible sooner than the visibility timeout a waiting consumer may be
+    /// sleeping until (a retry or release of an in-flight message): wake this process's
+    /// consumers and, through the notifier, other processes', so they look again.
+    fn visible_sooner(&self) {
+        self.wake.notify_waiters();
+        self.pending_notify.notify_one();
+    }
+}
+
 fn backend(err: sqlx::Error) -> QueueError {
     QueueError::Backend(err.to_string())
 }
@@ -542,12 +552,16 @@ impl EventQueue for PostgresQueue {
 
     async fn retry(&self, message: &Envelope, delay: Duration) -> Result<(), QueueError> {
         self.settle(&self.sql.retry, message, Some(delay.as_secs_f64()))
-            .await
+            .await?;
+        self.visible_sooner();
+        Ok(())
     }
 
     async fn release(&self, message: &Envelope, delay: Duration) -> Result<(), QueueError> {
         self.settle(&self.sql.release, message, Some(delay.as_secs_f64()))
-            .await
+            .await?;
+        self.visible_sooner();
+        Ok(())
     }
 
     async fn dead_letter(&self, message: &Envelope, reason: &str) -> Result<(), QueueError> {
