@@ -318,11 +318,18 @@ impl ShardingBuilder {
             transport,
         });
         let sharding = Sharding { inner };
-        for registration in self.registrations {
-            sharding.register_parts(registration?)?;
-        }
-        for singleton in self.singletons {
-            sharding.add_singleton(singleton)?;
+        let registered = self
+            .registrations
+            .into_iter()
+            .try_for_each(|registration| sharding.register_parts(registration?))
+            .and_then(|()| {
+                self.singletons
+                    .into_iter()
+                    .try_for_each(|singleton| sharding.add_singleton(singleton))
+            });
+        if let Err(error) = registered {
+            sharding.give_back().await;
+            return Err(error.into());
         }
         if let (Some(network), Some(me)) = (&sharding.inner.network, &sharding.inner.me) {
             network.attach(me.address.clone(), &sharding);
@@ -617,6 +624,26 @@ impl Sharding {
     /// off from storage): it then serves nothing any more, and the process should exit.
     pub async fn stopped(&self) {
         self.inner.stopped.cancelled().await;
+    }
+
+    /// Undoes a start that was refused after this process registered: leaves the cluster and
+    /// gives its machine id back, so that no other runner assigns shards to a runner that never
+    /// ran.
+    async fn give_back(&self) {
+        if let Some(me) = &self.inner.me {
+            let id = shoal_protocol::RunnerId::new(me.address.clone(), self.incarnation());
+            let call = self.inner.storage.unregister(&id);
+            match tokio::time::timeout(self.inner.config.storage_timeout(), call).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, "unregistering the refused runner failed; its heartbeat lapses on its own");
+                }
+                Err(_) => tracing::warn!(
+                    "unregistering the refused runner timed out; its heartbeat lapses on its own"
+                ),
+            }
+        }
+        self.inner.identity.release().await;
     }
 
     /// Stops every task at once without releasing leases or leaving the cluster, as a crash

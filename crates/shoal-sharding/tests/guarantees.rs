@@ -752,6 +752,12 @@ async fn singletons_registered_before_start_run_once() {
         ),
         "{refused:?}"
     );
+    // The refused runner left no registration behind (others would assign it shards).
+    let listed = memory.runners().await.unwrap();
+    assert!(
+        listed.iter().all(|r| r.runner.address != address(42_091)),
+        "{listed:?}"
+    );
     let a = start(42_092, ShardGroup::default_group()).await.unwrap();
     let b = start(42_093, ShardGroup::default_group()).await.unwrap();
     eventually(Duration::from_secs(10), "the singleton runs", || {
