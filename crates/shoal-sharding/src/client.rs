@@ -10,11 +10,16 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 use shoal_protocol::{EntityAddress, EntityId, EntityType, Headers, Snowflake, Tag};
 
-use crate::entity::{Entity, GroupSelector, Handler, Message, ReplyValue, StreamHandler};
+use crate::entity::{
+    Entity, EntityContext, GroupSelector, Handler, Message, ReplyValue, StreamHandler,
+};
 use crate::error::CallError;
-use crate::outgoing::{Outgoing, Typed, encode_json};
-use crate::persist::PersistSpec;
+use crate::router::Router;
+use crate::router::dispatch::ReplyItems;
+use crate::router::outgoing::Outgoing;
+use crate::router::outgoing::{PersistSpec, Typed, encode_json};
 use crate::sharding::Sharding;
+use crate::singleton::SingletonContext;
 
 /// Per-call options.
 #[derive(Debug, Clone, Default)]
@@ -77,7 +82,7 @@ impl CallOptions {
 
 /// Calls entities of type `E`. Get one with [`Sharding::client`].
 pub struct EntityClient<E> {
-    sharding: Sharding,
+    router: Router,
     entity_type: Result<EntityType, shoal_protocol::InvalidName>,
     _entity: PhantomData<fn() -> E>,
 }
@@ -85,7 +90,7 @@ pub struct EntityClient<E> {
 impl<E> Clone for EntityClient<E> {
     fn clone(&self) -> Self {
         Self {
-            sharding: self.sharding.clone(),
+            router: self.router.clone(),
             entity_type: self.entity_type.clone(),
             _entity: PhantomData,
         }
@@ -100,34 +105,104 @@ impl<E> fmt::Debug for EntityClient<E> {
     }
 }
 
-impl Sharding {
-    /// A client for entities of type `E`.
-    pub fn client<E: Entity>(&self) -> EntityClient<E> {
-        EntityClient {
-            sharding: self.clone(),
+impl<E: Entity> EntityClient<E> {
+    pub(crate) fn new(router: Router) -> Self {
+        Self {
+            router,
             entity_type: EntityType::from_static(E::TYPE),
             _entity: PhantomData,
         }
     }
+}
 
-    /// A client that sends encoded messages to entities of `entity_type` (for gateways and
-    /// bridges). `group` maps ids to shard groups; it must match the hosts' mapping.
-    pub fn dynamic_client(&self, entity_type: EntityType, group: GroupSelector) -> DynamicClient {
-        DynamicClient {
-            sharding: self.clone(),
+impl DynamicClient {
+    pub(crate) fn new(router: Router, entity_type: EntityType, group: GroupSelector) -> Self {
+        Self {
+            router,
             entity_type,
             group,
         }
     }
 
+    /// A client for a type registered on the runner of `router`, with the registration's
+    /// shard group mapping.
+    fn registered(router: &Router, entity_type: &EntityType) -> Option<Self> {
+        let group = router.local().group_selector(entity_type)?;
+        Some(Self::new(router.clone(), entity_type.clone(), group))
+    }
+}
+
+impl Sharding {
+    /// A client for entities of type `E`.
+    pub fn client<E: Entity>(&self) -> EntityClient<E> {
+        EntityClient::new(self.router().clone())
+    }
+
+    /// A client that sends encoded messages to entities of `entity_type` (for gateways and
+    /// bridges). `group` maps ids to shard groups; it must match the hosts' mapping.
+    pub fn dynamic_client(&self, entity_type: EntityType, group: GroupSelector) -> DynamicClient {
+        DynamicClient::new(self.router().clone(), entity_type, group)
+    }
+
     /// A dynamic client for a type registered on this runner, with the registration's shard
     /// group mapping.
     pub fn dynamic_client_for(&self, entity_type: &EntityType) -> Option<DynamicClient> {
-        self.manager(entity_type).map(|manager| DynamicClient {
-            sharding: self.clone(),
-            entity_type: entity_type.clone(),
-            group: manager.group_selector(),
-        })
+        DynamicClient::registered(self.router(), entity_type)
+    }
+}
+
+impl EntityContext {
+    /// A client to call entities of type `E` (a call to this entity itself waits behind the
+    /// running handler: send it as a notification, or from a spawned task).
+    pub fn client<E: Entity>(&self) -> EntityClient<E> {
+        EntityClient::new(self.router().clone())
+    }
+
+    /// A client that sends encoded messages to entities of `entity_type` (see
+    /// [`Sharding::dynamic_client`]).
+    pub fn dynamic_client(&self, entity_type: EntityType, group: GroupSelector) -> DynamicClient {
+        DynamicClient::new(self.router().clone(), entity_type, group)
+    }
+}
+
+impl SingletonContext {
+    /// A client to call entities of type `E`.
+    pub fn client<E: Entity>(&self) -> EntityClient<E> {
+        EntityClient::new(self.router().clone())
+    }
+
+    /// A client that sends encoded messages to entities of `entity_type` (see
+    /// [`Sharding::dynamic_client`]).
+    pub fn dynamic_client(&self, entity_type: EntityType, group: GroupSelector) -> DynamicClient {
+        DynamicClient::new(self.router().clone(), entity_type, group)
+    }
+}
+
+/// Sends a request and waits for its reply (a persisted request is stored first).
+async fn send_unary(router: &Router, out: Outgoing) -> Result<ReplyValue, CallError> {
+    if out.persist.is_some() {
+        router.call_persisted(out).await
+    } else {
+        router.call_unary(out).await
+    }
+}
+
+/// Sends a request and waits only for its acceptance: a persisted one is stored (then run), a
+/// volatile one is put in the entity's mailbox.
+async fn send_notify(router: &Router, out: Outgoing) -> Result<(), CallError> {
+    if out.persist.is_some() {
+        router.submit_persisted(out).await.map(drop)
+    } else {
+        router.call_notify(out).await
+    }
+}
+
+/// Sends a request and returns its stream of replies.
+async fn send_stream(router: &Router, out: Outgoing) -> Result<ReplyItems, CallError> {
+    if out.persist.is_some() {
+        router.call_persisted_stream(out).await
+    } else {
+        router.call_stream(out).await
     }
 }
 
@@ -149,7 +224,9 @@ impl<E: Entity> EntityClient<E> {
             id: M::TAG.to_owned(),
             reason,
         })?;
-        let shard = self.sharding.shard_of::<E>(&entity_id);
+        let shard = self
+            .router
+            .shard_in(&E::shard_group(&entity_id), &entity_id);
         Ok((EntityAddress::new(shard, entity_type, entity_id), tag))
     }
 
@@ -171,7 +248,7 @@ impl<E: Entity> EntityClient<E> {
             headers: options.headers,
             timeout: options
                 .timeout
-                .unwrap_or(self.sharding.config().default_call_timeout()),
+                .unwrap_or(self.router.config().default_call_timeout()),
             typed: Some(Typed {
                 entity: TypeId::of::<E>(),
                 encode: encode_json::<M>,
@@ -202,7 +279,7 @@ impl<E: Entity> EntityClient<E> {
     {
         let out = self.outgoing(id, msg, options)?;
         let address = out.address.clone();
-        let reply = self.sharding.call_unary(out).await?;
+        let reply = send_unary(&self.router, out).await?;
         decode_reply::<M::Reply>(&address, reply)
     }
 
@@ -213,7 +290,7 @@ impl<E: Entity> EntityClient<E> {
         E: Handler<M>,
     {
         let out = self.outgoing(id, msg, CallOptions::default())?;
-        self.sharding.call_notify(out).await
+        send_notify(&self.router, out).await
     }
 
     /// Stores the persisted message `msg` for the entity `id` and returns its request id as soon
@@ -234,7 +311,7 @@ impl<E: Entity> EntityClient<E> {
                 action: "submitted (the message is volatile)",
             });
         }
-        self.sharding.submit_persisted(out).await
+        self.router.submit_persisted(out).await
     }
 
     /// Interrupts the persisted request `request` (of message type `M`, from
@@ -265,12 +342,12 @@ impl<E: Entity> EntityClient<E> {
             address,
             tag,
             headers: Headers::new(),
-            timeout: self.sharding.config().default_call_timeout(),
+            timeout: self.router.config().default_call_timeout(),
             typed: None,
             encoded: None,
             persist: None,
         };
-        self.sharding.interrupt_persisted(&out, request).await
+        self.router.interrupt_persisted(&out, request).await
     }
 
     /// Sends `msg` and returns the stream of replies.
@@ -302,7 +379,7 @@ impl<E: Entity> EntityClient<E> {
     {
         let out = self.outgoing(id, msg, options)?;
         let address = out.address.clone();
-        let items = self.sharding.call_stream(out).await?;
+        let items = send_stream(&self.router, out).await?;
         Ok(items
             .map(move |item| item.and_then(|value| decode_reply::<M::Reply>(&address, value)))
             .boxed())
@@ -335,7 +412,7 @@ fn decode_reply<T: serde::de::DeserializeOwned + 'static>(
 /// Sends already-encoded messages to entities of one type.
 #[derive(Debug, Clone)]
 pub struct DynamicClient {
-    sharding: Sharding,
+    router: Router,
     entity_type: EntityType,
     group: GroupSelector,
 }
@@ -353,7 +430,7 @@ impl DynamicClient {
             reason,
         })?;
         let shard = self
-            .sharding
+            .router
             .shard_in(&self.group.group_of(&entity_id), &entity_id);
         let address = EntityAddress::new(shard, self.entity_type.clone(), entity_id);
         let tag = Tag::new(tag).map_err(|_| CallError::UnknownTag {
@@ -361,9 +438,9 @@ impl DynamicClient {
             tag: tag.to_owned(),
         })?;
         let persisted = options.persisted.unwrap_or_else(|| {
-            self.sharding
-                .manager(&self.entity_type)
-                .and_then(|manager| manager.tag_info(&tag))
+            self.router
+                .local()
+                .tag_info(&self.entity_type, &tag)
                 .is_some_and(|info| info.persisted)
         });
         let persist = persisted.then_some(PersistSpec {
@@ -377,7 +454,7 @@ impl DynamicClient {
             headers: options.headers,
             timeout: options
                 .timeout
-                .unwrap_or(self.sharding.config().default_call_timeout()),
+                .unwrap_or(self.router.config().default_call_timeout()),
             typed: None,
             encoded: Some(payload),
             persist,
@@ -394,7 +471,7 @@ impl DynamicClient {
     ) -> Result<Bytes, CallError> {
         let out = self.outgoing(id, tag, payload, options)?;
         let address = out.address.clone();
-        match self.sharding.call_unary(out).await? {
+        match send_unary(&self.router, out).await? {
             ReplyValue::Encoded(bytes) => Ok(bytes),
             ReplyValue::Local(_) => Err(CallError::MalformedMessage {
                 address,
@@ -412,7 +489,7 @@ impl DynamicClient {
         options: CallOptions,
     ) -> Result<(), CallError> {
         let out = self.outgoing(id, tag, payload, options)?;
-        self.sharding.call_notify(out).await
+        send_notify(&self.router, out).await
     }
 
     /// Sends an encoded message and returns the stream of encoded replies.
@@ -425,7 +502,7 @@ impl DynamicClient {
     ) -> Result<BoxStream<'static, Result<Bytes, CallError>>, CallError> {
         let out = self.outgoing(id, tag, payload, options)?;
         let address = out.address.clone();
-        let items = self.sharding.call_stream(out).await?;
+        let items = send_stream(&self.router, out).await?;
         Ok(items
             .map(move |item| {
                 item.and_then(|value| match value {

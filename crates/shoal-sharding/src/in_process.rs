@@ -6,7 +6,7 @@
 //! hang, as with a process stopped by SIGSTOP) to simulate a server that stops answering.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use futures::StreamExt;
@@ -15,23 +15,18 @@ use prost::Message as _;
 use shoal_protocol::proto::runner::v1 as pb;
 use shoal_protocol::{Failure, Notification, Reply, ReplyFrame, Request, RunnerAddress, Snowflake};
 
-use crate::sharding::{Inner, Sharding};
+use crate::inbound::{Inbound, InboundHandler};
+use crate::router::{Router, WeakRouter};
 use crate::transport::{ReplyFrames, Transport, TransportError};
 
 /// Connects the runtimes of one process. Share it (`Arc`) between their builders
 /// ([`crate::ShardingBuilder::in_process`]).
 #[derive(Debug, Default)]
 pub struct InProcessNetwork {
-    runners: RwLock<HashMap<RunnerAddress, Weak<Inner>>>,
+    runners: RwLock<HashMap<RunnerAddress, WeakRouter>>,
     disconnected: RwLock<HashSet<RunnerAddress>>,
     frozen: RwLock<HashSet<RunnerAddress>>,
     thawed: tokio::sync::Notify,
-}
-
-impl std::fmt::Debug for Inner {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Inner").finish_non_exhaustive()
-    }
 }
 
 impl InProcessNetwork {
@@ -40,10 +35,8 @@ impl InProcessNetwork {
         Arc::new(Self::default())
     }
 
-    pub(crate) fn attach(&self, address: RunnerAddress, sharding: &Sharding) {
-        self.runners
-            .write()
-            .insert(address, Arc::downgrade(&sharding.inner));
+    pub(crate) fn attach(&self, address: RunnerAddress, router: &Router) {
+        self.runners.write().insert(address, router.downgrade());
     }
 
     pub(crate) fn detach(&self, address: &RunnerAddress) {
@@ -86,7 +79,7 @@ impl InProcessNetwork {
         }
     }
 
-    fn target(&self, runner: &RunnerAddress) -> Result<Sharding, TransportError> {
+    fn target(&self, runner: &RunnerAddress) -> Result<Inbound, TransportError> {
         let unreachable = |reason: &str| TransportError::Unreachable {
             runner: runner.clone(),
             reason: reason.to_owned(),
@@ -94,13 +87,13 @@ impl InProcessNetwork {
         if self.disconnected.read().contains(runner) {
             return Err(unreachable("connection refused (disconnected)"));
         }
-        let inner = self
+        let router = self
             .runners
             .read()
             .get(runner)
-            .and_then(Weak::upgrade)
+            .and_then(WeakRouter::upgrade)
             .ok_or_else(|| unreachable("connection refused (no such runner)"))?;
-        Ok(Sharding { inner })
+        Ok(Inbound::new(router))
     }
 }
 

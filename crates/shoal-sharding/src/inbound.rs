@@ -1,5 +1,5 @@
 //! Inbound: requests arriving from other runners. A transport's server hands them to an
-//! [`InboundHandler`], which [`Sharding`] implements (outbound calls go through `dispatch`).
+//! [`InboundHandler`]; [`Inbound`] serves them here (outbound calls go through the router).
 
 use std::future::Future;
 
@@ -9,13 +9,13 @@ use shoal_protocol::{Chunk, ErrorCode, Failure, Notification, ReplyFrame, Reques
 use tokio::sync::oneshot;
 
 use crate::entity::{ReplyValue, chunk_channel};
-use crate::instance::ReplyTo;
-use crate::outgoing::Outgoing;
 use crate::persist::StreamRun;
-use crate::sharding::Sharding;
+use crate::reply::{ReplyTo, not_assigned};
+use crate::router::Router;
+use crate::router::outgoing::Outgoing;
 
 /// The one entry point of requests from other runners: what a transport's server calls. The
-/// runtime ([`Sharding`]) implements it; a server is generic over it, so nothing is boxed per
+/// runtime ([`crate::Sharding`]) implements it; a server is generic over it, so nothing is boxed per
 /// request and a transport can be tested against a handler of its own.
 pub trait InboundHandler: Clone + Send + Sync + Unpin + 'static {
     /// The address this runner serves at (`None` for a process that hosts no entities).
@@ -34,24 +34,38 @@ pub trait InboundHandler: Clone + Send + Sync + Unpin + 'static {
     ) -> impl Future<Output = Result<(), Failure>> + Send;
 }
 
-impl InboundHandler for Sharding {
+/// Serves requests from other runners on this one: admits them (this runner serves the shard and
+/// is not stopping), then delivers them to the local entity, or runs a pushed persisted request
+/// from what storage holds for it.
+#[derive(Clone, Debug)]
+pub(crate) struct Inbound {
+    router: Router,
+}
+
+impl Inbound {
+    pub(crate) fn new(router: Router) -> Self {
+        Self { router }
+    }
+}
+
+impl InboundHandler for Inbound {
     fn address(&self) -> Option<&RunnerAddress> {
-        self.runner_address()
+        self.router.me()
     }
 
     fn handle_request(&self, request: Request) -> impl Future<Output = ReplyFrame> + Send {
-        Sharding::handle_request(self, request)
+        self.request(request)
     }
 
     fn handle_stream(&self, request: Request) -> BoxStream<'static, ReplyFrame> {
-        Sharding::handle_stream(self, request)
+        self.stream(request)
     }
 
     fn handle_notification(
         &self,
         notification: Notification,
     ) -> impl Future<Output = Result<(), Failure>> + Send {
-        Sharding::handle_notification(self, notification)
+        self.notification(notification)
     }
 }
 
@@ -59,18 +73,18 @@ fn refused(request: &Request, code: ErrorCode, message: impl Into<String>) -> Fa
     Failure::new(code, message).with_address(request.address.clone())
 }
 
-impl Sharding {
+impl Inbound {
     /// Checks that a remote request can be served here; on refusal, the failure to answer with.
     fn admit(&self, request: &Request) -> Result<(), Failure> {
-        if self.is_shutting_down() {
+        if self.router.is_closing() {
             return Err(refused(
                 request,
                 ErrorCode::ShuttingDown,
                 "the runner is shutting down",
             ));
         }
-        if !self.inner.shards.is_serving(&request.address.shard) {
-            return Err(crate::manager::not_assigned(&request.address));
+        if !self.router.shards().is_serving(&request.address.shard) {
+            return Err(not_assigned(&request.address));
         }
         Ok(())
     }
@@ -81,11 +95,10 @@ impl Sharding {
     /// to run: no pending request under that id, or one for another entity or message.
     async fn stored_push(&self, request: &Request) -> Result<Outgoing, Failure> {
         let persistence = self
-            .inner
-            .persistence
-            .as_ref()
+            .router
+            .persistence()
             .ok_or_else(|| no_message_storage(request))?;
-        let timeout = self.inner.config.storage_timeout();
+        let timeout = persistence.storage_timeout();
         let stored = match tokio::time::timeout(
             timeout,
             persistence.storage.pending_request(request.id),
@@ -162,8 +175,8 @@ impl Sharding {
     }
 
     /// Serves a request from another runner and returns its final reply (a value or a
-    /// failure). Transports call this.
-    pub async fn handle_request(&self, request: Request) -> ReplyFrame {
+    /// failure).
+    async fn request(&self, request: Request) -> ReplyFrame {
         if let Err(failure) = self.admit(&request) {
             return ReplyFrame::Failure(failure);
         }
@@ -172,7 +185,11 @@ impl Sharding {
         }
         let mut out = Self::incoming(&request);
         let (tx, rx) = oneshot::channel();
-        if let Err(failure) = self.deliver_local(&mut out, request.id, None, ReplyTo::Caller(tx)) {
+        if let Err(failure) =
+            self.router
+                .local()
+                .deliver(&mut out, request.id, None, ReplyTo::Caller(tx))
+        {
             return ReplyFrame::Failure(failure);
         }
         let outcome = match request.timeout {
@@ -212,7 +229,10 @@ impl Sharding {
             Ok(stored) => stored,
             Err(failure) => return ReplyFrame::Failure(failure),
         };
-        let settled = self.spawn_persisted(request.id, stored, None);
+        let Some(persistence) = self.router.persistence() else {
+            return ReplyFrame::Failure(no_message_storage(&request));
+        };
+        let settled = persistence.spawn_persisted(request.id, stored, None);
         let settled = match request.timeout {
             Some(timeout) => match tokio::time::timeout(timeout, settled).await {
                 Ok(settled) => settled,
@@ -241,15 +261,17 @@ impl Sharding {
     /// a final frame when the run does not settle here; the sender then reads storage.
     fn handle_persisted_stream(&self, request: Request) -> BoxStream<'static, ReplyFrame> {
         let (tx, rx) = tokio::sync::mpsc::channel(32);
-        let sharding = self.clone();
+        let inbound = self.clone();
         tokio::spawn(async move {
-            match sharding.stored_push(&request).await {
+            match inbound.stored_push(&request).await {
                 Ok(stored) => {
                     let run = StreamRun {
                         resume: 0,
                         live: Some(tx),
                     };
-                    drop(sharding.spawn_persisted(request.id, stored, Some(run)));
+                    if let Some(persistence) = inbound.router.persistence() {
+                        drop(persistence.spawn_persisted(request.id, stored, Some(run)));
+                    }
                 }
                 Err(failure) => {
                     let _ = tx.send(ReplyFrame::Failure(failure)).await;
@@ -261,7 +283,7 @@ impl Sharding {
     }
 
     /// Serves a streaming request from another runner: chunks, then `End` or a failure.
-    pub fn handle_stream(&self, request: Request) -> BoxStream<'static, ReplyFrame> {
+    fn stream(&self, request: Request) -> BoxStream<'static, ReplyFrame> {
         if let Err(failure) = self.admit(&request) {
             return futures::stream::once(async move { ReplyFrame::Failure(failure) }).boxed();
         }
@@ -272,11 +294,13 @@ impl Sharding {
         let (chunk_tx, mut chunk_rx) = chunk_channel();
         let (tx, rx) = oneshot::channel();
         if let Err(failure) =
-            self.deliver_local(&mut out, request.id, Some(chunk_tx), ReplyTo::Caller(tx))
+            self.router
+                .local()
+                .deliver(&mut out, request.id, Some(chunk_tx), ReplyTo::Caller(tx))
         {
             return futures::stream::once(async move { ReplyFrame::Failure(failure) }).boxed();
         }
-        let ids = self.clone();
+        let ids = self.router.identity().clone();
         let mut sequence = 0u32;
         let chunks = futures::stream::poll_fn(move |cx| chunk_rx.poll_recv(cx)).map(move |value| {
             let bytes = match value {
@@ -286,8 +310,6 @@ impl Sharding {
             let chunk = Chunk {
                 // A volatile stream's chunk ids only label chunks on the wire.
                 reply_id: ids
-                    .inner
-                    .identity
                     .next_id()
                     .unwrap_or(shoal_protocol::Snowflake::from_raw(0)),
                 sequence,
@@ -314,19 +336,19 @@ impl Sharding {
     }
 
     /// Serves a notification from another runner. `Err` when it was refused.
-    pub async fn handle_notification(&self, notification: Notification) -> Result<(), Failure> {
+    async fn notification(&self, notification: Notification) -> Result<(), Failure> {
         match notification {
             Notification::Request(request) if request.persisted => {
                 self.admit(&request)?;
-                if self.inner.persistence.is_none() {
+                let Some(persistence) = self.router.persistence().cloned() else {
                     return Err(no_message_storage(&request));
-                }
+                };
                 // Read from storage and run in the background: the sender only waits for the
                 // hand-over (the request is stored; polling delivers it if this fails).
-                let sharding = self.clone();
+                let inbound = self.clone();
                 tokio::spawn(async move {
-                    if let Ok(stored) = sharding.stored_push(&request).await {
-                        drop(sharding.spawn_persisted(request.id, stored, None));
+                    if let Ok(stored) = inbound.stored_push(&request).await {
+                        drop(persistence.spawn_persisted(request.id, stored, None));
                     }
                 });
                 Ok(())
@@ -334,19 +356,22 @@ impl Sharding {
             Notification::Request(request) => {
                 self.admit(&request)?;
                 let mut out = Self::incoming(&request);
-                self.deliver_local(&mut out, request.id, None, ReplyTo::Discard)
+                self.router
+                    .local()
+                    .deliver(&mut out, request.id, None, ReplyTo::Discard)
                     .map(drop)
             }
             Notification::Interrupt(interrupt) => {
                 // A persisted request is interrupted only through storage (which checks that it
                 // may be); a wire interrupt stops volatile requests.
                 let persisted = self
-                    .inner
-                    .persistence
-                    .as_ref()
+                    .router
+                    .persistence()
                     .is_some_and(|p| p.is_in_flight(interrupt.request_id));
-                if !persisted && let Some(manager) = self.manager(&interrupt.address.entity_type) {
-                    manager.interrupt(&interrupt.address.entity_id, interrupt.request_id);
+                if !persisted {
+                    self.router
+                        .local()
+                        .interrupt(&interrupt.address, interrupt.request_id);
                 }
                 Ok(())
             }

@@ -22,31 +22,30 @@
 #![allow(clippy::result_large_err)]
 
 pub mod assignment;
+mod builder;
 mod client;
 mod clock;
 mod config;
-mod dispatch;
 mod entity;
 mod error;
 mod hash;
 mod health;
+mod host;
 mod identity;
 mod in_process;
 mod inbound;
-mod instance;
-mod keeper;
-mod manager;
-mod outgoing;
+mod lease;
+mod lifecycle;
+mod local;
 mod persist;
-mod reachability;
-mod residency;
-mod routing;
+mod reply;
+mod router;
 mod sharding;
-mod shards;
 mod singleton;
 mod transport;
 
 pub use assignment::ShardAssignment;
+pub use builder::{ShardingBuilder, StartError};
 pub use client::{CallOptions, DynamicClient, EntityClient};
 pub use config::{ConfigError, ShardingConfig, ShardingConfigBuilder};
 pub use entity::{
@@ -61,7 +60,8 @@ pub use health::{NoopHealth, PingHealth, RunnerHealth};
 pub use identity::MACHINE_ID_TTL;
 pub use in_process::InProcessNetwork;
 pub use inbound::InboundHandler;
+pub use lease::view::ClusterView;
 pub use persist::MessageSettings;
-pub use sharding::{ClusterView, Sharding, ShardingBuilder, StartError};
+pub use sharding::Sharding;
 pub use singleton::SingletonContext;
 pub use transport::{ReplyFrames, Transport, TransportError};

@@ -9,14 +9,14 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use parking_lot::Mutex;
-use shoal_protocol::{EntityId, ShardGroup, ShardId};
+use shoal_protocol::{ShardGroup, ShardId};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::error::RegisterError;
-use crate::manager::Stopping;
-use crate::sharding::Sharding;
+use crate::host::manager::Stopping;
+use crate::router::Router;
 
 type SingletonFn = Arc<dyn Fn(SingletonContext) -> BoxFuture<'static, ()> + Send + Sync>;
 
@@ -28,6 +28,14 @@ pub(crate) struct SingletonSpec {
 }
 
 impl SingletonSpec {
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub(crate) fn group(&self) -> &ShardGroup {
+        &self.group
+    }
+
     pub(crate) fn new<F, Fut>(name: &str, group: ShardGroup, run: F) -> Self
     where
         F: Fn(SingletonContext) -> Fut + Send + Sync + 'static,
@@ -45,7 +53,7 @@ impl SingletonSpec {
 #[derive(Clone)]
 pub struct SingletonContext {
     name: Arc<str>,
-    sharding: Sharding,
+    router: Router,
     cancel: CancellationToken,
 }
 
@@ -63,9 +71,9 @@ impl SingletonContext {
         &self.name
     }
 
-    /// The runtime (to call entities).
-    pub fn sharding(&self) -> &Sharding {
-        &self.sharding
+    /// The router its clients call through ([`SingletonContext::client`]).
+    pub(crate) fn router(&self) -> &Router {
+        &self.router
     }
 
     /// Completes when the singleton must stop (its shard is moving, or the runner is stopping).
@@ -118,7 +126,7 @@ impl Singletons {
     /// Starts the singletons whose shard is active here and stops those whose shard is not.
     /// Returns the stopping tasks (they were told to stop; abort them after a timeout), or
     /// aborts them at once when `abort` is set.
-    pub(crate) fn sync_with(&self, sharding: &Sharding, abort: bool) -> Vec<Stopping> {
+    pub(crate) fn sync_with(&self, router: &Router, abort: bool) -> Vec<Stopping> {
         let mut state = self.state.lock();
         let mut stopping = Vec::new();
         let running_names: Vec<Arc<str>> = state.running.keys().cloned().collect();
@@ -127,7 +135,7 @@ impl Singletons {
                 && state
                     .definitions
                     .iter()
-                    .any(|d| d.name == name && sharding.holds(&d.shard));
+                    .any(|d| d.name == name && router.shards().is_active(&d.shard));
             if !still_here && let Some(running) = state.running.remove(&name) {
                 tracing::info!(singleton = %name, "stopping singleton");
                 running.cancel.cancel();
@@ -141,14 +149,16 @@ impl Singletons {
             let to_start: Vec<Arc<Definition>> = state
                 .definitions
                 .iter()
-                .filter(|d| sharding.holds(&d.shard) && !state.running.contains_key(&d.name))
+                .filter(|d| {
+                    router.shards().is_active(&d.shard) && !state.running.contains_key(&d.name)
+                })
                 .cloned()
                 .collect();
             for definition in to_start {
                 let cancel = CancellationToken::new();
                 let ctx = SingletonContext {
                     name: definition.name.clone(),
-                    sharding: sharding.clone(),
+                    router: router.clone(),
                     cancel: cancel.clone(),
                 };
                 let span = tracing::info_span!("singleton", name = %definition.name);
@@ -164,9 +174,9 @@ impl Singletons {
     }
 
     /// Like [`Singletons::sync_with`], letting stopped singletons finish on their own.
-    pub(crate) fn sync(&self, sharding: &Sharding) {
-        let termination = sharding.config().entity_termination_timeout();
-        for s in self.sync_with(sharding, false) {
+    pub(crate) fn sync(&self, router: &Router) {
+        let termination = router.config().entity_termination_timeout();
+        for s in self.sync_with(router, false) {
             reap(s, termination);
         }
     }
@@ -187,7 +197,17 @@ impl Singletons {
         }
     }
 
-    fn register(&self, definition: Definition) -> Result<(), RegisterError> {
+    /// Registers the singleton `spec`, which runs with `shard`.
+    pub(crate) fn register(
+        &self,
+        spec: SingletonSpec,
+        shard: ShardId,
+    ) -> Result<(), RegisterError> {
+        let definition = Definition {
+            name: Arc::from(spec.name),
+            shard,
+            run: spec.run,
+        };
         let mut state = self.state.lock();
         if state.definitions.iter().any(|d| d.name == definition.name) {
             return Err(RegisterError::DuplicateSingleton(
@@ -208,43 +228,4 @@ fn reap(mut stopping: Stopping, grace: Duration) {
             stopping.task.abort();
         }
     });
-}
-
-impl Sharding {
-    /// Registers a singleton: `run` runs on exactly one runner (the holder of the shard `name`
-    /// hashes to in `group`), is stopped (see [`SingletonContext::cancelled`]) when that shard
-    /// moves, and starts on the new holder. If `run` returns, it is not restarted until the shard
-    /// moves. (To have it in place before the runner takes any shard, register it on the
-    /// builder: [`crate::ShardingBuilder::singleton`].)
-    pub fn register_singleton<F, Fut>(
-        &self,
-        name: &str,
-        group: ShardGroup,
-        run: F,
-    ) -> Result<(), RegisterError>
-    where
-        F: Fn(SingletonContext) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = ()> + Send + 'static,
-    {
-        self.add_singleton(SingletonSpec::new(name, group, run))
-    }
-
-    pub(crate) fn add_singleton(&self, spec: SingletonSpec) -> Result<(), RegisterError> {
-        let SingletonSpec { name, group, run } = spec;
-        if !self.config().available_groups().contains(&group) {
-            return Err(RegisterError::UnknownGroup {
-                entity_type: format!("singleton {name}"),
-                group: group.to_string(),
-            });
-        }
-        let id = EntityId::new(&name)?;
-        let shard = self.shard_in(&group, &id);
-        self.inner.singletons.register(Definition {
-            name: Arc::from(name),
-            shard,
-            run,
-        })?;
-        self.inner.singletons.sync(self);
-        Ok(())
-    }
 }

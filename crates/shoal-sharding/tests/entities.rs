@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::*;
 use futures::StreamExt;
-use shoal_sharding::{CallError, CallOptions};
+use shoal_sharding::{CallError, CallOptions, InboundHandler};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn same_id_same_instance_and_state_isolated_per_id() {

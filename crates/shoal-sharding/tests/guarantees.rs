@@ -19,8 +19,8 @@ use shoal_protocol::{
     RunnerId, ShardGroup, Snowflake,
 };
 use shoal_sharding::{
-    Entity, EntityContext, EntityDefinition, Handler, HandlerError, InProcessNetwork, Message,
-    Sharding, ShardingConfig,
+    Entity, EntityContext, EntityDefinition, Handler, HandlerError, InProcessNetwork,
+    InboundHandler, Message, Sharding, ShardingConfig,
 };
 use shoal_storage::testing::{Fault, FaultyRunnerStorage};
 use shoal_storage::{EntityKv, MemoryEntityKv, MemoryRunnerStorage, RunnerStorage};

@@ -20,8 +20,8 @@ use shoal_protocol::{
 };
 use shoal_sharding::{
     CallError, CallOptions, ChunkSink, Entity, EntityContext, EntityDefinition, Handler,
-    HandlerError, InProcessNetwork, Message, MessageSettings, Sharding, ShardingConfig,
-    StreamHandler,
+    HandlerError, InProcessNetwork, InboundHandler, Message, MessageSettings, Sharding,
+    ShardingConfig, StreamHandler,
 };
 use shoal_storage::testing::{Fault, FaultyRunnerStorage};
 use shoal_storage::{

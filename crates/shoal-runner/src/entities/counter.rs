@@ -207,7 +207,7 @@ fn reply(value: i64, served_by: bool, replayed: bool, ctx: &EntityContext) -> Co
             .runner_address()
             .map(ToString::to_string)
             .unwrap_or_default(),
-        incarnation: ctx.sharding().incarnation().to_string(),
+        incarnation: ctx.incarnation().to_string(),
         epoch: ctx.epoch().0,
         replayed,
     })

@@ -7,6 +7,7 @@ use futures::future::BoxFuture;
 use shoal_protocol::{Failure, Headers, Snowflake, Tag};
 
 use super::context::EntityContext;
+pub(crate) use super::message::TagInfo;
 use super::payload::{Payload, ReplyValue};
 use super::stream::ChunkSender;
 
@@ -71,13 +72,4 @@ pub(crate) trait SharedBehavior: Send + Sync {
 pub(crate) trait BehaviorFactory: Send + Sync + fmt::Debug {
     /// Activates the instance at `ctx.address()`; an error is a defect of the activation.
     fn activate(&self, ctx: EntityContext) -> BoxFuture<'static, Result<Behavior, String>>;
-}
-
-/// What the runtime knows of a tag before dispatching.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct TagInfo {
-    /// Replies are streamed.
-    pub(crate) streaming: bool,
-    /// Requests are persisted before delivery.
-    pub(crate) persisted: bool,
 }

@@ -4,9 +4,42 @@ use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
-use shoal_protocol::{EntityAddress, RunnerAddress};
+use shoal_protocol::{EntityAddress, Incarnation, RunnerAddress};
+use shoal_storage::kv::EntityKv;
 
-use crate::sharding::Sharding;
+use crate::router::{Router, WeakRouter};
+
+/// What the contexts of one runtime's instances are made from: the router (to call other
+/// entities) and the entity storage. Holds the router weakly: the host that keeps it is itself
+/// kept by the router.
+pub(crate) struct ContextSource {
+    router: WeakRouter,
+    kv: Option<Arc<dyn EntityKv>>,
+}
+
+impl ContextSource {
+    pub(crate) fn new(router: WeakRouter, kv: Option<Arc<dyn EntityKv>>) -> Self {
+        Self { router, kv }
+    }
+
+    /// The context of a new instance (`None` once the runtime is gone).
+    pub(crate) fn context(
+        &self,
+        address: EntityAddress,
+        epoch: shoal_storage::Epoch,
+        flags: Arc<InstanceFlags>,
+    ) -> Option<EntityContext> {
+        Some(EntityContext {
+            inner: Arc::new(ContextInner {
+                address,
+                epoch,
+                router: self.router.upgrade()?,
+                kv: self.kv.clone(),
+                flags,
+            }),
+        })
+    }
+}
 
 /// State an instance shares with its manager (read without locking on the hot path).
 #[derive(Debug, Default)]
@@ -62,8 +95,8 @@ impl InstanceFlags {
     }
 }
 
-/// Where an entity instance runs: its address, the runner, and the sharding runtime (to call other
-/// entities). Cheap to clone.
+/// What an entity instance may use: its address and lease epoch, its storage, clients to call
+/// other entities, and what it knows of the runner it runs on. Cheap to clone.
 #[derive(Clone)]
 pub struct EntityContext {
     inner: Arc<ContextInner>,
@@ -73,27 +106,12 @@ struct ContextInner {
     address: EntityAddress,
     /// The lease epoch the instance started under, fixed for its whole life.
     epoch: shoal_storage::Epoch,
-    sharding: Sharding,
+    router: Router,
+    kv: Option<Arc<dyn EntityKv>>,
     flags: Arc<InstanceFlags>,
 }
 
 impl EntityContext {
-    pub(crate) fn new(
-        address: EntityAddress,
-        epoch: shoal_storage::Epoch,
-        sharding: Sharding,
-        flags: Arc<InstanceFlags>,
-    ) -> Self {
-        Self {
-            inner: Arc::new(ContextInner {
-                address,
-                epoch,
-                sharding,
-                flags,
-            }),
-        }
-    }
-
     /// The entity's address.
     pub fn address(&self) -> &EntityAddress {
         &self.inner.address
@@ -102,12 +120,17 @@ impl EntityContext {
     /// The address of the runner hosting the entity (`None` only for client-only processes,
     /// which host no entities).
     pub fn runner_address(&self) -> Option<&RunnerAddress> {
-        self.inner.sharding.runner_address()
+        self.inner.router.me()
     }
 
-    /// The sharding runtime, to call other entities.
-    pub fn sharding(&self) -> &Sharding {
-        &self.inner.sharding
+    /// The incarnation of the process hosting the entity (a random value made when it started).
+    pub fn incarnation(&self) -> Incarnation {
+        self.inner.router.identity().incarnation()
+    }
+
+    /// The router, through which the entity's clients call ([`EntityContext::client`]).
+    pub(crate) fn router(&self) -> &Router {
+        &self.inner.router
     }
 
     /// The epoch of the shard lease this instance started under: the fencing token of every
@@ -120,7 +143,7 @@ impl EntityContext {
     /// The epoch of the lease under which this runner holds the entity's shard now (`None` once
     /// the shard is no longer held here). Writes carry [`EntityContext::epoch`], not this.
     pub fn shard_epoch(&self) -> Option<shoal_storage::Epoch> {
-        self.inner.sharding.shard_epoch(&self.inner.address.shard)
+        self.inner.router.shards().epoch(&self.inner.address.shard)
     }
 
     /// The id of the request being handled (for entities that handle one message at a time, as
@@ -137,7 +160,7 @@ impl EntityContext {
     /// This entity's durable key-value storage, when the runtime has one
     /// ([`crate::ShardingBuilder::entity_kv`]). Writes are fenced by the shard's lease epoch.
     pub fn kv(&self) -> Option<crate::EntityKvHandle> {
-        let kv = self.inner.sharding.inner.kv.clone()?;
+        let kv = self.inner.kv.clone()?;
         Some(crate::EntityKvHandle::new(kv, self.clone()))
     }
 

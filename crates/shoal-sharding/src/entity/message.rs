@@ -51,3 +51,12 @@ pub trait Message: Clone + Serialize + DeserializeOwned + Send + Sync + 'static 
         None
     }
 }
+
+/// What the runtime knows of a tag before dispatching.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TagInfo {
+    /// Replies are streamed.
+    pub(crate) streaming: bool,
+    /// Requests are persisted before delivery.
+    pub(crate) persisted: bool,
+}

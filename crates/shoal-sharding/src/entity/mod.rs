@@ -15,7 +15,7 @@ mod stream;
 
 pub(crate) use behavior::{Behavior, BehaviorFactory, Call, CallFailure, CallResult, TagInfo};
 pub use context::EntityContext;
-pub(crate) use context::InstanceFlags;
+pub(crate) use context::{ContextSource, InstanceFlags};
 pub use definition::EntityDefinition;
 pub use dynamic::{DynamicDefinition, DynamicEntity, DynamicFactory, DynamicRequest, TagKind};
 pub use handler::{Entity, Handler, HandlerError, HandlerErrorKind, StreamHandler};

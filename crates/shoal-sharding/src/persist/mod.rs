@@ -23,12 +23,17 @@ mod waiter;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use parking_lot::Mutex;
 use shoal_protocol::{ReplyFrame, Snowflake};
 use shoal_storage::MessageStorage;
 use tokio::sync::{Notify, oneshot};
+
+use crate::config::ShardingConfig;
+use crate::identity::Identity;
+use crate::lease::shards::ShardStates;
+use crate::local::LocalEntities;
 
 pub use settings::MessageSettings;
 
@@ -36,25 +41,32 @@ pub(crate) use process::StreamRun;
 
 pub(crate) use poller::{incoming, on_shards_acquired, start as start_tasks};
 
-/// What makes an outgoing message persisted.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct PersistSpec {
-    /// The primary key (deduplication), before [`shoal_storage::message_key`] scoping.
-    pub(crate) primary_key: Option<String>,
-    /// Do not deliver before.
-    pub(crate) deliver_at: Option<SystemTime>,
-    /// Caller interrupts are ignored.
-    pub(crate) uninterruptible: bool,
-}
-
 /// Waiters for a request being processed on this runner: they get its settled reply (`None`
 /// when it was not settled here).
 type Waiters = Vec<oneshot::Sender<Option<ReplyFrame>>>;
 
-/// The persisted-message state of one runtime.
+/// What persisted processing uses of the rest of the runtime.
+pub(crate) struct PersistenceParts {
+    pub(crate) storage: Arc<dyn MessageStorage>,
+    pub(crate) settings: MessageSettings,
+    pub(crate) config: Arc<ShardingConfig>,
+    /// Makes reply and chunk ids.
+    pub(crate) identity: Arc<Identity>,
+    /// The shards this runner serves, with their lease epochs (replies are fenced by them).
+    pub(crate) shards: Arc<ShardStates>,
+    /// Where stored requests run.
+    pub(crate) local: Arc<dyn LocalEntities>,
+}
+
+/// Persisted messages on this runner: the owner's side (claim, run once, save the reply under
+/// the shard's lease) and what the caller's side shares with it.
 pub(crate) struct Persistence {
     pub(crate) storage: Arc<dyn MessageStorage>,
     pub(crate) settings: MessageSettings,
+    config: Arc<ShardingConfig>,
+    identity: Arc<Identity>,
+    shards: Arc<ShardStates>,
+    local: Arc<dyn LocalEntities>,
     /// Requests being processed on this runner (each runs once at a time here).
     in_flight: Mutex<HashMap<Snowflake, Waiters>>,
     /// In-flight requests whose caller interrupted them (their `interrupted` outcome is final).
@@ -94,16 +106,36 @@ struct Settled {
 const REMEMBERED_SETTLED: usize = 4096;
 
 impl Persistence {
-    pub(crate) fn new(storage: Arc<dyn MessageStorage>, settings: MessageSettings) -> Self {
+    pub(crate) fn new(parts: PersistenceParts) -> Self {
         Self {
-            storage,
-            settings,
+            storage: parts.storage,
+            settings: parts.settings,
+            config: parts.config,
+            identity: parts.identity,
+            shards: parts.shards,
+            local: parts.local,
             in_flight: Mutex::new(HashMap::new()),
             interrupted: Mutex::new(HashSet::new()),
             settled: Mutex::new(Settled::default()),
             retries: Mutex::new(Retries::default()),
             wake: Notify::new(),
         }
+    }
+
+    pub(crate) fn storage_timeout(&self) -> Duration {
+        self.config.storage_timeout()
+    }
+
+    pub(crate) fn shards(&self) -> &ShardStates {
+        &self.shards
+    }
+
+    pub(crate) fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    pub(crate) fn local(&self) -> &dyn LocalEntities {
+        &*self.local
     }
 
     pub(crate) fn is_in_flight(&self, id: Snowflake) -> bool {

@@ -18,17 +18,16 @@ use tokio::time::Instant;
 
 use super::Persistence;
 use super::process::StreamRun;
-use crate::outgoing::Outgoing;
-use crate::sharding::Sharding;
+use crate::lifecycle::Lifecycle;
+use crate::router::outgoing::Outgoing;
 
-/// Starts the poller, the event listener and the retention sweep of a runner with message
-/// storage.
-pub(crate) async fn start(sharding: &Sharding) {
-    let (Some(persistence), Some(me)) = (&sharding.inner.persistence, sharding.runner_address())
-    else {
-        return;
-    };
-    let storage_timeout = sharding.inner.config.storage_timeout();
+/// Starts the poller, the event listener and the retention sweep of runner `me`.
+pub(crate) async fn start(
+    persistence: &Arc<Persistence>,
+    me: &RunnerAddress,
+    lifecycle: &Lifecycle,
+) {
+    let storage_timeout = persistence.storage_timeout();
     // Claims an earlier process at this address held are void: it is gone. Done before this
     // runner takes shards, so it never lifts a claim made for this process.
     let reset = persistence.storage.reset_runner(me);
@@ -36,13 +35,12 @@ pub(crate) async fn start(sharding: &Sharding) {
         tracing::warn!(%error, "resetting this runner's old message claims failed");
     }
     let poller = Poller {
-        sharding: sharding.clone(),
         persistence: persistence.clone(),
         me: me.clone(),
     };
-    sharding.spawn_task(tokio::spawn(poller.run()));
-    sharding.spawn_task(tokio::spawn(listen(sharding.clone(), persistence.clone())));
-    sharding.spawn_task(tokio::spawn(super::sweeper::run(
+    lifecycle.spawn(tokio::spawn(poller.run()));
+    lifecycle.spawn(tokio::spawn(listen(persistence.clone())));
+    lifecycle.spawn(tokio::spawn(super::sweeper::run(
         persistence.clone(),
         storage_timeout,
     )));
@@ -50,11 +48,9 @@ pub(crate) async fn start(sharding: &Sharding) {
 
 /// Called by the lease keeper after it acquired `shards`: lifts their claims (the previous owner
 /// may have died holding them) and wakes the poller.
-pub(crate) fn on_shards_acquired(sharding: &Sharding, shards: Vec<ShardId>) {
-    let Some(persistence) = sharding.inner.persistence.clone() else {
-        return;
-    };
-    let timeout = sharding.inner.config.storage_timeout();
+pub(crate) fn on_shards_acquired(persistence: &Arc<Persistence>, shards: Vec<ShardId>) {
+    let persistence = persistence.clone();
+    let timeout = persistence.storage_timeout();
     tokio::spawn(async move {
         match tokio::time::timeout(timeout, persistence.storage.reset_shards(&shards)).await {
             Ok(Ok(())) => {}
@@ -71,12 +67,12 @@ pub(crate) fn on_shards_acquired(sharding: &Sharding, shards: Vec<ShardId>) {
 }
 
 /// Wakes the poller when a message is saved for a shard held here.
-async fn listen(sharding: Sharding, persistence: Arc<Persistence>) {
+async fn listen(persistence: Arc<Persistence>) {
     let mut events = persistence.storage.subscribe();
     loop {
         match events.recv().await {
             Ok(MessageEvent::Saved { shard }) => {
-                if sharding.inner.shards.is_active(&shard) {
+                if persistence.shards().is_active(&shard) {
                     persistence.wake.notify_one();
                 }
             }
@@ -88,7 +84,6 @@ async fn listen(sharding: Sharding, persistence: Arc<Persistence>) {
 }
 
 struct Poller {
-    sharding: Sharding,
     persistence: Arc<Persistence>,
     me: RunnerAddress,
 }
@@ -110,12 +105,12 @@ impl Poller {
 
     /// Claims and starts what is deliverable now; returns when the next scheduled message is due.
     async fn poll(&self) -> Option<Instant> {
-        let shards = self.sharding.inner.shards.active();
+        let shards = self.persistence.shards().active();
         if shards.is_empty() {
             return None;
         }
         let settings = &self.persistence.settings;
-        let timeout = self.sharding.inner.config.storage_timeout();
+        let timeout = self.persistence.storage_timeout();
         let claim = Claim {
             by: self.me.clone(),
             duration: settings.claim_timeout,
@@ -170,21 +165,20 @@ impl Poller {
                 // claim is lifted and the next poll takes it again.
                 if !request.streaming {
                     drop(
-                        self.sharding
+                        self.persistence
                             .spawn_persisted(request.id, incoming(*request), None),
                     );
                     return;
                 }
-                let sharding = self.sharding.clone();
                 let persistence = self.persistence.clone();
                 tokio::spawn(async move {
                     let id = request.id;
-                    match stored_items(&sharding, &persistence, id, last_acked_chunk).await {
+                    match stored_items(&persistence, id, last_acked_chunk).await {
                         Some(resume) => {
                             let run = StreamRun { resume, live: None };
-                            drop(sharding.spawn_persisted(id, incoming(*request), Some(run)));
+                            drop(persistence.spawn_persisted(id, incoming(*request), Some(run)));
                         }
-                        None => sharding.release_claim(id).await,
+                        None => persistence.release_claim(id).await,
                     }
                 });
             }
@@ -194,20 +188,20 @@ impl Poller {
                 }
                 if self.persistence.is_in_flight(envelope.request_id) {
                     self.persistence.interrupt(envelope.request_id);
-                    if let Some(manager) = self.sharding.manager(&envelope.address.entity_type) {
-                        manager.interrupt(&envelope.address.entity_id, envelope.request_id);
-                    }
+                    self.persistence
+                        .local()
+                        .interrupt(&envelope.address, envelope.request_id);
                     return;
                 }
                 // Not running here: it ends without running.
-                let Some(epoch) = self.sharding.inner.shards.epoch(&envelope.address.shard) else {
+                let Some(epoch) = self.persistence.shards().epoch(&envelope.address.shard) else {
                     return;
                 };
                 let fence = Fence {
                     shard: envelope.address.shard.clone(),
                     epoch,
                 };
-                let Ok(reply_id) = self.sharding.inner.identity.next_id() else {
+                let Ok(reply_id) = self.persistence.identity().next_id() else {
                     return;
                 };
                 let reply = StoredReply {
@@ -219,7 +213,7 @@ impl Poller {
                     )),
                 };
                 let persistence = self.persistence.clone();
-                let timeout = self.sharding.inner.config.storage_timeout();
+                let timeout = self.persistence.storage_timeout();
                 tokio::spawn(async move {
                     let save = persistence.storage.save_reply(&reply, &fence);
                     if let Ok(Err(error)) = tokio::time::timeout(timeout, save).await {
@@ -234,7 +228,6 @@ impl Poller {
 /// How many items of a persisted stream are stored: the rerun resumes after them. `None` when
 /// storage could not tell.
 async fn stored_items(
-    sharding: &Sharding,
     persistence: &Persistence,
     id: shoal_protocol::Snowflake,
     last_acked: Option<StoredReply>,
@@ -245,7 +238,7 @@ async fn stored_items(
         } => u64::from(*sequence) + values.len() as u64,
         StoredReplyKind::Final(_) => 0,
     };
-    let timeout = sharding.inner.config.storage_timeout();
+    let timeout = persistence.storage_timeout();
     let unacked = match tokio::time::timeout(timeout, persistence.storage.replies_for(&[id])).await
     {
         Ok(Ok(replies)) => replies,

@@ -1,6 +1,7 @@
 //! The owner's side: run a stored request here and save its final reply.
 
 use std::collections::hash_map::Entry;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use shoal_protocol::{Chunk, EntityAddress, ErrorCode, Failure, ReplyFrame, Snowflake};
@@ -9,20 +10,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::Persistence;
-use crate::entity::{ChunkReceiver, ReplyValue, resumed_chunk_channel};
-use crate::instance::{Outcome, ReplyTo};
-use crate::manager::Room;
-use crate::outgoing::Outgoing;
-use crate::sharding::Sharding;
-
-/// A stored request handed to its local entity.
-struct Delivered {
-    /// The lease epoch of the instance that runs it: its writes are fenced by it.
-    epoch: Epoch,
-    outcome: oneshot::Receiver<Outcome>,
-    /// A stream's items.
-    chunks: Option<ChunkReceiver>,
-}
+use crate::entity::{ChunkReceiver, ReplyValue};
+use crate::router::outgoing::Outgoing;
 
 /// Whether a failure ends the request (it is stored as its final reply) or only this attempt
 /// (the request stays unprocessed and runs again, here or on the shard's next owner).
@@ -76,25 +65,25 @@ impl Drop for InFlight<'_> {
     }
 }
 
-impl Sharding {
+impl Persistence {
     /// Runs the stored request `id` on this runner (in a task of its own, so a caller giving up
     /// does not cancel it) and returns its settled final reply, or `None` when it was not settled
     /// here (the shard moved, the runner is stopping, the mailbox was full, storage failed): it
     /// stays unprocessed, its claim is lifted, and it runs again at the owner's next poll.
     pub(crate) fn spawn_persisted(
-        &self,
+        self: &Arc<Self>,
         id: Snowflake,
         out: Outgoing,
         stream: Option<StreamRun>,
     ) -> oneshot::Receiver<Option<ReplyFrame>> {
         let (tx, rx) = oneshot::channel();
-        let sharding = self.clone();
+        let persistence = self.clone();
         tokio::spawn(async move {
-            let frame = sharding.run_persisted(id, out, stream).await;
+            let frame = persistence.run_persisted(id, out, stream).await;
             let settled = frame.is_some();
             let _ = tx.send(frame);
             if !settled {
-                sharding.release_claim_later(id).await;
+                persistence.release_claim_later(id).await;
             }
         });
         rx
@@ -105,22 +94,16 @@ impl Sharding {
     /// keeps failing is not claimed and run again at database speed. The claim holds meanwhile
     /// (and lapses on its own if this runner dies).
     async fn release_claim_later(&self, id: Snowflake) {
-        let Some(persistence) = &self.inner.persistence else {
-            return;
-        };
-        let delay = persistence.retry_delay(id);
+        let delay = self.retry_delay(id);
         tokio::time::sleep(delay).await;
         self.release_claim(id).await;
     }
 
     /// Lifts the claim on `id` (best effort: claims also lapse), so the shard's owner polls it
     /// again instead of waiting for the claim to expire.
-    pub(super) async fn release_claim(&self, id: Snowflake) {
-        let Some(persistence) = &self.inner.persistence else {
-            return;
-        };
-        let timeout = self.inner.config.storage_timeout();
-        let _ = tokio::time::timeout(timeout, persistence.storage.reset_request(id)).await;
+    pub(crate) async fn release_claim(&self, id: Snowflake) {
+        let timeout = self.storage_timeout();
+        let _ = tokio::time::timeout(timeout, self.storage.reset_request(id)).await;
     }
 
     async fn run_persisted(
@@ -129,11 +112,10 @@ impl Sharding {
         mut out: Outgoing,
         stream: Option<StreamRun>,
     ) -> Option<ReplyFrame> {
-        let persistence = self.inner.persistence.as_ref()?;
-        if let Some(frame) = persistence.settled_reply(id) {
+        if let Some(frame) = self.settled_reply(id) {
             return Some(frame);
         }
-        let waiter = match persistence.in_flight.lock().entry(id) {
+        let waiter = match self.in_flight.lock().entry(id) {
             Entry::Occupied(mut running) => {
                 // Already running here (pushed and polled at once): share its outcome.
                 let (tx, rx) = oneshot::channel();
@@ -150,80 +132,27 @@ impl Sharding {
             drop(stream);
             return rx.await.ok().flatten();
         }
-        let guard = InFlight { persistence, id };
+        let guard = InFlight {
+            persistence: self,
+            id,
+        };
         // Settled between the check above and taking the slot: do not run it again.
-        if let Some(frame) = persistence.settled_reply(id) {
+        if let Some(frame) = self.settled_reply(id) {
             guard.finish(&Some(frame.clone()));
             return Some(frame);
         }
-        let frame = self.settle(persistence, id, &mut out, stream).await;
+        let frame = self.settle(id, &mut out, stream).await;
         if let Some(frame) = &frame {
-            persistence.remember_settled(id, frame);
-            persistence.forget_retries(id);
+            self.remember_settled(id, frame);
+            self.forget_retries(id);
         }
-        persistence.take_interrupted(id);
+        self.take_interrupted(id);
         guard.finish(&frame);
         frame
     }
 
-    /// Delivers a stored request to its local entity. A full mailbox is waited out (the request
-    /// is stored: it need not fail and be claimed again) until `deadline`; returns the lease
-    /// epoch of the instance that runs it, with the channels its outcome comes back on.
-    async fn deliver_stored(
-        &self,
-        out: &mut Outgoing,
-        id: Snowflake,
-        resume: Option<u64>,
-        deadline: Instant,
-    ) -> Result<Delivered, Failure> {
-        let mut pause = Duration::from_millis(10);
-        let mut reserved = None;
-        loop {
-            let (chunk_tx, chunk_rx) = match resume {
-                Some(resume) => {
-                    let (tx, rx) = resumed_chunk_channel(resume);
-                    (Some(tx), Some(rx))
-                }
-                None => (None, None),
-            };
-            let (tx, rx) = oneshot::channel();
-            let delivered =
-                self.deliver_reserved(out, id, chunk_tx, ReplyTo::Caller(tx), reserved.take());
-            let failure = match delivered {
-                Ok(epoch) => {
-                    return Ok(Delivered {
-                        epoch,
-                        outcome: rx,
-                        chunks: chunk_rx,
-                    });
-                }
-                Err(failure) => failure,
-            };
-            if failure.code != ErrorCode::MailboxFull || Instant::now() >= deadline {
-                return Err(failure);
-            }
-            let Some(manager) = self.manager(&out.address.entity_type) else {
-                return Err(failure);
-            };
-            match manager
-                .wait_for_room(&out.address.entity_id, deadline)
-                .await
-            {
-                Room::Reserved(slot) => reserved = Some(slot),
-                Room::Gone => {}
-                Room::TimedOut => return Err(failure),
-                // The runner's resident cap: wait for an instance to be passivated.
-                Room::NoInstance => {
-                    tokio::time::sleep_until(deadline.min(Instant::now() + pause)).await;
-                    pause = (pause * 2).min(Duration::from_millis(500));
-                }
-            }
-        }
-    }
-
     async fn settle(
         &self,
-        persistence: &Persistence,
         id: Snowflake,
         out: &mut Outgoing,
         stream: Option<StreamRun>,
@@ -235,8 +164,8 @@ impl Sharding {
         };
         // A full mailbox is waited out for at most half a claim: the request stays claimed by
         // this runner meanwhile.
-        let deadline = Instant::now() + persistence.settings.claim_timeout / 2;
-        let (frame, epoch) = match self.deliver_stored(out, id, resume, deadline).await {
+        let deadline = Instant::now() + self.settings.claim_timeout / 2;
+        let (frame, epoch) = match self.local.deliver_stored(out, id, resume, deadline).await {
             Err(failure) if failure.code == ErrorCode::UnknownEntityType => {
                 // The type may not be registered yet (a rolling deploy): hold the message until
                 // the registration timeout, then answer it.
@@ -244,24 +173,23 @@ impl Sharding {
                     .duration_since(UNIX_EPOCH)
                     .unwrap_or_default()
                     .saturating_sub(Duration::from_millis(id.unix_millis()));
-                if age < persistence.settings.registration_timeout {
+                if age < self.settings.registration_timeout {
                     return None;
                 }
                 (
                     ReplyFrame::Failure(failure),
-                    self.inner.shards.epoch(&out.address.shard)?,
+                    self.shards.epoch(&out.address.shard)?,
                 )
             }
             Err(failure) if !is_final(failure.code) => return None,
             Err(failure) => (
                 ReplyFrame::Failure(failure),
-                self.inner.shards.epoch(&out.address.shard)?,
+                self.shards.epoch(&out.address.shard)?,
             ),
             Ok(delivered) => {
                 if let (Some(chunk_rx), Some(resume)) = (delivered.chunks, resume)
                     && !self
                         .store_chunks(
-                            persistence,
                             id,
                             &out.address,
                             delivered.epoch,
@@ -277,8 +205,7 @@ impl Sharding {
                     // The instance went away with the request (stopped, aborted): not settled.
                     Err(_) => return None,
                     Ok(Err(failure))
-                        if failure.code == ErrorCode::Interrupted
-                            && persistence.take_interrupted(id) =>
+                        if failure.code == ErrorCode::Interrupted && self.take_interrupted(id) =>
                     {
                         ReplyFrame::Failure(failure)
                     }
@@ -303,7 +230,7 @@ impl Sharding {
             shard: out.address.shard.clone(),
             epoch,
         };
-        let Ok(reply_id) = self.inner.identity.next_id() else {
+        let Ok(reply_id) = self.identity.next_id() else {
             tracing::warn!(request = %id, address = %out.address, "no reply id can be made (the machine id lease lapsed); the request will run again");
             return None;
         };
@@ -313,8 +240,8 @@ impl Sharding {
             kind: StoredReplyKind::Final(frame.clone()),
         };
         let saved = tokio::time::timeout(
-            self.inner.config.storage_timeout(),
-            persistence.storage.save_reply(&reply, &fence),
+            self.storage_timeout(),
+            self.storage.save_reply(&reply, &fence),
         )
         .await;
         match saved {
@@ -340,10 +267,8 @@ impl Sharding {
     /// lease, and passes each stored chunk to the live caller. `false` when a chunk could not be
     /// stored (the shard moved, storage failed): the run stops here and the request reruns,
     /// resuming after the chunks already stored.
-    #[allow(clippy::too_many_arguments)]
     async fn store_chunks(
         &self,
-        persistence: &Persistence,
         id: Snowflake,
         address: &EntityAddress,
         epoch: Epoch,
@@ -351,7 +276,7 @@ impl Sharding {
         mut next: u64,
         live: &mut Option<mpsc::Sender<ReplyFrame>>,
     ) -> bool {
-        let storage_timeout = self.inner.config.storage_timeout();
+        let storage_timeout = self.storage_timeout();
         while let Some(first) = items.recv().await {
             let mut values = vec![encoded_item(first)];
             let mut bytes = values[0].len();
@@ -373,7 +298,7 @@ impl Sharding {
                 shard: address.shard.clone(),
                 epoch,
             };
-            let Ok(reply_id) = self.inner.identity.next_id() else {
+            let Ok(reply_id) = self.identity.next_id() else {
                 tracing::warn!(request = %id, %address, "no chunk id can be made (the machine id lease lapsed); the stream will resume elsewhere");
                 return false;
             };
@@ -386,11 +311,9 @@ impl Sharding {
                     acked: false,
                 },
             };
-            let saved = tokio::time::timeout(
-                storage_timeout,
-                persistence.storage.save_reply(&reply, &fence),
-            )
-            .await;
+            let saved =
+                tokio::time::timeout(storage_timeout, self.storage.save_reply(&reply, &fence))
+                    .await;
             match saved {
                 Ok(Ok(())) => {}
                 Ok(Err(error)) => {

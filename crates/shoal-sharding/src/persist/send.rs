@@ -16,8 +16,8 @@ use super::process::is_final;
 use super::waiter::frame_result;
 use crate::entity::ReplyValue;
 use crate::error::CallError;
-use crate::outgoing::Outgoing;
-use crate::sharding::Sharding;
+use crate::router::Router;
+use crate::router::outgoing::Outgoing;
 use crate::transport::TransportError;
 
 /// A persisted request just saved.
@@ -41,33 +41,30 @@ pub(super) enum Target {
     Later,
 }
 
-impl Sharding {
+impl Router {
     pub(super) fn persistence_of(
         &self,
         out: &Outgoing,
     ) -> Result<&std::sync::Arc<Persistence>, CallError> {
-        self.inner
-            .persistence
-            .as_ref()
-            .ok_or_else(|| CallError::Persistence {
-                address: out.address.clone(),
-                message: format!(
-                    "message {:?} is persisted but this runtime has no message storage \
+        self.persistence().ok_or_else(|| CallError::Persistence {
+            address: out.address.clone(),
+            message: format!(
+                "message {:?} is persisted but this runtime has no message storage \
                      (configure ShardingBuilder::message_storage)",
-                    out.tag.as_str()
-                ),
-            })
+                out.tag.as_str()
+            ),
+        })
     }
 
     fn target(&self, out: &Outgoing, deliver_at: Option<SystemTime>) -> Target {
         if deliver_at.is_some_and(|at| at > SystemTime::now()) {
             return Target::Later;
         }
-        if self.inner.shards.is_active(&out.address.shard) {
+        if self.shards().is_active(&out.address.shard) {
             return Target::Here;
         }
-        match self.inner.routes.owner(&out.address.shard) {
-            Some(owner) if Some(&owner) != self.runner_address() => Target::Owner(owner),
+        match self.routes().owner(&out.address.shard) {
+            Some(owner) if Some(&owner) != self.me() => Target::Owner(owner),
             _ => Target::Later,
         }
     }
@@ -80,7 +77,7 @@ impl Sharding {
         out: &mut Outgoing,
         streaming: bool,
     ) -> Result<Saved, CallError> {
-        if self.is_shutting_down() {
+        if self.is_closing() {
             return Err(CallError::ShuttingDown {
                 address: out.address.clone(),
             });
@@ -110,7 +107,7 @@ impl Sharding {
         };
         let target = self.target(out, spec.deliver_at);
         let claim = match &target {
-            Target::Here => self.runner_address().cloned(),
+            Target::Here => self.me().cloned(),
             Target::Owner(owner) => Some(owner.clone()),
             Target::Later => None,
         }
@@ -124,7 +121,7 @@ impl Sharding {
                 .claim_timeout
                 .min(persistence.settings.poll_interval * 3),
         });
-        let storage_timeout = self.inner.config.storage_timeout();
+        let storage_timeout = self.config().storage_timeout();
         let mut attempt = 0;
         let result = loop {
             let saved = tokio::time::timeout(
@@ -218,7 +215,7 @@ impl Sharding {
             address: out.address.clone(),
             kind: EnvelopeKind::Interrupt,
         };
-        let storage_timeout = self.inner.config.storage_timeout();
+        let storage_timeout = self.config().storage_timeout();
         let mut attempt = 0;
         let saved = loop {
             let saved = tokio::time::timeout(
@@ -271,7 +268,7 @@ impl Sharding {
         let persistence = self.persistence_of(&out)?.clone();
         let started = Instant::now();
         let deadline = started + out.timeout;
-        let storage_timeout = self.inner.config.storage_timeout();
+        let storage_timeout = self.config().storage_timeout();
         let Saved {
             id,
             payload,
@@ -292,7 +289,9 @@ impl Sharding {
             }
             SaveResult::Saved => {
                 match target {
-                    Target::Here => match self.spawn_persisted(id, out.clone_encoded(), None).await
+                    Target::Here => match persistence
+                        .spawn_persisted(id, out.clone_encoded(), None)
+                        .await
                     {
                         Ok(Some(frame)) => return frame_result(&out.address, id, frame),
                         _ => {
@@ -338,20 +337,20 @@ impl Sharding {
     ) {
         match target {
             Target::Here => {
-                drop(self.spawn_persisted(id, out, None));
+                drop(persistence.spawn_persisted(id, out, None));
             }
             Target::Owner(owner) => {
-                let sharding = self.clone();
+                let router = self.clone();
                 tokio::spawn(async move {
                     let mut owner = owner;
                     loop {
                         let request = persisted_wire(id, &out, payload.clone(), deadline, false);
-                        let transport = &sharding.inner.transport;
+                        let transport = router.transport();
                         let sent = timeout_at(
                             deadline,
                             transport.notify(&owner, Notification::Request(request)),
                         );
-                        let moved = sharding.inner.routes.moved_from(&out.address.shard, &owner);
+                        let moved = router.routes().moved_from(&out.address.shard, &owner);
                         let sent = tokio::select! {
                             biased;
                             sent = sent => sent,
@@ -359,19 +358,19 @@ impl Sharding {
                             now = moved => {
                                 metrics::counter!("shoal_requests_rerouted_total", "kind" => "persisted")
                                     .increment(1);
-                                if Some(&now) != sharding.runner_address() {
+                                if Some(&now) != router.me() {
                                     owner = now;
                                     continue;
                                 }
-                                sharding.release_claim(id).await;
-                                if let Some(persistence) = &sharding.inner.persistence {
+                                router.release_claim(id).await;
+                                if let Some(persistence) = router.persistence() {
                                     persistence.wake.notify_one();
                                 }
                                 return;
                             }
                         };
                         if !matches!(sent, Ok(Ok(None))) {
-                            sharding.release_claim(id).await;
+                            router.release_claim(id).await;
                         }
                         return;
                     }
@@ -399,8 +398,8 @@ impl Sharding {
         let mut owner = owner.clone();
         loop {
             let request = persisted_wire(id, out, payload.clone(), deadline, false);
-            let sent = timeout_at(deadline, self.inner.transport.send(&owner, request));
-            let moved = self.inner.routes.moved_from(&out.address.shard, &owner);
+            let sent = timeout_at(deadline, self.transport().send(&owner, request));
+            let moved = self.routes().moved_from(&out.address.shard, &owner);
             let sent = tokio::select! {
                 biased;
                 sent = sent => sent,
@@ -408,10 +407,10 @@ impl Sharding {
                     metrics::counter!("shoal_requests_rerouted_total", "kind" => "persisted")
                         .increment(1);
                     tracing::debug!(request = %id, from = %owner, to = %now, "shard moved while a persisted request was in flight; pushing it to the new owner");
-                    if Some(&now) == self.runner_address() {
+                    if Some(&now) == self.me() {
                         // This runner took the shard over: its poller runs the request.
                         self.release_claim(id).await;
-                        if let Some(persistence) = &self.inner.persistence {
+                        if let Some(persistence) = self.persistence() {
                             persistence.wake.notify_one();
                         }
                         return None;
@@ -424,7 +423,14 @@ impl Sharding {
         }
     }
 
-    /// What a push's answer means for the caller (see [`Sharding::push`]).
+    /// Lifts the claim on `id` (see [`Persistence::release_claim`]).
+    pub(super) async fn release_claim(&self, id: Snowflake) {
+        if let Some(persistence) = self.persistence() {
+            persistence.release_claim(id).await;
+        }
+    }
+
+    /// What a push's answer means for the caller (see [`Router::push`]).
     async fn pushed(
         &self,
         id: Snowflake,

@@ -25,16 +25,16 @@ use tokio::time::{Instant, sleep_until, timeout_at};
 use super::Persistence;
 use super::process::{StreamRun, is_final};
 use super::send::{Saved, Target, persisted_wire};
-use crate::dispatch::ReplyItems;
 use crate::entity::ReplyValue;
 use crate::error::CallError;
-use crate::outgoing::Outgoing;
-use crate::sharding::Sharding;
+use crate::router::Router;
+use crate::router::dispatch::ReplyItems;
+use crate::router::outgoing::Outgoing;
 
 /// Live frames buffered between the owner's run and the caller.
 const LIVE_BUFFER: usize = 32;
 
-impl Sharding {
+impl Router {
     /// Sends a persisted streaming request. The stream yields every item once, in order, even
     /// when the owner dies mid-stream (the new owner resumes after the stored items); it fails
     /// with a timeout when no item arrives within the call's timeout (the request stays stored
@@ -60,14 +60,12 @@ impl Sharding {
         };
         let (acks, acked) = mpsc::unbounded_channel();
         tokio::spawn(acknowledge(
-            self.clone(),
             persistence.clone(),
             out.address.clone(),
             id,
             acked,
         ));
         let reader = Reader {
-            sharding: self.clone(),
             persistence,
             address: out.address.clone(),
             id,
@@ -103,13 +101,14 @@ impl Sharding {
                     resume: 0,
                     live: Some(tx),
                 };
-                drop(self.spawn_persisted(id, out.clone_encoded(), Some(run)));
+                if let Some(persistence) = self.persistence() {
+                    drop(persistence.spawn_persisted(id, out.clone_encoded(), Some(run)));
+                }
                 Some(receiver_stream(rx))
             }
             Target::Owner(owner) => {
                 let request = persisted_wire(id, out, payload, deadline, true);
-                match timeout_at(deadline, self.inner.transport.send_stream(&owner, request)).await
-                {
+                match timeout_at(deadline, self.transport().send_stream(&owner, request)).await {
                     Ok(Ok(frames)) => Some(
                         frames
                             .scan((), |_, frame| futures::future::ready(frame.ok()))
@@ -122,7 +121,7 @@ impl Sharding {
                 }
             }
             Target::Later => {
-                if let Some(persistence) = &self.inner.persistence {
+                if let Some(persistence) = self.persistence() {
                     persistence.wake.notify_one();
                 }
                 None
@@ -137,18 +136,17 @@ fn receiver_stream(mut rx: mpsc::Receiver<ReplyFrame>) -> BoxStream<'static, Rep
 
 /// Acknowledges received chunks in storage, the latest one of each burst.
 async fn acknowledge(
-    sharding: Sharding,
     persistence: Arc<Persistence>,
     address: EntityAddress,
     request_id: Snowflake,
     mut acked: mpsc::UnboundedReceiver<Snowflake>,
 ) {
-    let timeout = sharding.inner.config.storage_timeout();
+    let timeout = persistence.storage_timeout();
     while let Some(mut reply_id) = acked.recv().await {
         while let Ok(newer) = acked.try_recv() {
             reply_id = newer;
         }
-        let Ok(id) = sharding.inner.identity.next_id() else {
+        let Ok(id) = persistence.identity().next_id() else {
             // Unacknowledged chunks are only read again; the caller skips what it has.
             continue;
         };
@@ -171,7 +169,6 @@ async fn acknowledge(
 
 /// Reads one persisted stream for its caller.
 struct Reader {
-    sharding: Sharding,
     persistence: Arc<Persistence>,
     address: EntityAddress,
     id: Snowflake,
@@ -225,7 +222,7 @@ impl Reader {
     /// for that run, so the shard's owner takes the request again at once.
     async fn read_storage_from_now(&mut self) {
         if self.live.take().is_some() {
-            self.sharding.release_claim(self.id).await;
+            self.persistence.release_claim(self.id).await;
             self.persistence.wake.notify_one();
         }
     }
@@ -275,7 +272,7 @@ impl Reader {
     /// Reads the unacknowledged chunks and final reply from storage; when nothing new is there,
     /// waits for a reply event or the next poll.
     async fn read_storage(&mut self, deadline: Instant) {
-        let storage_timeout = self.sharding.inner.config.storage_timeout();
+        let storage_timeout = self.persistence.storage_timeout();
         let read = tokio::time::timeout(
             storage_timeout,
             self.persistence.storage.replies_for(&[self.id]),

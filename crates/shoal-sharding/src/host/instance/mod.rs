@@ -2,10 +2,12 @@
 
 mod delivery;
 mod interrupts;
+mod owner;
 mod retirement;
 mod task;
 
-pub(crate) use delivery::{Control, Delivery, Outcome, ReplyTo};
+pub(crate) use delivery::{Control, Delivery};
+pub(crate) use owner::InstanceOwner;
 pub(crate) use retirement::{Done, Retirement};
 pub(crate) use task::{InstanceSettings, InstanceTask, spawn_instance};
 

@@ -13,15 +13,15 @@ use shoal_storage::Epoch;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::clock::Clock;
-use crate::entity::{BehaviorFactory, EntityContext, GroupSelector, InstanceFlags, TagInfo};
-use crate::instance::InstanceSettings;
-use crate::instance::{
-    CONTROL_CAPACITY, Control, Delivery, Done, InstanceTask, Retirement, spawn_instance,
+use super::instance::{
+    CONTROL_CAPACITY, Control, Delivery, Done, InstanceOwner, InstanceSettings, InstanceTask,
+    Retirement, spawn_instance,
 };
-use crate::residency::Residency;
-use crate::sharding::Sharding;
-use crate::shards::ShardStates;
+use super::residency::Residency;
+use crate::clock::Clock;
+use crate::entity::{BehaviorFactory, ContextSource, GroupSelector, InstanceFlags, TagInfo};
+use crate::lease::shards::ShardStates;
+use crate::reply::not_assigned;
 
 /// How many instances to look at when the resident cap is reached and one must be evicted.
 const EVICTION_SAMPLE: usize = 32;
@@ -127,9 +127,9 @@ impl EntityManager {
         })
     }
 
-    /// Whether local calls of Rust type `t` may skip serialization.
-    pub(crate) fn accepts_local(&self, t: TypeId) -> bool {
-        self.rust_type == Some(t)
+    /// The Rust type of a typed entity (local calls of that type skip serialization).
+    pub(crate) fn rust_type(&self) -> Option<TypeId> {
+        self.rust_type
     }
 
     pub(crate) fn tag_info(&self, tag: &Tag) -> Option<TagInfo> {
@@ -174,7 +174,7 @@ impl EntityManager {
         delivery: Delivery,
         reserved: Option<Reserved>,
         shards: &ShardStates,
-        sharding: &Sharding,
+        contexts: &ContextSource,
     ) -> Result<Epoch, Box<(Failure, Delivery)>> {
         let mut instances = self.instances.lock();
         // Checked under the lock: a shard release marks the shard first and then takes this lock
@@ -205,7 +205,14 @@ impl EntityManager {
                         delivery,
                     )));
                 }
-                let handle = self.spawn(address, epoch, sharding);
+                let Some(handle) = self.spawn(address, epoch, contexts) else {
+                    self.residency.release(1);
+                    return Err(Box::new((
+                        Failure::new(ErrorCode::ShuttingDown, "the runtime has stopped")
+                            .with_address(address.clone()),
+                        delivery,
+                    )));
+                };
                 instances.insert(address.entity_id.clone(), handle);
                 self.gauge(instances.len());
             }
@@ -265,20 +272,26 @@ impl EntityManager {
         }
     }
 
-    fn spawn(&self, address: &EntityAddress, epoch: Epoch, sharding: &Sharding) -> Handle {
+    fn spawn(
+        &self,
+        address: &EntityAddress,
+        epoch: Epoch,
+        contexts: &ContextSource,
+    ) -> Option<Handle> {
         let (tx, mailbox) = mpsc::channel(self.mailbox_capacity);
         let (control_tx, control) = mpsc::channel(CONTROL_CAPACITY);
         let flags = Arc::new(InstanceFlags::default());
         flags.touch(self.clock.now_ms());
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
-        let ctx = EntityContext::new(address.clone(), epoch, sharding.clone(), flags.clone());
+        let ctx = contexts.context(address.clone(), epoch, flags.clone())?;
         let previous = self
             .retiring
             .lock()
             .remove(&address.entity_id)
             .map(|(_, done)| done);
+        let owner: Weak<dyn InstanceOwner> = self.this.clone();
         let (retirement, done) =
-            Retirement::new(self.this.clone(), address.entity_id.clone(), generation);
+            Retirement::new(owner.clone(), address.entity_id.clone(), generation);
         let task = spawn_instance(InstanceTask {
             id: address.entity_id.clone(),
             generation,
@@ -288,12 +301,12 @@ impl EntityManager {
             control,
             flags: flags.clone(),
             settings: self.settings,
-            manager: self.this.clone(),
+            owner,
             clock: self.clock,
             previous,
             _retirement: retirement,
         });
-        Handle {
+        Some(Handle {
             tx,
             control: control_tx,
             flags,
@@ -302,7 +315,7 @@ impl EntityManager {
             generation,
             done,
             task,
-        }
+        })
     }
 
     /// Keeps the signal of a removed instance that is still finishing, so that a new instance
@@ -312,15 +325,6 @@ impl EntityManager {
             self.retiring
                 .lock()
                 .insert(id.clone(), (handle.generation, handle.done.clone()));
-        }
-    }
-
-    /// Called when an instance's task ends (however it ends): it no longer needs to be waited
-    /// for.
-    pub(crate) fn retired(&self, id: &EntityId, generation: u64) {
-        let mut retiring = self.retiring.lock();
-        if retiring.get(id).is_some_and(|(g, _)| *g == generation) {
-            retiring.remove(id);
         }
     }
 
@@ -342,35 +346,6 @@ impl EntityManager {
         }
         // The victim's slot is reused by the caller's new instance.
         true
-    }
-
-    /// Called by an idle instance: removes it unless a request arrived meanwhile.
-    pub(crate) fn try_passivate(&self, id: &EntityId, generation: u64) -> bool {
-        let mut instances = self.instances.lock();
-        let removable = instances
-            .get(id)
-            .is_some_and(|h| h.generation == generation && h.flags.is_idle());
-        if removable {
-            if let Some(handle) = instances.remove(id) {
-                self.retire(id, &handle);
-            }
-            self.residency.release(1);
-            self.gauge(instances.len());
-        }
-        removable
-    }
-
-    /// Called by an instance task that ends on its own.
-    pub(crate) fn instance_exited(&self, id: &EntityId, generation: u64) {
-        let mut instances = self.instances.lock();
-        if instances
-            .get(id)
-            .is_some_and(|h| h.generation == generation)
-        {
-            instances.remove(id);
-            self.residency.release(1);
-            self.gauge(instances.len());
-        }
     }
 
     /// Interrupts a request (queued or running) of the entity `id`. Dropped when the
@@ -430,10 +405,38 @@ impl EntityManager {
     }
 }
 
-pub(crate) fn not_assigned(address: &EntityAddress) -> Failure {
-    Failure::new(
-        ErrorCode::EntityNotAssigned,
-        "this runner does not hold the entity's shard",
-    )
-    .with_address(address.clone())
+impl InstanceOwner for EntityManager {
+    fn try_passivate(&self, id: &EntityId, generation: u64) -> bool {
+        let mut instances = self.instances.lock();
+        let removable = instances
+            .get(id)
+            .is_some_and(|h| h.generation == generation && h.flags.is_idle());
+        if removable {
+            if let Some(handle) = instances.remove(id) {
+                self.retire(id, &handle);
+            }
+            self.residency.release(1);
+            self.gauge(instances.len());
+        }
+        removable
+    }
+
+    fn instance_exited(&self, id: &EntityId, generation: u64) {
+        let mut instances = self.instances.lock();
+        if instances
+            .get(id)
+            .is_some_and(|h| h.generation == generation)
+        {
+            instances.remove(id);
+            self.residency.release(1);
+            self.gauge(instances.len());
+        }
+    }
+
+    fn retired(&self, id: &EntityId, generation: u64) {
+        let mut retiring = self.retiring.lock();
+        if retiring.get(id).is_some_and(|(g, _)| *g == generation) {
+            retiring.remove(id);
+        }
+    }
 }

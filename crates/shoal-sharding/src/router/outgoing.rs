@@ -2,13 +2,12 @@
 
 use std::any::{Any, TypeId};
 use std::fmt;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use shoal_protocol::{EntityAddress, Headers, Tag};
 
 use crate::entity::Payload;
-use crate::manager::EntityManager;
 
 /// Encodes a typed message (monomorphized per message type).
 pub(crate) type EncodeFn = fn(&(dyn Any + Send + Sync)) -> Result<Bytes, String>;
@@ -32,6 +31,19 @@ pub(crate) struct Typed {
     pub(crate) value: Option<Box<dyn Any + Send + Sync>>,
 }
 
+/// What makes an outgoing message persisted.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct PersistSpec {
+    /// The primary key (deduplication), before [`shoal_storage::message_key`] scoping.
+    pub(crate) primary_key: Option<String>,
+    /// Do not deliver before.
+    pub(crate) deliver_at: Option<SystemTime>,
+    /// Caller interrupts are ignored.
+    pub(crate) uninterruptible: bool,
+}
+
+/// A request on its way to its entity: its address, its message (typed or encoded), and how it
+/// is sent.
 pub(crate) struct Outgoing {
     pub(crate) address: EntityAddress,
     pub(crate) tag: Tag,
@@ -40,7 +52,7 @@ pub(crate) struct Outgoing {
     pub(crate) typed: Option<Typed>,
     pub(crate) encoded: Option<Bytes>,
     /// `Some` for a persisted message.
-    pub(crate) persist: Option<crate::persist::PersistSpec>,
+    pub(crate) persist: Option<PersistSpec>,
 }
 
 impl fmt::Debug for Outgoing {
@@ -111,16 +123,17 @@ impl Outgoing {
         Ok(bytes)
     }
 
-    /// The payload for a local delivery to `manager`: the value itself when the entity is of the
-    /// caller's Rust type (and serialization is not simulated), else the encoded message.
+    /// The payload for a local delivery to an entity implemented by Rust type `local_type`
+    /// (`None`: a dynamic entity): the value itself when the entity is of the caller's Rust type
+    /// (and serialization is not simulated), else the encoded message.
     pub(crate) fn payload_for(
         &mut self,
-        manager: &EntityManager,
+        local_type: Option<TypeId>,
         simulate_serialization: bool,
     ) -> Result<(Option<Tag>, Payload), String> {
         if !simulate_serialization
             && let Some(typed) = &mut self.typed
-            && manager.accepts_local(typed.entity)
+            && local_type == Some(typed.entity)
             && let Some(value) = typed.value.take()
         {
             return Ok((None, Payload::Local(value)));

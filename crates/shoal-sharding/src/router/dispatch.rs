@@ -10,11 +10,11 @@ use shoal_protocol::{
 use tokio::sync::oneshot;
 use tokio::time::{Instant, timeout_at};
 
-use crate::entity::{Call, ReplyValue, chunk_channel};
+use super::Router;
+use super::outgoing::Outgoing;
+use crate::entity::{ReplyValue, chunk_channel};
 use crate::error::CallError;
-use crate::instance::{Delivery, Outcome, ReplyTo};
-use crate::outgoing::Outgoing;
-use crate::sharding::Sharding;
+use crate::reply::{Outcome, ReplyTo};
 use crate::transport::TransportError;
 
 /// A stream of replies as the client sees it.
@@ -33,20 +33,9 @@ enum Mode {
     Notify,
 }
 
-impl Sharding {
-    /// A new request id for `out`.
-    pub(crate) fn new_id(&self, out: &Outgoing) -> Result<Snowflake, CallError> {
-        self.inner
-            .identity
-            .next_id()
-            .map_err(|error| CallError::NoRequestId {
-                address: out.address.clone(),
-                message: error.to_string(),
-            })
-    }
-
+impl Router {
     fn check_open(&self, out: &Outgoing) -> Result<(), CallError> {
-        if self.is_shutting_down() {
+        if self.is_closing() {
             return Err(CallError::ShuttingDown {
                 address: out.address.clone(),
             });
@@ -62,7 +51,7 @@ impl Sharding {
         deadline: Instant,
         last: (Option<RunnerAddress>, String),
     ) -> Result<(), CallError> {
-        let retry = self.inner.config.send_retry_interval();
+        let retry = self.config().send_retry_interval();
         if Instant::now() + retry >= deadline {
             let waited = started.elapsed();
             return Err(match last.0 {
@@ -96,26 +85,17 @@ impl Sharding {
         mut out: Outgoing,
         mode: Mode,
     ) -> Result<ReplyValue, CallError> {
-        if out.persist.is_some() {
-            return match mode {
-                Mode::Unary => self.call_persisted(out).await,
-                Mode::Notify => self
-                    .submit_persisted(out)
-                    .await
-                    .map(|_| ReplyValue::Encoded(Bytes::new())),
-            };
-        }
         let started = Instant::now();
         let deadline = started + out.timeout;
         self.check_open(&out)?;
         let id = self.new_id(&out)?;
         loop {
             self.check_open(&out)?;
-            let attempt = if self.inner.shards.is_active(&out.address.shard) {
+            let attempt = if self.shards().is_active(&out.address.shard) {
                 self.attempt_local(&mut out, id, mode, deadline).await
             } else {
-                match self.inner.routes.owner(&out.address.shard) {
-                    Some(owner) if Some(&owner) != self.runner_address() => {
+                match self.routes().owner(&out.address.shard) {
+                    Some(owner) if Some(&owner) != self.me() => {
                         self.attempt_remote(&mut out, id, &owner, mode, deadline)
                             .await
                     }
@@ -147,7 +127,7 @@ impl Sharding {
             }
             Mode::Notify => (ReplyTo::Discard, None),
         };
-        if let Err(failure) = self.deliver_local(out, id, None, reply) {
+        if let Err(failure) = self.local().deliver(out, id, None, reply) {
             return self.failure_attempt(out, failure, None);
         }
         let Some(rx) = rx else {
@@ -195,86 +175,6 @@ impl Sharding {
         Attempt::Done(Err(error))
     }
 
-    /// Puts the request in the local entity's mailbox; returns the lease epoch of the instance
-    /// that will run it.
-    pub(crate) fn deliver_local(
-        &self,
-        out: &mut Outgoing,
-        id: Snowflake,
-        chunks: Option<crate::entity::ChunkSender>,
-        reply: ReplyTo,
-    ) -> Result<shoal_storage::Epoch, Failure> {
-        self.deliver_reserved(out, id, chunks, reply, None)
-    }
-
-    /// [`Sharding::deliver_local`] into a mailbox slot reserved beforehand (a persisted request
-    /// that waited for room), if the instance it was reserved in is still the entity's.
-    pub(crate) fn deliver_reserved(
-        &self,
-        out: &mut Outgoing,
-        id: Snowflake,
-        chunks: Option<crate::entity::ChunkSender>,
-        reply: ReplyTo,
-        reserved: Option<crate::manager::Reserved>,
-    ) -> Result<shoal_storage::Epoch, Failure> {
-        let Some(manager) = self.manager(&out.address.entity_type) else {
-            return Err(Failure::new(
-                ErrorCode::UnknownEntityType,
-                format!(
-                    "entity type {:?} is not registered on this runner",
-                    out.address.entity_type.as_str()
-                ),
-            )
-            .with_address(out.address.clone()));
-        };
-        let (tag, payload) = out
-            .payload_for(&manager, self.inner.config.simulate_remote_serialization())
-            .map_err(|e| Failure::new(ErrorCode::MalformedMessage, e))?;
-        if let Some(tag) = &tag {
-            match manager.tag_info(tag) {
-                None => {
-                    return Err(Failure::new(ErrorCode::UnknownTag, tag.to_string())
-                        .with_address(out.address.clone()));
-                }
-                Some(info) if info.streaming != chunks.is_some() => {
-                    return Err(Failure::new(
-                        ErrorCode::MalformedMessage,
-                        if info.streaming {
-                            format!("message {tag:?} streams its replies; call it as a stream")
-                        } else {
-                            format!("message {tag:?} has a single reply; it cannot be streamed")
-                        },
-                    )
-                    .with_address(out.address.clone()));
-                }
-                Some(_) => {}
-            }
-        }
-        let encode_reply = !matches!(payload, crate::entity::Payload::Local(_));
-        let call = Call {
-            id,
-            tag,
-            payload,
-            headers: out.headers.clone(),
-            chunks,
-            encode_reply,
-        };
-        match manager.deliver(
-            &out.address,
-            Delivery { call, reply },
-            reserved,
-            &self.inner.shards,
-            self,
-        ) {
-            Ok(epoch) => Ok(epoch),
-            Err(refused) => {
-                let (failure, delivery) = *refused;
-                out.restore(delivery.call.payload);
-                Err(failure)
-            }
-        }
-    }
-
     fn request(
         &self,
         out: &mut Outgoing,
@@ -303,10 +203,10 @@ impl Sharding {
             Ok(r) => r,
             Err(e) => return Attempt::Done(Err(e)),
         };
-        let transport = &self.inner.transport;
+        let transport = self.transport();
         // Should the shard be taken over while the request is in flight (its owner froze or was
         // cut off), stop waiting for an answer that will most likely never come.
-        let moved = self.inner.routes.moved_from(&out.address.shard, owner);
+        let moved = self.routes().moved_from(&out.address.shard, owner);
         match mode {
             Mode::Unary => {
                 let sent = tokio::select! {
@@ -373,20 +273,17 @@ impl Sharding {
     /// Sends a streaming request; the returned stream yields each item, then ends (or yields one
     /// error).
     pub(crate) async fn call_stream(&self, mut out: Outgoing) -> Result<ReplyItems, CallError> {
-        if out.persist.is_some() {
-            return self.call_persisted_stream(out).await;
-        }
         let started = Instant::now();
         let deadline = started + out.timeout;
         self.check_open(&out)?;
         let id = self.new_id(&out)?;
         loop {
             self.check_open(&out)?;
-            let attempt = if self.inner.shards.is_active(&out.address.shard) {
+            let attempt = if self.shards().is_active(&out.address.shard) {
                 self.stream_local(&mut out, id)
             } else {
-                match self.inner.routes.owner(&out.address.shard) {
-                    Some(owner) if Some(&owner) != self.runner_address() => {
+                match self.routes().owner(&out.address.shard) {
+                    Some(owner) if Some(&owner) != self.me() => {
                         self.stream_remote(&mut out, id, &owner, deadline).await
                     }
                     _ => Attempt::Retry(None, "no runner holds the shard yet".to_owned()),
@@ -405,7 +302,10 @@ impl Sharding {
     fn stream_local(&self, out: &mut Outgoing, id: Snowflake) -> Attempt<ReplyItems> {
         let (chunk_tx, chunk_rx) = chunk_channel();
         let (tx, rx) = oneshot::channel();
-        if let Err(failure) = self.deliver_local(out, id, Some(chunk_tx), ReplyTo::Caller(tx)) {
+        if let Err(failure) = self
+            .local()
+            .deliver(out, id, Some(chunk_tx), ReplyTo::Caller(tx))
+        {
             return match self.failure_attempt(out, failure, None) {
                 Attempt::Done(Err(e)) => Attempt::Done(Err(e)),
                 Attempt::Retry(r, m) => Attempt::Retry(r, m),
@@ -443,11 +343,11 @@ impl Sharding {
             Ok(r) => r,
             Err(e) => return Attempt::Done(Err(e)),
         };
-        let moved = self.inner.routes.moved_from(&out.address.shard, owner);
+        let moved = self.routes().moved_from(&out.address.shard, owner);
         tokio::pin!(moved);
         let opened = tokio::select! {
             biased;
-            opened = timeout_at(deadline, self.inner.transport.send_stream(owner, request)) => opened,
+            opened = timeout_at(deadline, self.transport().send_stream(owner, request)) => opened,
             now = &mut moved => return Attempt::Done(Err(moved_in_flight(out, owner, &now))),
         };
         let mut frames = match opened {

@@ -13,13 +13,19 @@
 //! healthy. With two runners, a partition cannot be decided either way and nothing moves.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use shoal_protocol::{RunnerAddress, RunnerId};
-use shoal_storage::RunnerStatus;
+use shoal_storage::{RunnerStatus, RunnerStorage};
 use tokio::time::{MissedTickBehavior, interval, timeout};
 use tracing::Instrument;
 
-use crate::sharding::Sharding;
+use super::view::ClusterView;
+use crate::config::ShardingConfig;
+use crate::health::RunnerHealth;
+use crate::lifecycle::Lifecycle;
 
 /// Failed probes in a row before a runner is reported unreachable (one lost probe is noise).
 pub(crate) const FAILURES_TO_REPORT: u32 = 2;
@@ -63,24 +69,33 @@ pub(crate) fn judge(runners: &mut [RunnerStatus]) -> Vec<RunnerAddress> {
 
 /// Starts probing the other runners (runners only; client-only processes are not judged and do
 /// not judge).
-pub(crate) fn start(sharding: &Sharding) {
-    let Some(address) = sharding.runner_address().cloned() else {
-        return;
-    };
+pub(crate) fn start(parts: ProberParts) {
+    let span = tracing::info_span!("reachability", runner = %parts.me.address);
+    let lifecycle = parts.lifecycle.clone();
     let prober = Prober {
-        sharding: sharding.clone(),
-        me: RunnerId::new(address.clone(), sharding.incarnation()),
+        parts,
         failures: HashMap::new(),
         reported: BTreeSet::new(),
     };
-    let span = tracing::info_span!("reachability", runner = %address);
-    let task = tokio::spawn(prober.run().instrument(span));
-    sharding.spawn_task(task);
+    lifecycle.spawn(tokio::spawn(prober.run().instrument(span)));
+}
+
+/// What the prober works with.
+pub(crate) struct ProberParts {
+    /// This runner.
+    pub(crate) me: RunnerId,
+    pub(crate) config: Arc<ShardingConfig>,
+    /// How a runner is probed.
+    pub(crate) health: Arc<dyn RunnerHealth>,
+    /// Where it reports the runners it cannot reach.
+    pub(crate) storage: Arc<dyn RunnerStorage>,
+    /// The cluster as the lease keeper last read it.
+    pub(crate) view: Arc<Mutex<ClusterView>>,
+    pub(crate) lifecycle: Arc<Lifecycle>,
 }
 
 struct Prober {
-    sharding: Sharding,
-    me: RunnerId,
+    parts: ProberParts,
     /// Failed probes in a row, per runner.
     failures: HashMap<RunnerAddress, u32>,
     /// What this runner last stored as unreachable.
@@ -89,13 +104,13 @@ struct Prober {
 
 impl Prober {
     async fn run(mut self) {
-        let inner = self.sharding.inner.clone();
-        let every = self.sharding.config().health_check_interval();
+        let lifecycle = self.parts.lifecycle.clone();
+        let every = self.parts.config.health_check_interval();
         let mut tick = interval(every);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = inner.cancel.cancelled() => return,
+                _ = lifecycle.cancel().cancelled() => return,
                 _ = tick.tick() => {}
             }
             let (others, stored) = self.view();
@@ -116,12 +131,12 @@ impl Prober {
 
     /// The other live runners, and what storage shows this runner reported.
     fn view(&self) -> (Vec<RunnerAddress>, Option<BTreeSet<RunnerAddress>>) {
-        let view = self.sharding.inner.view.lock();
+        let view = self.parts.view.lock();
         let mut stored = None;
         let mut others = Vec::new();
         for status in &view.runners {
-            if status.runner.address == self.me.address {
-                if status.incarnation == self.me.incarnation {
+            if status.runner.address == self.parts.me.address {
+                if status.incarnation == self.parts.me.incarnation {
                     stored = Some(status.unreachable.iter().cloned().collect());
                 }
             } else {
@@ -133,13 +148,10 @@ impl Prober {
 
     /// Probes every runner of `others` at once, each within one probe interval.
     async fn probe(&mut self, others: &[RunnerAddress]) {
-        let inner = &self.sharding.inner;
-        let within = self.sharding.config().health_check_interval();
+        let health = &self.parts.health;
+        let within = self.parts.config.health_check_interval();
         let probes = others.iter().map(|address| async move {
-            let alive = matches!(
-                timeout(within, inner.health.is_alive(address)).await,
-                Ok(true)
-            );
+            let alive = matches!(timeout(within, health.is_alive(address)).await, Ok(true));
             (address, alive)
         });
         let results = futures::future::join_all(probes).await;
@@ -164,10 +176,10 @@ impl Prober {
     }
 
     async fn report(&mut self, unreachable: BTreeSet<RunnerAddress>) {
-        let inner = &self.sharding.inner;
         let list: Vec<RunnerAddress> = unreachable.iter().cloned().collect();
-        let within = self.sharding.config().storage_timeout();
-        match timeout(within, inner.storage.report_unreachable(&self.me, &list)).await {
+        let within = self.parts.config.storage_timeout();
+        let me = &self.parts.me;
+        match timeout(within, self.parts.storage.report_unreachable(me, &list)).await {
             Ok(Ok(())) => {
                 metrics::gauge!("shoal_runners_unreachable_reported").set(list.len() as f64);
                 self.reported = unreachable;

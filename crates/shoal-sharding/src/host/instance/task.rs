@@ -16,12 +16,12 @@ use tracing::Instrument;
 
 use super::delivery::{Control, Delivery};
 use super::interrupts::Pending;
+use super::owner::InstanceOwner;
 use super::retirement::{Done, Retirement};
 use crate::clock::Clock;
 use crate::entity::{
     Behavior, BehaviorFactory, CallFailure, CallResult, EntityContext, InstanceFlags,
 };
-use crate::manager::EntityManager;
 
 /// Tunables of one instance.
 #[derive(Debug, Clone, Copy)]
@@ -43,7 +43,7 @@ pub(crate) struct InstanceTask {
     pub(crate) control: mpsc::Receiver<Control>,
     pub(crate) flags: Arc<InstanceFlags>,
     pub(crate) settings: InstanceSettings,
-    pub(crate) manager: Weak<EntityManager>,
+    pub(crate) owner: Weak<dyn InstanceOwner>,
     pub(crate) clock: Clock,
     /// The previous instance of this entity, still finishing: waited for before activating.
     pub(crate) previous: Option<Done>,
@@ -154,7 +154,7 @@ impl InstanceTask {
     }
 
     fn exited(&self) {
-        if let Some(manager) = self.manager.upgrade() {
+        if let Some(manager) = self.owner.upgrade() {
             manager.instance_exited(&self.id, self.generation);
         }
     }
@@ -189,7 +189,7 @@ impl InstanceTask {
     /// Handles an idle timer: passivates when nothing is pending. `true` means stop.
     fn on_idle(&self) -> bool {
         if self.flags.is_idle()
-            && let Some(manager) = self.manager.upgrade()
+            && let Some(manager) = self.owner.upgrade()
             && manager.try_passivate(&self.id, self.generation)
         {
             tracing::debug!(address = %self.ctx.address(), "entity passivated after idling");

@@ -12,26 +12,50 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
-use shoal_protocol::{RunnerAddress, RunnerId, ShardId};
-use shoal_storage::{Epoch, StorageError};
+use parking_lot::Mutex;
+use shoal_protocol::{Runner, RunnerAddress, RunnerId, ShardId};
+use shoal_storage::{Epoch, RunnerStorage, StorageError};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior, interval, sleep_until, timeout_at};
 use tracing::Instrument;
 
+use super::view::ClusterView;
 use crate::assignment::ShardAssignment;
-use crate::routing::RouteTable;
-use crate::sharding::{ClusterView, Sharding};
+use crate::host::EntityHost;
+use crate::lifecycle::Lifecycle;
+use crate::router::Router;
+use crate::router::routes::RouteTable;
+use crate::singleton::Singletons;
+
+/// What the lease keeper works with.
+pub(crate) struct KeeperParts {
+    /// Where the shards this runner serves and the routes to the others are kept (the keeper
+    /// writes both), and the transport whose connections to runners that left it drops.
+    pub(crate) router: Router,
+    /// This runner (`None` in client-only mode): registered again if its heartbeat lapsed.
+    pub(crate) runner: Option<Runner>,
+    pub(crate) storage: Arc<dyn RunnerStorage>,
+    /// Whose entities it stops when a shard goes.
+    pub(crate) host: Arc<EntityHost>,
+    pub(crate) singletons: Arc<Singletons>,
+    pub(crate) lifecycle: Arc<Lifecycle>,
+    /// Where it publishes the last view of the cluster.
+    pub(crate) view: Arc<Mutex<ClusterView>>,
+}
 
 /// Starts the keeper: one synchronous pass (so routes exist when `start` returns), then the loop.
-pub(crate) async fn start(sharding: &Sharding) {
+pub(crate) async fn start(parts: KeeperParts) {
+    let parts = Arc::new(parts);
     let (released_tx, released_rx) = mpsc::unbounded_channel();
     let mut keeper = Keeper {
-        id: sharding
-            .runner_address()
-            .map(|address| RunnerId::new(address.clone(), sharding.inner.identity.incarnation())),
-        sharding: sharding.clone(),
+        id: parts
+            .router
+            .me()
+            .map(|address| RunnerId::new(address.clone(), parts.router.identity().incarnation())),
+        parts: parts.clone(),
         outage: Outage::default(),
         held: BTreeMap::new(),
         releasing: BTreeMap::new(),
@@ -45,9 +69,9 @@ pub(crate) async fn start(sharding: &Sharding) {
         next_lapse: None,
     };
     keeper.sync().await;
-    let span = tracing::info_span!("lease_keeper", runner = ?sharding.runner_address());
+    let span = tracing::info_span!("lease_keeper", runner = ?parts.router.me());
     let task = tokio::spawn(keeper.run().instrument(span));
-    sharding.spawn_task(task);
+    parts.lifecycle.spawn(task);
 }
 
 /// Logs a storage outage once when it starts and once when it ends, not on every retry.
@@ -81,7 +105,7 @@ impl Outage {
 }
 
 struct Keeper {
-    sharding: Sharding,
+    parts: Arc<KeeperParts>,
     /// This runner (its address and incarnation); `None` in client-only mode.
     id: Option<RunnerId>,
     outage: Outage,
@@ -110,11 +134,11 @@ struct Keeper {
 
 impl Keeper {
     fn me(&self) -> Option<&RunnerAddress> {
-        self.sharding.runner_address()
+        self.parts.router.me()
     }
 
     fn config(&self) -> &crate::ShardingConfig {
-        &self.sharding.inner.config
+        self.parts.router.config()
     }
 
     /// When entities must be stopped unless a refresh succeeds first.
@@ -154,7 +178,7 @@ impl Keeper {
     }
 
     async fn run(mut self) {
-        let inner = self.sharding.inner.clone();
+        let parts = self.parts.clone();
         let is_runner = self.me().is_some();
         let mut poll = interval(self.config().assignment_refresh_interval());
         poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -178,7 +202,7 @@ impl Keeper {
             let drain_deadline = self.draining.unwrap_or(far);
             tokio::select! {
                 biased;
-                _ = inner.cancel.cancelled(), if self.draining.is_none() => {
+                _ = parts.lifecycle.cancel().cancelled(), if self.draining.is_none() => {
                     if !is_runner {
                         break;
                     }
@@ -196,11 +220,11 @@ impl Keeper {
         }
         if let Some(me) = self.id.clone() {
             let _ = self
-                .call("release_all", inner.storage.release_all(&me))
+                .call("release_all", parts.storage.release_all(&me))
                 .await;
             tracing::info!("handoff complete; leases released");
         }
-        inner.stopped.cancel();
+        parts.lifecycle.stopped().cancel();
     }
 
     fn all_shards(&self) -> Vec<ShardId> {
@@ -213,17 +237,17 @@ impl Keeper {
 
     /// Reads runners and leases, recomputes the assignment and routes, and moves shards.
     async fn sync(&mut self) {
-        let inner = self.sharding.inner.clone();
+        let parts = self.parts.clone();
         // Cleared until this sync reads the leases: a failing storage is not retried in a loop.
         self.next_lapse = None;
-        let mut runners = match self.call("runners", inner.storage.runners()).await {
+        let mut runners = match self.call("runners", parts.storage.runners()).await {
             Ok(r) => r,
             Err(e) => {
                 self.outage.failed("runners", &e);
                 return;
             }
         };
-        let leases = match self.call("leases", inner.storage.leases()).await {
+        let leases = match self.call("leases", parts.storage.leases()).await {
             Ok(l) => l,
             Err(e) => {
                 self.outage.failed("leases", &e);
@@ -238,7 +262,7 @@ impl Keeper {
             runners.iter().map(|r| r.runner.address.clone()).collect();
         for gone in self.known.difference(&now_known) {
             tracing::info!(runner = %gone, "runner left the cluster");
-            inner.transport.runner_left(gone);
+            parts.router.transport().runner_left(gone);
         }
         for joined in now_known.difference(&self.known) {
             tracing::info!(runner = %joined, "runner joined the cluster");
@@ -255,12 +279,13 @@ impl Keeper {
             &runners,
             &leases,
         );
-        inner
-            .routes
+        parts
+            .router
+            .routes()
             .replace(RouteTable::build(&assignment, &leases));
 
         let Some(id) = self.id.clone() else {
-            *inner.view.lock() = ClusterView { runners, leases };
+            *parts.view.lock() = ClusterView { runners, leases };
             return;
         };
         let me = id.address.clone();
@@ -272,12 +297,12 @@ impl Keeper {
         let registered = runners
             .iter()
             .any(|r| r.runner.address == me && r.incarnation == id.incarnation);
-        if !registered && !self.sharding.is_shutting_down() {
+        if !registered && !self.parts.lifecycle.is_closing() {
             tracing::warn!(
                 "this runner is not registered in storage (its heartbeat lapsed?); registering again"
             );
-            if let Some(runner) = inner.me.clone() {
-                let register = inner.storage.register(
+            if let Some(runner) = parts.runner.clone() {
+                let register = parts.storage.register(
                     &runner,
                     id.incarnation,
                     true,
@@ -293,7 +318,7 @@ impl Keeper {
                         metrics::counter!("shoal_runner_superseded_total").increment(1);
                         let all = self.all_shards();
                         self.force_stop(all, "another process took this runner's address");
-                        inner.cancel.cancel();
+                        parts.lifecycle.cancel().cancel();
                         return;
                     }
                     Err(error) => tracing::warn!(%error, "registering again failed"),
@@ -344,7 +369,7 @@ impl Keeper {
                     && !taken.contains(s)
             })
             .collect();
-        *inner.view.lock() = ClusterView { runners, leases };
+        *parts.view.lock() = ClusterView { runners, leases };
         if !to_acquire.is_empty() {
             self.acquire(&id, to_acquire).await;
         }
@@ -357,7 +382,7 @@ impl Keeper {
     /// logging when that changes.
     fn judge_reachability(&mut self, runners: &mut [shoal_storage::RunnerStatus]) {
         let cut: BTreeSet<RunnerAddress> =
-            crate::reachability::judge(runners).into_iter().collect();
+            super::reachability::judge(runners).into_iter().collect();
         if cut == self.cut_off {
             return;
         }
@@ -378,11 +403,11 @@ impl Keeper {
     }
 
     async fn acquire(&mut self, me: &RunnerId, shards: Vec<ShardId>) {
-        let inner = self.sharding.inner.clone();
+        let parts = self.parts.clone();
         let ttl = self.config().lease_ttl();
         let sent = Instant::now();
         match self
-            .call("acquire", inner.storage.acquire(me, &shards, ttl))
+            .call("acquire", parts.storage.acquire(me, &shards, ttl))
             .await
         {
             Ok(acquired) => {
@@ -394,7 +419,7 @@ impl Keeper {
                 }
                 let mut new = Vec::with_capacity(acquired.len());
                 for held in acquired {
-                    inner.shards.set_active(&held.shard, held.epoch);
+                    parts.router.shards().set_active(&held.shard, held.epoch);
                     self.held.insert(held.shard.clone(), held.epoch);
                     new.push(held.shard);
                 }
@@ -405,8 +430,10 @@ impl Keeper {
                     "acquired shards"
                 );
                 metrics::gauge!("shoal_shards_held").set(self.held.len() as f64);
-                inner.singletons.sync(&self.sharding);
-                crate::persist::on_shards_acquired(&self.sharding, new);
+                parts.singletons.sync(&parts.router);
+                if let Some(persistence) = parts.router.persistence() {
+                    crate::persist::on_shards_acquired(persistence, new);
+                }
             }
             Err(e) => tracing::warn!(error = %e, shards = shards.len(), "acquiring shards failed"),
         }
@@ -416,20 +443,20 @@ impl Keeper {
     fn confirmed(&mut self, valid_until: Instant) {
         self.valid_until = Some(valid_until);
         let margin = self.config().lease_safety_margin();
-        self.sharding
-            .inner
-            .shards
+        self.parts
+            .router
+            .shards()
             .confirm_until(valid_until.checked_sub(margin).unwrap_or(valid_until));
     }
 
     async fn refresh(&mut self) {
         let Some(me) = self.id.clone() else { return };
-        let inner = self.sharding.inner.clone();
+        let parts = self.parts.clone();
         let shards = self.all_shards();
         let ttl = self.config().lease_ttl();
         let sent = Instant::now();
         match self
-            .call("refresh", inner.storage.refresh(&me, &shards, ttl))
+            .call("refresh", parts.storage.refresh(&me, &shards, ttl))
             .await
         {
             Ok(still) => {
@@ -470,7 +497,7 @@ impl Keeper {
         let all = self.all_shards();
         self.force_stop(all, "lease storage unreachable");
         self.valid_until = None;
-        self.sharding.inner.shards.unconfirm();
+        self.parts.router.shards().unconfirm();
     }
 
     /// Aborts the entities of `shards` at once and forgets the shards.
@@ -478,18 +505,16 @@ impl Keeper {
         if shards.is_empty() {
             return;
         }
-        let inner = self.sharding.inner.clone();
+        let parts = self.parts.clone();
         let set: HashSet<ShardId> = shards.iter().cloned().collect();
         for shard in &shards {
-            inner.shards.clear(shard);
+            parts.router.shards().clear(shard);
             self.held.remove(shard);
             self.releasing.remove(shard);
             self.unreleased.remove(shard);
         }
-        for manager in inner.entities.read().values() {
-            manager.abort_shards(&set);
-        }
-        inner.singletons.sync_with(&self.sharding, true);
+        parts.host.abort_shards(&set);
+        parts.singletons.sync_with(&parts.router, true);
         tracing::warn!(shards = shards.len(), reason, "stopped entities of shards");
         metrics::gauge!("shoal_shards_held").set(self.held.len() as f64);
     }
@@ -497,18 +522,16 @@ impl Keeper {
     /// Starts handing `shards` off: new messages are refused, entities finish their running
     /// request (up to the termination timeout), then the leases are released.
     fn begin_release(&mut self, shards: Vec<ShardId>) {
-        let inner = self.sharding.inner.clone();
+        let parts = self.parts.clone();
         for shard in &shards {
             if let Some(epoch) = self.held.remove(shard) {
-                inner.shards.set_releasing(shard);
+                parts.router.shards().set_releasing(shard);
                 self.releasing.insert(shard.clone(), epoch);
             }
         }
         let set: HashSet<ShardId> = shards.iter().cloned().collect();
-        let mut stopping = inner.singletons.sync_with(&self.sharding, false);
-        for manager in inner.entities.read().values() {
-            stopping.extend(manager.stop_shards(&set));
-        }
+        let mut stopping = parts.singletons.sync_with(&parts.router, false);
+        stopping.extend(parts.host.stop_shards(&set));
         tracing::info!(
             shards = shards.len(),
             entities = stopping.len(),
@@ -544,15 +567,15 @@ impl Keeper {
         if self.unreleased.is_empty() {
             return;
         }
-        let inner = self.sharding.inner.clone();
+        let parts = self.parts.clone();
         let shards: Vec<ShardId> = self.unreleased.iter().cloned().collect();
         match self
-            .call("release", inner.storage.release(&me, &shards))
+            .call("release", parts.storage.release(&me, &shards))
             .await
         {
             Ok(()) => {
                 for shard in &shards {
-                    inner.shards.clear(shard);
+                    parts.router.shards().clear(shard);
                     self.unreleased.remove(shard);
                 }
                 tracing::info!(shards = shards.len(), "released shards");
@@ -566,17 +589,17 @@ impl Keeper {
 
     /// Shutdown: leave the cluster and hand every shard off.
     async fn begin_drain(&mut self) {
-        let inner = self.sharding.inner.clone();
+        let parts = self.parts.clone();
         let deadline = Instant::now()
             + self.config().entity_termination_timeout()
             + self.config().storage_timeout() * 2;
         self.draining = Some(deadline);
         if let Some(me) = self.id.clone()
-            && let Err(e) = self.call("unregister", inner.storage.unregister(&me)).await
+            && let Err(e) = self.call("unregister", parts.storage.unregister(&me)).await
         {
             tracing::warn!(error = %e, "unregistering failed; other runners will drop this runner when its heartbeat lapses");
         }
-        inner.singletons.close();
+        parts.singletons.close();
         let held: Vec<ShardId> = self.held.keys().cloned().collect();
         if !held.is_empty() {
             self.begin_release(held);
