@@ -52,7 +52,7 @@ pub use config::{ConfigError, ShardingConfig, ShardingConfigBuilder};
 pub use entity::{
     ChunkSink, DynamicDefinition, DynamicEntity, DynamicFactory, DynamicRequest, Entity,
     EntityContext, EntityDefinition, EntityKvHandle, EntityOptions, GroupSelector, Handler,
-    HandlerError, HandlerErrorKind, Message, RawChunkSink, Registration, StreamClosed,
+    HandlerError, HandlerErrorKind, Handlers, Message, RawChunkSink, Registration, StreamClosed,
     StreamHandler, TagKind,
 };
 pub use error::{CallError, RegisterError};
@@ -63,5 +63,6 @@ pub use in_process::InProcessNetwork;
 pub use inbound::InboundHandler;
 pub use persist::MessageSettings;
 pub use sharding::{ClusterView, Sharding, ShardingBuilder, StartError};
+pub use shoal_macros::handlers;
 pub use singleton::SingletonContext;
 pub use transport::{ReplyFrames, Transport, TransportError};
