@@ -3,8 +3,10 @@
 //! Every `Account` instance is given the same `Ledger` handle when it activates (the entity
 //! type's [`Entity::State`]); it records each posting there. Its balance lives in the entity's
 //! key-value storage, so it survives the account moving to another runner (as shards do while
-//! the second runner joins). A transfer withdraws from one account and deposits into the other;
-//! the two accounts may live on different runners, and the caller does not need to know which.
+//! the second runner joins). Its handlers are the methods of its `#[handlers]` block, so the
+//! definition that registers them cannot forget one. A transfer withdraws from one account and
+//! deposits into the other; the two accounts may live on different runners, and the caller does
+//! not need to know which.
 //! Run it with `cargo run -p shoal-sharding --example bank`.
 
 // An example prints what it did.
@@ -15,8 +17,8 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use shoal_sharding::{
-    Entity, EntityContext, EntityDefinition, EntityKvHandle, Handler, HandlerError,
-    InProcessNetwork, Message, Sharding, ShardingConfig,
+    Entity, EntityContext, EntityDefinition, EntityKvHandle, HandlerError, InProcessNetwork,
+    Message, Sharding, ShardingConfig, handlers,
 };
 use shoal_storage::{MemoryEntityKv, MemoryRunnerStorage};
 
@@ -118,17 +120,21 @@ impl Message for Withdraw {
     type Reply = i64;
 }
 
-impl Handler<Deposit> for Account {
-    async fn handle(&mut self, msg: Deposit, ctx: &EntityContext) -> Result<i64, HandlerError> {
+/// The account's message handlers: each method marked `#[handle]` handles the message type of
+/// its `msg` argument. This block is the list of them: `EntityDefinition::declared_with_state`
+/// (in `main`) registers them all, so none can be left out.
+#[handlers]
+impl Account {
+    #[handle]
+    async fn deposit(&mut self, msg: Deposit, ctx: &EntityContext) -> Result<i64, HandlerError> {
         if msg.amount <= 0 {
             return Err(HandlerError::failed("a deposit must be positive"));
         }
         self.post(ctx, msg.amount).await
     }
-}
 
-impl Handler<Withdraw> for Account {
-    async fn handle(&mut self, msg: Withdraw, ctx: &EntityContext) -> Result<i64, HandlerError> {
+    #[handle]
+    async fn withdraw(&mut self, msg: Withdraw, ctx: &EntityContext) -> Result<i64, HandlerError> {
         if msg.amount <= 0 || msg.amount > self.balance {
             return Err(HandlerError::failed(format!(
                 "cannot withdraw {} from a balance of {}",
@@ -168,11 +174,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .entity_kv(balances.clone())
             .in_process(&network)
             .runner(address.parse()?)
-            .entity(
-                EntityDefinition::<Account>::with_state(ledger.clone())
-                    .handle::<Deposit>()
-                    .handle::<Withdraw>(),
-            )
+            .entity(EntityDefinition::<Account>::declared_with_state(
+                ledger.clone(),
+            ))
             .start()
             .await?;
         runners.push(runner);

@@ -51,7 +51,7 @@ pub use config::{ConfigError, ShardingConfig, ShardingConfigBuilder};
 pub use entity::{
     ChunkSink, DynamicDefinition, DynamicEntity, DynamicFactory, DynamicRequest, Entity,
     EntityContext, EntityDefinition, EntityKvHandle, EntityOptions, GroupSelector, Handler,
-    HandlerError, HandlerErrorKind, Message, RawChunkSink, Registration, StreamClosed,
+    HandlerError, HandlerErrorKind, Handlers, Message, RawChunkSink, Registration, StreamClosed,
     StreamHandler, TagKind,
 };
 pub use error::{CallError, RegisterError};
@@ -63,5 +63,6 @@ pub use inbound::InboundHandler;
 pub use lease::view::ClusterView;
 pub use persist::MessageSettings;
 pub use sharding::Sharding;
+pub use shoal_macros::handlers;
 pub use singleton::SingletonContext;
 pub use transport::{ReplyFrames, Transport, TransportError};

@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use shoal_sharding::{
-    Entity, EntityContext, EntityDefinition, EntityKvHandle, Handler, HandlerError, Message,
+    Entity, EntityContext, EntityDefinition, EntityKvHandle, HandlerError, Message, handlers,
 };
 
 /// The key under which the counter keeps its state.
@@ -213,8 +213,10 @@ fn reply(value: i64, served_by: bool, replayed: bool, ctx: &EntityContext) -> Co
     })
 }
 
-impl Handler<Increment> for Counter {
-    async fn handle(
+#[handlers]
+impl Counter {
+    #[handle]
+    async fn increment(
         &mut self,
         msg: Increment,
         ctx: &EntityContext,
@@ -237,23 +239,16 @@ impl Handler<Increment> for Counter {
         self.state = next;
         Ok(reply(value, msg.served_by, false, ctx))
     }
-}
 
-impl Handler<Get> for Counter {
-    async fn handle(
-        &mut self,
-        msg: Get,
-        ctx: &EntityContext,
-    ) -> Result<CounterReply, HandlerError> {
+    #[handle]
+    async fn get(&mut self, msg: Get, ctx: &EntityContext) -> Result<CounterReply, HandlerError> {
         Ok(reply(self.state.value, msg.served_by, false, ctx))
     }
 }
 
-/// The registration of the counter.
+/// The registration of the counter: every handler of its `#[handlers]` block.
 pub fn definition() -> EntityDefinition<Counter> {
-    EntityDefinition::<Counter>::new()
-        .handle::<Increment>()
-        .handle::<Get>()
+    EntityDefinition::<Counter>::declared()
 }
 
 #[cfg(test)]

@@ -35,14 +35,25 @@ struct HandlerEntry<E> {
 /// Declares a typed entity: its handlers and options. Register it with
 /// [`crate::Sharding::register`].
 ///
+/// Build it from the handlers the type declares with [`#[handlers]`](crate::handlers):
+/// [`EntityDefinition::declared`] (or [`EntityDefinition::declared_with_state`]) adds every one
+/// of them, so none can be forgotten.
+///
 /// ```ignore
-/// sharding.register(
-///     EntityDefinition::<Counter>::new()
-///         .handle::<Increment>()
-///         .handle::<Get>()
-///         .max_idle_time(Duration::from_secs(30)),
-/// )?;
+/// #[shoal_sharding::handlers]
+/// impl Counter {
+///     #[handle]
+///     async fn increment(&mut self, msg: Increment, ctx: &EntityContext) -> Result<i64, HandlerError> { ... }
+///     #[handle]
+///     async fn get(&mut self, msg: Get, ctx: &EntityContext) -> Result<i64, HandlerError> { ... }
+/// }
+///
+/// sharding.register(EntityDefinition::<Counter>::declared().max_idle_time(Duration::from_secs(30)))?;
 /// ```
+///
+/// Handlers can also be added one by one ([`EntityDefinition::handle`],
+/// [`EntityDefinition::stream`]), for definitions composed at run time; a handler left out that
+/// way still compiles, and its calls fail with `unknown_tag`.
 pub struct EntityDefinition<E: Entity> {
     handlers: Vec<HandlerEntry<E>>,
     options: EntityOptions,
@@ -70,7 +81,8 @@ impl<E: Entity<State = ()>> Default for EntityDefinition<E> {
 
 impl<E: Entity<State = ()>> EntityDefinition<E> {
     /// A definition with no handlers yet, of an entity without shared state. (An entity with
-    /// shared state is defined with [`EntityDefinition::with_state`].)
+    /// shared state is defined with [`EntityDefinition::with_state`]; one whose handlers are
+    /// declared with [`#[handlers]`](crate::handlers), with [`EntityDefinition::declared`].)
     pub fn new() -> Self {
         Self::with_state(())
     }
@@ -78,7 +90,9 @@ impl<E: Entity<State = ()>> EntityDefinition<E> {
 
 impl<E: Entity> EntityDefinition<E> {
     /// A definition with no handlers yet, whose instances all get `state` when they activate
-    /// ([`Entity::activate`]). Pass the value or an `Arc` of it already shared elsewhere.
+    /// ([`Entity::activate`]). Pass the value or an `Arc` of it already shared elsewhere. (For an
+    /// entity whose handlers are declared with [`#[handlers]`](crate::handlers):
+    /// [`EntityDefinition::declared_with_state`].)
     pub fn with_state(state: impl Into<Arc<E::State>>) -> Self {
         Self {
             handlers: Vec::new(),
@@ -89,6 +103,12 @@ impl<E: Entity> EntityDefinition<E> {
     }
 
     /// Handles message `M` with one reply.
+    ///
+    /// For composing a definition handler by handler (at run time, or for `Handler` impls
+    /// written by hand). Nothing checks that every handler of the type is added: a forgotten one
+    /// compiles, and its calls fail with `unknown_tag`. A type whose handlers are declared with
+    /// [`#[handlers]`](crate::handlers) is defined with [`EntityDefinition::declared`] (or
+    /// [`EntityDefinition::declared_with_state`]), which cannot forget one.
     pub fn handle<M: Message>(mut self) -> Self
     where
         E: Handler<M>,
@@ -104,6 +124,10 @@ impl<E: Entity> EntityDefinition<E> {
     }
 
     /// Handles message `M` with a stream of replies.
+    ///
+    /// Like [`EntityDefinition::handle`], nothing checks that it is not forgotten:
+    /// [`EntityDefinition::declared`] registers every `#[stream]` handler of a
+    /// [`#[handlers]`](crate::handlers) block.
     pub fn stream<M: Message>(mut self) -> Self
     where
         E: StreamHandler<M>,

@@ -9,12 +9,14 @@ use super::message::Message;
 use super::stream::ChunkSink;
 
 /// A stateful entity type. One instance exists per entity id while it is active; it handles one
-/// message at a time, in arrival order.
+/// message at a time, in arrival order. Its message handlers are the methods of its
+/// [`#[handlers]`](crate::handlers) block, and
+/// [`EntityDefinition::declared`](crate::EntityDefinition::declared) registers them all.
 ///
 /// ```
 /// use std::sync::Arc;
 /// use serde::{Deserialize, Serialize};
-/// use shoal_sharding::{Entity, EntityContext, Handler, HandlerError, Message};
+/// use shoal_sharding::{Entity, EntityContext, EntityDefinition, HandlerError, Message, handlers};
 ///
 /// #[derive(Default)]
 /// struct Counter {
@@ -40,12 +42,17 @@ use super::stream::ChunkSink;
 ///     type Reply = i64;
 /// }
 ///
-/// impl Handler<Increment> for Counter {
-///     async fn handle(&mut self, msg: Increment, _ctx: &EntityContext) -> Result<i64, HandlerError> {
+/// #[handlers]
+/// impl Counter {
+///     #[handle]
+///     async fn increment(&mut self, msg: Increment, _ctx: &EntityContext) -> Result<i64, HandlerError> {
 ///         self.value += msg.by;
 ///         Ok(self.value)
 ///     }
 /// }
+///
+/// let definition = EntityDefinition::<Counter>::declared();
+/// # let _ = definition;
 /// ```
 pub trait Entity: Send + Sized + 'static {
     /// The entity type's name. Stable: it is on the wire and in storage.
@@ -82,7 +89,9 @@ pub trait Entity: Send + Sized + 'static {
     }
 }
 
-/// Handles message `M`.
+/// Handles message `M`. Usually implemented by [`#[handlers]`](crate::handlers) for a method
+/// marked `#[handle]`; an impl written by hand is registered with
+/// [`EntityDefinition::handle`](crate::EntityDefinition::handle).
 pub trait Handler<M: Message>: Entity {
     /// Handles one message and returns its reply.
     fn handle(
@@ -92,7 +101,9 @@ pub trait Handler<M: Message>: Entity {
     ) -> impl Future<Output = Result<M::Reply, HandlerError>> + Send;
 }
 
-/// Handles message `M` with a stream of replies.
+/// Handles message `M` with a stream of replies. Usually implemented by
+/// [`#[handlers]`](crate::handlers) for a method marked `#[stream]`; an impl written by hand is
+/// registered with [`EntityDefinition::stream`](crate::EntityDefinition::stream).
 pub trait StreamHandler<M: Message>: Entity {
     /// Handles one message, sending each reply item to `out`; returning ends the stream.
     fn handle_stream(

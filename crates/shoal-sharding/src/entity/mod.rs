@@ -1,9 +1,11 @@
-//! Entities: the typed API ([`Entity`], [`Message`], [`Handler`], [`EntityDefinition`]) and the
-//! dynamic one ([`DynamicEntity`], [`DynamicDefinition`]) for entities whose messages are only
-//! known at run time (for example, entities served by a worker process in another language).
+//! Entities: the typed API ([`Entity`], [`Message`], [`Handler`], [`EntityDefinition`], and
+//! [`Handlers`] for handlers declared with `#[handlers]`) and the dynamic one ([`DynamicEntity`],
+//! [`DynamicDefinition`]) for entities whose messages are only known at run time (for example,
+//! entities served by a worker process in another language).
 
 mod behavior;
 mod context;
+mod declared;
 mod definition;
 mod dynamic;
 mod handler;
@@ -16,6 +18,7 @@ mod stream;
 pub(crate) use behavior::{Behavior, BehaviorFactory, Call, CallFailure, CallResult, TagInfo};
 pub use context::EntityContext;
 pub(crate) use context::{ContextSource, InstanceFlags};
+pub use declared::Handlers;
 pub use definition::EntityDefinition;
 pub use dynamic::{DynamicDefinition, DynamicEntity, DynamicFactory, DynamicRequest, TagKind};
 pub use handler::{Entity, Handler, HandlerError, HandlerErrorKind, StreamHandler};
