@@ -172,8 +172,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let runner = Sharding::builder(ShardingConfig::default())
             .storage(storage.clone())
             .entity_kv(balances.clone())
-            .in_process(&network)
-            .runner(address.parse()?)
+            .network(network.endpoint(address.parse()?))
             .entity(EntityDefinition::<Account>::declared_with_state(
                 ledger.clone(),
             ))

@@ -25,6 +25,7 @@ use crate::lease::shards::ShardStates;
 use crate::lease::view::ClusterView;
 use crate::lifecycle::Lifecycle;
 use crate::local::LocalEntities;
+use crate::network::{Network, ServeError};
 use crate::persist::{MessageSettings, Persistence, PersistenceParts};
 use crate::router::routes::Routes;
 use crate::router::{Router, RouterParts};
@@ -48,6 +49,9 @@ pub enum StartError {
     /// An entity registration was refused.
     #[error(transparent)]
     Register(#[from] RegisterError),
+    /// The network could not start serving requests from other runners.
+    #[error("could not serve requests from other runners: {0}")]
+    Serve(#[source] ServeError),
     /// Registering the runner in storage failed.
     #[error("could not register the runner in storage: {0}")]
     Storage(#[source] StorageError),
@@ -101,7 +105,8 @@ pub struct ShardingBuilder {
     kv: Option<Arc<dyn EntityKv>>,
     transport: Option<Arc<dyn Transport>>,
     health: Option<Arc<dyn RunnerHealth>>,
-    network: Option<Arc<InProcessNetwork>>,
+    network: Option<Box<dyn Network>>,
+    in_process: Option<Arc<InProcessNetwork>>,
     mode: Option<Mode>,
     registrations: Vec<Result<RegistrationParts, RegisterError>>,
     singletons: Vec<SingletonSpec>,
@@ -133,6 +138,7 @@ impl ShardingBuilder {
             transport: None,
             health: None,
             network: None,
+            in_process: None,
             mode: None,
             registrations: Vec::new(),
             singletons: Vec::new(),
@@ -164,17 +170,34 @@ impl ShardingBuilder {
         self
     }
 
-    /// How this process reaches other runners.
+    /// Joins the other runners through `network`: it gives the transport, this runner's
+    /// address (a network without one makes a client-only process), how other runners' health
+    /// is judged, and serves their requests once the runtime has started. Stopping the runtime
+    /// stops the server. See [`Network`] for the networks there are.
+    pub fn network(mut self, network: impl Network) -> Self {
+        self.transport = Some(network.transport());
+        self.mode = Some(match network.address() {
+            Some(address) => Mode::Runner(address),
+            None => Mode::ClientOnly,
+        });
+        self.network = Some(Box::new(network));
+        self
+    }
+
+    /// How this process reaches other runners, without serving their requests (a client-only
+    /// process, or a runner whose server is started separately: see [`crate::InboundHandler`]).
+    /// [`ShardingBuilder::network`] gives the transport and the server together.
     pub fn transport(mut self, transport: Arc<dyn Transport>) -> Self {
         self.transport = Some(transport);
         self
     }
 
     /// Joins an in-process network (several runtimes in one process, for tests and embedded
-    /// use): it is the transport, and this runner becomes reachable on it.
+    /// use), as the runner at the address given to [`ShardingBuilder::runner`] or as a client
+    /// only: the same as [`ShardingBuilder::network`] with an [`InProcessNetwork::endpoint`].
     pub fn in_process(mut self, network: &Arc<InProcessNetwork>) -> Self {
         self.transport = Some(network.clone());
-        self.network = Some(network.clone());
+        self.in_process = Some(network.clone());
         self
     }
 
@@ -222,6 +245,17 @@ impl ShardingBuilder {
         let transport = self.transport.ok_or(StartError::MissingTransport)?;
         let mode = self.mode.ok_or(StartError::MissingMode)?;
         let config = Arc::new(self.config);
+        let network: Option<Box<dyn Network>> = match (self.network, &mode) {
+            (Some(network), _) => Some(network),
+            (None, Mode::Runner(address)) => self
+                .in_process
+                .map(|net| Box::new(net.endpoint(address.clone())) as Box<dyn Network>),
+            (None, Mode::ClientOnly) => None,
+        };
+        let health = self
+            .health
+            .or_else(|| network.as_ref().and_then(|n| n.health(&config)))
+            .unwrap_or_else(|| Arc::new(NoopHealth));
         let runner = match mode {
             Mode::Runner(address) => Some(Runner::new(
                 address,
@@ -287,7 +321,7 @@ impl ShardingBuilder {
             lifecycle: lifecycle.clone(),
             view: Arc::new(Mutex::new(ClusterView::default())),
             storage: storage.clone(),
-            network: self.network,
+            serving: Mutex::new(None),
         });
         let registered = self
             .registrations
@@ -302,8 +336,14 @@ impl ShardingBuilder {
             sharding.give_back().await;
             return Err(error.into());
         }
-        if let (Some(network), Some(me)) = (sharding.network(), router.me()) {
-            network.attach(me.clone(), &router);
+        if let Some(network) = network.filter(|_| router.me().is_some()) {
+            match network.serve(sharding.clone()) {
+                Ok(serving) => sharding.serving_started(serving),
+                Err(source) => {
+                    sharding.give_back().await;
+                    return Err(StartError::Serve(source));
+                }
+            }
         }
         match router.me() {
             Some(me) => tracing::info!(
@@ -341,7 +381,7 @@ impl ShardingBuilder {
             crate::lease::reachability::start(ProberParts {
                 me: RunnerId::new(me.clone(), identity.incarnation()),
                 config,
-                health: self.health.unwrap_or_else(|| Arc::new(NoopHealth)),
+                health,
                 storage,
                 view: sharding.view().clone(),
                 lifecycle,

@@ -16,11 +16,15 @@ use shoal_protocol::proto::runner::v1 as pb;
 use shoal_protocol::{Failure, Notification, Reply, ReplyFrame, Request, RunnerAddress, Snowflake};
 
 use crate::inbound::{Inbound, InboundHandler};
+use crate::network::{Network, ServeError};
 use crate::router::{Router, WeakRouter};
+use crate::serving::Serving;
+use crate::sharding::Sharding;
 use crate::transport::{ReplyFrames, Transport, TransportError};
 
-/// Connects the runtimes of one process. Share it (`Arc`) between their builders
-/// ([`crate::ShardingBuilder::in_process`]).
+/// Connects the runtimes of one process. Give each runtime an endpoint of it
+/// ([`InProcessNetwork::endpoint`], through [`crate::ShardingBuilder::network`]; or
+/// [`crate::ShardingBuilder::in_process`] with [`crate::ShardingBuilder::runner`]).
 #[derive(Debug, Default)]
 pub struct InProcessNetwork {
     runners: RwLock<HashMap<RunnerAddress, WeakRouter>>,
@@ -33,6 +37,23 @@ impl InProcessNetwork {
     /// An empty network.
     pub fn new() -> Arc<Self> {
         Arc::new(Self::default())
+    }
+
+    /// The network as the runner at `address` joins it: give it to
+    /// [`crate::ShardingBuilder::network`].
+    pub fn endpoint(self: &Arc<Self>, address: RunnerAddress) -> InProcessEndpoint {
+        InProcessEndpoint {
+            network: self.clone(),
+            address: Some(address),
+        }
+    }
+
+    /// The network as a client-only process joins it (it sends, and serves nothing).
+    pub fn client_endpoint(self: &Arc<Self>) -> InProcessEndpoint {
+        InProcessEndpoint {
+            network: self.clone(),
+            address: None,
+        }
     }
 
     pub(crate) fn attach(&self, address: RunnerAddress, router: &Router) {
@@ -94,6 +115,53 @@ impl InProcessNetwork {
             .and_then(WeakRouter::upgrade)
             .ok_or_else(|| unreachable("connection refused (no such runner)"))?;
         Ok(Inbound::new(router))
+    }
+}
+
+/// One runtime's place on an [`InProcessNetwork`] (see [`InProcessNetwork::endpoint`]).
+#[derive(Debug, Clone)]
+pub struct InProcessEndpoint {
+    network: Arc<InProcessNetwork>,
+    address: Option<RunnerAddress>,
+}
+
+impl Network for InProcessEndpoint {
+    fn transport(&self) -> Arc<dyn Transport> {
+        self.network.clone()
+    }
+
+    fn address(&self) -> Option<RunnerAddress> {
+        self.address.clone()
+    }
+
+    fn serve(self: Box<Self>, handler: Sharding) -> Result<Box<dyn Serving>, ServeError> {
+        let address = self
+            .address
+            .clone()
+            .ok_or("a client-only endpoint serves nothing")?;
+        self.network.attach(address.clone(), handler.router());
+        Ok(Box::new(Attached {
+            network: self.network,
+            address,
+        }))
+    }
+}
+
+/// A runtime reachable on an in-process network until it stops.
+#[derive(Debug)]
+struct Attached {
+    network: Arc<InProcessNetwork>,
+    address: RunnerAddress,
+}
+
+#[async_trait]
+impl Serving for Attached {
+    async fn shutdown(self: Box<Self>) {
+        self.network.detach(&self.address);
+    }
+
+    fn abort(self: Box<Self>) {
+        self.network.detach(&self.address);
     }
 }
 

@@ -16,11 +16,11 @@ use crate::config::ShardingConfig;
 use crate::entity::{Entity, Registration, RegistrationParts};
 use crate::error::RegisterError;
 use crate::host::EntityHost;
-use crate::in_process::InProcessNetwork;
 use crate::inbound::{Inbound, InboundHandler};
 use crate::lease::view::ClusterView;
 use crate::lifecycle::Lifecycle;
 use crate::router::Router;
+use crate::serving::Serving;
 use crate::singleton::{SingletonContext, SingletonSpec, Singletons};
 
 /// What a runtime is made of (wired by [`crate::ShardingBuilder::start`]).
@@ -37,7 +37,8 @@ pub(crate) struct ShardingParts {
     pub(crate) view: Arc<Mutex<ClusterView>>,
     /// Runner storage (to leave the cluster when a start is refused).
     pub(crate) storage: Arc<dyn RunnerStorage>,
-    pub(crate) network: Option<Arc<InProcessNetwork>>,
+    /// The server its network started (stopped with the runtime).
+    pub(crate) serving: Mutex<Option<Box<dyn Serving>>>,
 }
 
 /// A handle to the sharding runtime of this process. Cheap to clone.
@@ -64,6 +65,10 @@ impl Sharding {
         }
     }
 
+    pub(crate) fn serving_started(&self, serving: Box<dyn Serving>) {
+        *self.parts.serving.lock() = Some(serving);
+    }
+
     pub(crate) fn router(&self) -> &Router {
         &self.parts.router
     }
@@ -74,10 +79,6 @@ impl Sharding {
 
     pub(crate) fn view(&self) -> &Arc<Mutex<ClusterView>> {
         &self.parts.view
-    }
-
-    pub(crate) fn network(&self) -> Option<&Arc<InProcessNetwork>> {
-        self.parts.network.as_ref()
     }
 
     /// Registers an entity type (typed [`crate::EntityDefinition`] or
@@ -204,8 +205,12 @@ impl Sharding {
         tracing::info!(runner = ?self.runner_address(), "shutting down");
         lifecycle.cancel().cancel();
         lifecycle.stopped().cancelled().await;
-        self.detach();
+        let serving = self.parts.serving.lock().take();
+        if let Some(serving) = serving {
+            serving.shutdown().await;
+        }
         lifecycle.abort_tasks();
+        self.parts.router.transport().close();
         self.parts.router.identity().release().await;
         tracing::info!(runner = ?self.runner_address(), "shut down");
     }
@@ -243,8 +248,11 @@ impl Sharding {
     pub fn crash(&self) {
         let lifecycle = &self.parts.lifecycle;
         lifecycle.close();
-        self.detach();
+        if let Some(serving) = self.parts.serving.lock().take() {
+            serving.abort();
+        }
         lifecycle.abort_tasks();
+        self.parts.router.transport().close();
         self.parts.singletons.abort_all();
         self.parts.host.abort_all();
         let shards = self.parts.router.shards();
@@ -254,13 +262,6 @@ impl Sharding {
         lifecycle.cancel().cancel();
         lifecycle.stopped().cancel();
         tracing::warn!(runner = ?self.runner_address(), "crashed (simulated)");
-    }
-
-    /// Leaves the in-process network, if on one.
-    fn detach(&self) {
-        if let (Some(network), Some(me)) = (&self.parts.network, self.runner_address()) {
-            network.detach(me);
-        }
     }
 }
 

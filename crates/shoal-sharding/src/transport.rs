@@ -70,4 +70,8 @@ pub trait Transport: Send + Sync + 'static {
     fn runner_left(&self, runner: &RunnerAddress) {
         let _ = runner;
     }
+
+    /// The runtime using this transport has stopped: close its connections. (A transport
+    /// shared by several runtimes, as [`crate::InProcessNetwork`] is, keeps them.)
+    fn close(&self) {}
 }

@@ -776,3 +776,106 @@ async fn singletons_registered_before_start_run_once() {
     b.shutdown().await;
     assert_eq!(running.load(std::sync::atomic::Ordering::SeqCst), 0);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Networks given to the builder.
+
+/// Counts the calls it answered.
+struct Tally(u64);
+
+impl Entity for Tally {
+    const TYPE: &'static str = "tally";
+    type State = ();
+
+    async fn activate(_: &EntityContext, _: &Arc<()>) -> Result<Self, HandlerError> {
+        Ok(Tally(0))
+    }
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct Add;
+
+impl Message for Add {
+    const TAG: &'static str = "add";
+    type Reply = u64;
+}
+
+impl Handler<Add> for Tally {
+    async fn handle(&mut self, _: Add, _: &EntityContext) -> Result<u64, HandlerError> {
+        self.0 += 1;
+        Ok(self.0)
+    }
+}
+
+/// A network whose server cannot start (its port taken, a bad TLS setting): the runner
+/// registered by then is taken back out.
+struct Unservable(shoal_sharding::InProcessEndpoint);
+
+impl shoal_sharding::Network for Unservable {
+    fn transport(&self) -> Arc<dyn shoal_sharding::Transport> {
+        self.0.transport()
+    }
+
+    fn address(&self) -> Option<shoal_protocol::RunnerAddress> {
+        self.0.address()
+    }
+
+    fn serve(
+        self: Box<Self>,
+        _: Sharding,
+    ) -> Result<Box<dyn shoal_sharding::Serving>, shoal_sharding::ServeError> {
+        Err("address already in use".into())
+    }
+}
+
+/// A runtime given a network serves its requests while it runs and stops serving when it stops;
+/// a network that cannot serve fails `start` and leaves no registration behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_network_serves_while_its_runtime_runs() {
+    use shoal_sharding::Network as _;
+
+    init_logs();
+    let memory = Arc::new(MemoryRunnerStorage::new());
+    let network = InProcessNetwork::new();
+    let refused = Sharding::builder(fast_config().build().unwrap())
+        .storage(memory.clone())
+        .network(Unservable(network.endpoint(address(42_101))))
+        .entity(EntityDefinition::<Tally>::new().handle::<Add>())
+        .start()
+        .await;
+    assert!(
+        matches!(refused, Err(shoal_sharding::StartError::Serve(_))),
+        "{refused:?}"
+    );
+    let listed = memory.runners().await.unwrap();
+    assert!(
+        listed.iter().all(|r| r.runner.address != address(42_101)),
+        "{listed:?}"
+    );
+
+    let runner = Sharding::builder(fast_config().build().unwrap())
+        .storage(memory.clone())
+        .network(network.endpoint(address(42_102)))
+        .entity(EntityDefinition::<Tally>::new().handle::<Add>())
+        .start()
+        .await
+        .unwrap();
+    let front = Sharding::builder(fast_config().build().unwrap())
+        .storage(memory.clone())
+        .network(network.client_endpoint())
+        .start()
+        .await
+        .unwrap();
+    assert_eq!(front.client::<Tally>().call("t-1", Add).await.unwrap(), 1);
+    runner.shutdown().await;
+    let after = network
+        .client_endpoint()
+        .transport()
+        .ping(&address(42_102))
+        .await;
+    assert!(
+        after.is_err(),
+        "the stopped runner is off the network: {after:?}"
+    );
+    front.shutdown().await;
+}

@@ -6,8 +6,10 @@
 //! runner share a single HTTP/2 **batch stream**: callers' requests are written in batches and
 //! replies come back in batches, matched by request id.
 //!
-//! [`SocketRunner::serve`] starts a full runner; [`SocketRunner::client_only`] a process that only
-//! sends.
+//! A runtime joins the other runners through a [`SocketNetwork`] given to its builder
+//! (`ShardingBuilder::network`): [`SocketNetwork::bind`] for a full runner,
+//! [`SocketNetwork::client_only`] for a process that only sends. [`SocketRunner::serve`] and
+//! [`SocketRunner::client_only`] are shorthands for the same.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -40,6 +42,7 @@ mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 mod listen;
+mod network;
 mod runner;
 mod server;
 mod tls;
@@ -48,5 +51,6 @@ pub use client::GrpcTransport;
 pub use config::{SendMode, SocketConfig, TlsConfig};
 pub use error::SocketError;
 pub use listen::ListenAddress;
+pub use network::{BindOptions, SocketNetwork};
 pub use runner::{ServeOptions, SocketRunner};
 pub use server::{Bound, ServerHandle, serve};

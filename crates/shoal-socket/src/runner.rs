@@ -2,23 +2,22 @@
 //! process that only sends.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use shoal_sharding::{PingHealth, Sharding, ShardingBuilder, ShardingConfig};
+use shoal_sharding::{Sharding, ShardingBuilder, ShardingConfig};
 use shoal_storage::RunnerStorage;
 
-use crate::client::GrpcTransport;
 use crate::config::SocketConfig;
 use crate::error::SocketError;
 use crate::listen::ListenAddress;
-use crate::server::{Bound, RunnerServiceImpl, ServerHandle};
+use crate::network::{BindOptions, SocketNetwork};
+use crate::server::Bound;
 
-/// A sharding runtime connected to other runners over sockets.
+/// A sharding runtime connected to other runners over sockets: a shorthand for
+/// [`Sharding::builder`] with a [`SocketNetwork`].
 #[derive(Debug)]
 pub struct SocketRunner {
     sharding: Sharding,
-    server: Option<ServerHandle>,
-    runners: Arc<GrpcTransport>,
+    bound: Option<Bound>,
 }
 
 /// Options of [`SocketRunner::serve`].
@@ -51,54 +50,19 @@ impl SocketRunner {
         storage: Arc<dyn RunnerStorage>,
         configure: impl FnOnce(ShardingBuilder) -> ShardingBuilder,
     ) -> Result<Self, SocketError> {
-        let listener = crate::server::bind(&options.listen, &options.socket).await?;
-        let listen_host = match &options.listen {
-            ListenAddress::Tcp { host, .. } => host.clone(),
-            ListenAddress::Unix(_) => String::new(),
-        };
-        let advertise = options
-            .advertise_host
-            .clone()
-            .unwrap_or_else(|| listen_host.clone());
-        if matches!(options.listen, ListenAddress::Tcp { .. })
-            && matches!(advertise.as_str(), "0.0.0.0" | "::" | "[::]")
-        {
-            return Err(SocketError::InvalidAddress {
-                address: advertise,
-                reason: "a wildcard address cannot be advertised; set advertise_host".to_owned(),
-            });
-        }
-        let address = listener.advertised(&advertise, options.advertise_port)?;
-        let runners = GrpcTransport::new(options.socket.clone())?;
-        // One ping per probe: the prober probes every `health_check_interval` and reports a
-        // runner only after consecutive failures.
-        let health = Arc::new(
-            PingHealth::new(runners.clone())
-                .attempts(1)
-                .timeout(options.sharding.health_check_interval()),
-        );
-        let builder = Sharding::builder(options.sharding.clone())
-            .storage(storage)
-            .transport(runners.clone())
-            .health(health)
-            .runner(address);
-        let sharding = configure(builder).start().await?;
-        let server = crate::server::serve_on(
-            listener,
-            &listen_host,
-            RunnerServiceImpl {
-                handler: sharding.clone(),
-                max_batch: options.socket.max_batch,
-                max_message_size: options.socket.max_message_size,
-                window: options.socket.window,
-            },
-            &options.socket,
-        )?;
-        Ok(Self {
-            sharding,
-            server: Some(server),
-            runners,
+        let network = SocketNetwork::bind(BindOptions {
+            listen: options.listen,
+            advertise_host: options.advertise_host,
+            advertise_port: options.advertise_port,
+            socket: options.socket,
         })
+        .await?;
+        let bound = network.bound();
+        let builder = Sharding::builder(options.sharding)
+            .storage(storage)
+            .network(network);
+        let sharding = configure(builder).start().await?;
+        Ok(Self { sharding, bound })
     }
 
     /// Starts a client-only process: it reads the cluster from `storage` and sends to runners,
@@ -119,16 +83,13 @@ impl SocketRunner {
         storage: Arc<dyn RunnerStorage>,
         configure: impl FnOnce(ShardingBuilder) -> ShardingBuilder,
     ) -> Result<Self, SocketError> {
-        let runners = GrpcTransport::new(socket)?;
         let builder = Sharding::builder(sharding)
             .storage(storage)
-            .transport(runners.clone())
-            .client_only();
+            .network(SocketNetwork::client_only(socket)?);
         let sharding = configure(builder).start().await?;
         Ok(Self {
             sharding,
-            server: None,
-            runners,
+            bound: None,
         })
     }
 
@@ -139,25 +100,17 @@ impl SocketRunner {
 
     /// Where the server listens (`None` for a client-only process).
     pub fn bound(&self) -> Option<&Bound> {
-        self.server.as_ref().map(ServerHandle::bound)
+        self.bound.as_ref()
     }
 
     /// Graceful stop: hands shards off (see [`Sharding::shutdown`]), then stops the server and
     /// closes connections.
     pub async fn shutdown(self) {
         self.sharding.shutdown().await;
-        if let Some(server) = self.server {
-            server.shutdown(Duration::from_secs(5)).await;
-        }
-        self.runners.close();
     }
 
     /// Stops at once without handing anything off, as a crash would (for fault tests).
     pub fn crash(self) {
         self.sharding.crash();
-        if let Some(server) = self.server {
-            server.abort();
-        }
-        self.runners.close();
     }
 }

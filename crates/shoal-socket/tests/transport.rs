@@ -278,3 +278,56 @@ async fn ipv6_loopback_is_logged_and_reached_in_brackets() {
     client.shutdown().await;
     runner.shutdown().await;
 }
+
+/// A runner started with the same builder as an in-process one, given a socket network: it
+/// serves over the socket while it runs, and stopping it stops its server (the port refuses
+/// connections) after its shards are handed off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_builder_starts_a_socket_runner_and_shutdown_stops_its_server() {
+    use shoal_sharding::Sharding;
+    use shoal_socket::{BindOptions, Bound, SocketNetwork};
+
+    let storage: Arc<dyn RunnerStorage> = Arc::new(MemoryRunnerStorage::new());
+    let network = SocketNetwork::bind(BindOptions::new("127.0.0.1:0".parse().unwrap()))
+        .await
+        .unwrap();
+    let Some(Bound::Tcp(bound)) = network.bound() else {
+        panic!("a TCP network is bound to a TCP port");
+    };
+    let runner = Sharding::builder(fast_config().build().unwrap())
+        .storage(storage.clone())
+        .network(network)
+        .entity(definition())
+        .start()
+        .await
+        .unwrap();
+    let front = Sharding::builder(fast_config().build().unwrap())
+        .storage(storage)
+        .network(SocketNetwork::client_only(SocketConfig::default()).unwrap())
+        .start()
+        .await
+        .unwrap();
+    assert_eq!(front.runner_address(), None);
+    let counters = front.client::<Counter>();
+    for id in 0..20 {
+        let value = counters
+            .call(
+                &format!("c-{id}"),
+                Increment {
+                    by: 1,
+                    pad: String::new(),
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(value, 1, "served by the socket runner");
+    }
+    assert!(tokio::net::TcpStream::connect(bound).await.is_ok());
+
+    runner.shutdown().await;
+    assert!(
+        tokio::net::TcpStream::connect(bound).await.is_err(),
+        "the server stopped with the runtime"
+    );
+    front.shutdown().await;
+}

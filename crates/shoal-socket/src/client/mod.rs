@@ -382,4 +382,8 @@ impl Transport for GrpcTransport {
             tracing::debug!(%runner, "closed the connection to a runner that left");
         }
     }
+
+    fn close(&self) {
+        GrpcTransport::close(self);
+    }
 }

@@ -172,7 +172,14 @@ pub(crate) enum Listener {
 }
 
 impl Listener {
-    /// The address other runners should use, given the host to advertise for TCP.
+    /// Where it is bound.
+    pub(crate) fn bound(&self) -> Bound {
+        match self {
+            Listener::Tcp(_, local) => Bound::Tcp(*local),
+            Listener::Unix(_, path) => Bound::Unix(path.clone()),
+        }
+    }
+
     /// The address other runners reach this listener at: `host` and `port` (default: the bound
     /// port) for TCP, the socket path for a Unix socket.
     pub(crate) fn advertised(

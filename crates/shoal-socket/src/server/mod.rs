@@ -7,7 +7,7 @@ mod routes;
 mod unix_socket;
 
 pub use listener::{Bound, ServerHandle, serve};
-pub(crate) use listener::{bind, serve_on};
+pub(crate) use listener::{Listener, bind, serve_on};
 pub(crate) use routes::Routes;
 
 use futures::StreamExt;
