@@ -105,7 +105,8 @@ async fn plain_failures_reach_the_caller_and_keep_the_instance() {
     runner.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// Paused time: idle periods, passivation and backoff run on tokio's clock, not the machine's.
+#[tokio::test(start_paused = true)]
 async fn defects_restart_the_instance_and_replay_the_request() {
     let mut cluster = Cluster::new(Backend::Memory).await;
     let runner = cluster
@@ -205,7 +206,8 @@ async fn a_full_mailbox_refuses_with_mailbox_full() {
     runner.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// Paused time: idle periods, passivation and backoff run on tokio's clock, not the machine's.
+#[tokio::test(start_paused = true)]
 async fn idle_entities_are_passivated_and_come_back() {
     let mut cluster = Cluster::new(Backend::Memory).await;
     let runner = cluster
@@ -234,7 +236,8 @@ async fn idle_entities_are_passivated_and_come_back() {
     runner.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// Paused time: idle periods, passivation and backoff run on tokio's clock, not the machine's.
+#[tokio::test(start_paused = true)]
 async fn the_resident_cap_passivates_idle_entities_to_make_room() {
     let mut cluster = Cluster::new(Backend::Memory).await;
     let runner = cluster
@@ -297,7 +300,9 @@ async fn the_resident_cap_passivates_idle_entities_to_make_room() {
     runner.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// Paused time: the idle periods below pass on tokio's clock, and every timer due within them
+// has fired when the wait ends, so "still resident" does not depend on the machine's speed.
+#[tokio::test(start_paused = true)]
 async fn keep_alive_prevents_passivation() {
     use serde::{Deserialize, Serialize};
     use shoal_sharding::{Entity, EntityContext, EntityDefinition, Handler, HandlerError, Message};
