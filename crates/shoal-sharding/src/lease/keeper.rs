@@ -67,6 +67,7 @@ pub(crate) async fn start(parts: KeeperParts) {
         released_rx,
         draining: None,
         next_lapse: None,
+        rounds: 0,
     };
     keeper.sync().await;
     let span = tracing::info_span!("lease_keeper", runner = ?parts.router.me());
@@ -130,6 +131,8 @@ struct Keeper {
     /// allows instead of at the next poll. Live owners refresh long before, and every sync
     /// pushes this later.
     next_lapse: Option<Instant>,
+    /// Rounds that read the cluster so far ([`ClusterView::rounds`]).
+    rounds: u64,
 }
 
 impl Keeper {
@@ -227,6 +230,15 @@ impl Keeper {
         parts.lifecycle.stopped().cancel();
     }
 
+    /// Publishes the cluster as this round read it.
+    fn publish(&mut self, view: ClusterView) {
+        self.rounds += 1;
+        *self.parts.view.lock() = ClusterView {
+            rounds: self.rounds,
+            ..view
+        };
+    }
+
     fn all_shards(&self) -> Vec<ShardId> {
         self.held
             .keys()
@@ -285,7 +297,11 @@ impl Keeper {
             .replace(RouteTable::build(&assignment, &leases));
 
         let Some(id) = self.id.clone() else {
-            *parts.view.lock() = ClusterView { runners, leases };
+            self.publish(ClusterView {
+                runners,
+                leases,
+                rounds: 0,
+            });
             return;
         };
         let me = id.address.clone();
@@ -369,7 +385,11 @@ impl Keeper {
                     && !taken.contains(s)
             })
             .collect();
-        *parts.view.lock() = ClusterView { runners, leases };
+        self.publish(ClusterView {
+            runners,
+            leases,
+            rounds: 0,
+        });
         if !to_acquire.is_empty() {
             self.acquire(&id, to_acquire).await;
         }

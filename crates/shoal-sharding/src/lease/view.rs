@@ -9,4 +9,7 @@ pub struct ClusterView {
     pub runners: Vec<RunnerStatus>,
     /// Live shard leases.
     pub leases: Vec<ShardLease>,
+    /// How many times the lease keeper has read the cluster so far (one per assignment round):
+    /// wait for it to grow to know that rounds have passed, whatever the machine's speed.
+    pub rounds: u64,
 }
