@@ -11,7 +11,9 @@ use std::sync::{Arc, LazyLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use common::{Backend, Increment, config_for, counter_definition, eventually, init_logs};
+use common::{
+    Backend, Increment, config_for, counter_definition, eventually, eventually_async, init_logs,
+};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use shoal_protocol::{
@@ -1153,6 +1155,122 @@ async fn a_persisted_call_to_a_frozen_owner_is_answered_by_the_next_owner(backen
     b.shutdown().await;
 }
 
+/// Whether request `id` has its final reply stored.
+async fn answered(messages: &dyn MessageStorage, id: Snowflake) -> bool {
+    messages
+        .replies_for(&[id])
+        .await
+        .unwrap()
+        .iter()
+        .any(|reply| matches!(reply.kind, StoredReplyKind::Final(_)))
+}
+
+/// The retention sweep runs on its own, round after round, a few rows per call: processed
+/// messages older than the retention go with their replies; recent ones, and unprocessed ones
+/// (a message scheduled for later), stay.
+async fn the_sweeper_removes_old_processed_messages_and_keeps_the_rest(backend: Backend) {
+    let mut cluster = Persisted::new(backend).await;
+    cluster.next_port += 1;
+    let address: RunnerAddress = format!("127.0.0.1:{}", cluster.next_port).parse().unwrap();
+    let retention = Duration::from_secs(2);
+    let runner = Sharding::builder(Persisted::config(backend))
+        .storage(cluster.runners.clone())
+        .message_storage(cluster.messages.clone())
+        .message_settings(MessageSettings {
+            retention,
+            sweep_interval: Duration::from_millis(50),
+            sweep_batch: 2,
+            ..Persisted::settings()
+        })
+        .in_process(&cluster.network)
+        .runner(address)
+        .entity(durable_definition())
+        .start()
+        .await
+        .unwrap();
+    wait_holding(&runner, 60).await;
+    let durable = runner.client::<Durable>();
+    let messages = cluster.messages.clone();
+    let mut old = Vec::new();
+    for _ in 0..5 {
+        old.push(
+            durable
+                .submit(&unique_id("swept"), Record::plain())
+                .await
+                .unwrap(),
+        );
+    }
+    eventually_async(
+        Duration::from_secs(10),
+        "the old requests are answered",
+        || {
+            let (messages, old) = (messages.clone(), old.clone());
+            async move {
+                for id in old {
+                    if !answered(&*messages, id).await {
+                        return false;
+                    }
+                }
+                true
+            }
+        },
+    )
+    .await;
+    // Waiting for time to pass (the point of the test), not for an event: they age past the
+    // retention.
+    tokio::time::sleep(retention + Duration::from_millis(200)).await;
+    let young = durable
+        .submit(&unique_id("kept"), Record::plain())
+        .await
+        .unwrap();
+    eventually_async(
+        Duration::from_secs(10),
+        "the young request is answered",
+        || {
+            let messages = messages.clone();
+            async move { answered(&*messages, young).await }
+        },
+    )
+    .await;
+    let in_an_hour = SystemTime::now() + Duration::from_secs(3600);
+    let later = durable
+        .submit(
+            &unique_id("later"),
+            Record {
+                key: None,
+                work_ms: 0,
+                at_ms: Some(in_an_hour.duration_since(UNIX_EPOCH).unwrap().as_millis() as u64),
+            },
+        )
+        .await
+        .unwrap();
+    eventually_async(
+        Duration::from_secs(10),
+        "the old requests are swept",
+        || {
+            let (messages, old) = (messages.clone(), old.clone());
+            async move {
+                for id in old {
+                    if !messages.replies_for(&[id]).await.unwrap().is_empty() {
+                        return false;
+                    }
+                }
+                true
+            }
+        },
+    )
+    .await;
+    assert!(
+        answered(&*messages, young).await,
+        "a recent request was swept"
+    );
+    assert!(
+        messages.pending_request(later).await.unwrap().is_some(),
+        "an unprocessed request was swept"
+    );
+    runner.shutdown().await;
+}
+
 on_every_backend!(
     a_persisted_call_to_a_frozen_owner_is_answered_by_the_next_owner,
     a_forged_push_runs_only_what_storage_holds,
@@ -1171,4 +1289,5 @@ on_every_backend!(
     an_undecodable_stored_message_is_answered_and_blocks_nothing,
     a_message_for_an_unregistered_type_is_held_then_answered,
     without_message_storage_a_persisted_send_fails_clearly,
+    the_sweeper_removes_old_processed_messages_and_keeps_the_rest,
 );
