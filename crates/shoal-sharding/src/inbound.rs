@@ -153,6 +153,9 @@ impl Inbound {
             .deliver_at
             .is_some_and(|at| at > std::time::SystemTime::now())
         {
+            // Pushed to tell this runner it exists (storage events do not reach this process):
+            // the poller's next due time may be sooner now.
+            persistence.wake.notify_one();
             return Err(refused(
                 request,
                 ErrorCode::EntityNotAssigned,

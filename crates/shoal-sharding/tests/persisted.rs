@@ -1271,6 +1271,78 @@ async fn the_sweeper_removes_old_processed_messages_and_keeps_the_rest(backend: 
     runner.shutdown().await;
 }
 
+/// Runners in separate processes on one SQLite file do not see each other's storage events: a
+/// message one process schedules for a shard another owns reaches the owner's poller through the
+/// runner transport, so it runs at its time and not at the owner's next poll (an hour away here).
+/// (Each runtime opens the file itself, as separate processes would.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_sqlite_a_message_scheduled_by_another_process_runs_at_its_time() {
+    init_logs();
+    let (_dir, path) = common::sqlite_file();
+    let open = || async {
+        let options =
+            shoal_storage::StorageOptions::new().with_call_timeout(Duration::from_millis(450));
+        let runners = shoal_storage::SqliteRunnerStorage::open_file(&path, options)
+            .await
+            .expect("sqlite runner storage");
+        let messages = shoal_storage::SqliteMessageStorage::new(runners.inner())
+            .await
+            .expect("sqlite message storage");
+        (Arc::new(runners), Arc::new(messages))
+    };
+    let network = InProcessNetwork::new();
+    let settings = MessageSettings {
+        poll_interval: Duration::from_secs(3600),
+        ..Persisted::settings()
+    };
+    let (runners, messages) = open().await;
+    let owner = Sharding::builder(Persisted::config(Backend::Sqlite))
+        .storage(runners)
+        .message_storage(messages)
+        .message_settings(settings.clone())
+        .network(network.endpoint("127.0.0.1:41901".parse().unwrap()))
+        .entity(durable_definition())
+        .start()
+        .await
+        .unwrap();
+    wait_holding(&owner, 60).await;
+    let (runners, messages) = open().await;
+    let caller = Sharding::builder(Persisted::config(Backend::Sqlite))
+        .storage(runners)
+        .message_storage(messages)
+        .message_settings(settings)
+        .network(network.client_endpoint())
+        .start()
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "the caller routes to the owner",
+        || caller.cluster_view().leases.len() == 60,
+    )
+    .await;
+    let id = unique_id("scheduled-elsewhere");
+    let at = SystemTime::now() + Duration::from_millis(300);
+    let at_ms = at.duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
+    let reply = caller
+        .client::<Durable>()
+        .call(
+            &id,
+            Record {
+                key: None,
+                work_ms: 0,
+                at_ms: Some(at_ms),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply, owner.runner_address().unwrap().to_string());
+    let started = runs(&id)[0].started;
+    assert!(started >= at, "ran before its time");
+    caller.shutdown().await;
+    owner.shutdown().await;
+}
+
 on_every_backend!(
     a_persisted_call_to_a_frozen_owner_is_answered_by_the_next_owner,
     a_forged_push_runs_only_what_storage_holds,

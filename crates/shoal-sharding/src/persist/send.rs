@@ -308,7 +308,7 @@ impl Router {
                         }
                     }
                     Target::Later => {
-                        persistence.wake.notify_one();
+                        self.wake_later(&persistence, id, &out, payload, deadline, false);
                         id
                     }
                 }
@@ -376,8 +376,44 @@ impl Router {
                     }
                 });
             }
-            Target::Later => persistence.wake.notify_one(),
+            Target::Later => self.wake_later(persistence, id, &out, payload, deadline, false),
         }
+    }
+
+    /// A request was saved for later (scheduled, or its shard has no owner yet): wakes the
+    /// poller that will deliver it, so that it learns of the request now rather than at its next
+    /// poll. Here, that is this runner's poller; on another runner, it is told through the
+    /// transport when storage events do not reach other processes (SQLite), by a push its owner
+    /// answers by polling.
+    pub(super) fn wake_later(
+        &self,
+        persistence: &Persistence,
+        id: Snowflake,
+        out: &Outgoing,
+        payload: Bytes,
+        deadline: Instant,
+        streaming: bool,
+    ) {
+        persistence.wake.notify_one();
+        if persistence.storage.events_reach_other_processes() {
+            return;
+        }
+        let Some(owner) = self
+            .routes()
+            .owner(&out.address.shard)
+            .filter(|owner| Some(owner) != self.me())
+        else {
+            return;
+        };
+        let request = persisted_wire(id, out, payload, deadline, streaming);
+        let router = self.clone();
+        tokio::spawn(async move {
+            let wake = router
+                .transport()
+                .notify(&owner, Notification::Request(request));
+            // Best effort: the owner's next poll finds the request anyway.
+            let _ = tokio::time::timeout_at(deadline, wake).await;
+        });
     }
 
     /// Pushes a saved request to its owner. `None`: the owner did not settle it (it is stored;

@@ -122,7 +122,7 @@ impl Router {
             }
             Target::Later => {
                 if let Some(persistence) = self.persistence() {
-                    persistence.wake.notify_one();
+                    self.wake_later(persistence, id, out, payload, deadline, true);
                 }
                 None
             }

@@ -777,4 +777,8 @@ impl MessageStorage for PostgresMessageStorage {
         self.inner.wakeups.start();
         receiver
     }
+
+    fn events_reach_other_processes(&self) -> bool {
+        true
+    }
 }
