@@ -43,7 +43,7 @@ mod transport;
 pub use assignment::ShardAssignment;
 pub use builder::{ShardingBuilder, StartError};
 pub use client::{CallOptions, DynamicClient, EntityClient};
-pub use config::{ConfigError, ShardingConfig, ShardingConfigBuilder};
+pub use config::{ShardingConfig, ShardingConfigBuilder, ShardingConfigError};
 pub use entity::{
     ChunkSink, DynamicDefinition, DynamicEntity, DynamicFactory, DynamicRequest, Entity,
     EntityContext, EntityDefinition, EntityKvHandle, EntityOptions, GroupSelector, Handler,
