@@ -1,7 +1,7 @@
 //! A worker: its entity types, and how it is served.
 
 use shoal_launcher::{
-    ServeError, ServeOptions, StopReason, UnixServer, WorkerArgs, WorkerArgsError, serve_unix,
+    ServeError, StopReason, UnixServeOptions, UnixServer, WorkerArgs, WorkerArgsError, serve_unix,
 };
 use shoal_protocol::proto::worker::v1::worker_service_server::WorkerServiceServer;
 use tonic::transport::server::Router;
@@ -70,7 +70,7 @@ impl Worker {
 
     /// Serves on the socket `options` names (binds, announces `UNIX:<path>`, idles out), with
     /// gRPC reflection describing the Shoal protos.
-    pub async fn serve(self, options: ServeOptions) -> Result<UnixServer, ServeError> {
+    pub async fn serve(self, options: UnixServeOptions) -> Result<UnixServer, ServeError> {
         let options = options.file_descriptor_set(shoal_protocol::proto::FILE_DESCRIPTOR_SET);
         serve_unix(self.into_router(), options).await
     }
