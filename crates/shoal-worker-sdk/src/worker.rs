@@ -21,7 +21,7 @@ pub struct Worker {
 
 /// Why [`Worker::run`] failed.
 #[derive(Debug, thiserror::Error)]
-pub enum RunError {
+pub enum WorkerRunError {
     /// The launcher's arguments are missing or malformed.
     #[error(transparent)]
     Args(#[from] WorkerArgsError),
@@ -77,13 +77,13 @@ impl Worker {
 
     /// Parses the launcher's arguments (`--unix`, `--idle-timeout`) from this process's `argv`,
     /// serves until the idle timeout, SIGTERM or SIGINT, and returns why it stopped.
-    pub async fn run(self) -> Result<StopReason, RunError> {
+    pub async fn run(self) -> Result<StopReason, WorkerRunError> {
         let args = WorkerArgs::from_env()?;
         self.run_with(&args).await
     }
 
     /// Like [`Worker::run`], with arguments parsed elsewhere.
-    pub async fn run_with(self, args: &WorkerArgs) -> Result<StopReason, RunError> {
+    pub async fn run_with(self, args: &WorkerArgs) -> Result<StopReason, WorkerRunError> {
         let server = self
             .serve(args.serve_options()?.stop_on_signals(true))
             .await?;
