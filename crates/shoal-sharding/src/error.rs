@@ -28,6 +28,22 @@ pub(crate) type Cause = Arc<dyn std::error::Error + Send + Sync + 'static>;
 /// that one line (a log, the gateway's error body) says it all.
 ///
 /// The error is one pointer wide: results carrying it stay small.
+///
+/// ```
+/// use std::time::Duration;
+/// use shoal_sharding::{CallError, CallErrorKind};
+///
+/// /// How long to wait before trying again, when trying again may help.
+/// fn retry_after(error: &CallError) -> Option<Duration> {
+///     match error.kind() {
+///         CallErrorKind::MailboxFull | CallErrorKind::RunnerUnavailable { .. } => {
+///             Some(Duration::from_millis(100))
+///         }
+///         CallErrorKind::EntityNotAssignedToRunner { .. } => Some(Duration::from_secs(1)),
+///         _ => None,
+///     }
+/// }
+/// ```
 #[derive(Clone)]
 pub struct CallError(Box<Inner>);
 
