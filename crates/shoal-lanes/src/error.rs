@@ -1,5 +1,7 @@
-//! Errors: start-time guard rails ([`ConfigError`]) and call-time failures ([`CallError`],
-//! [`RunError`]). Every error has a stable id (`id()`) for logs, metrics and tests.
+//! Errors: start-time guard rails ([`LanesConfigError`], [`LanesStartError`]) and call-time
+//! failures ([`LanesCallError`], [`RunError`]). Every error has a stable id (`id()`) for logs,
+//! metrics and tests. The names say `Lanes` so that they are not taken for the errors of the
+//! sharding runtime (`shoal_sharding::CallError`, `shoal_sharding::StartError`).
 
 use thiserror::Error;
 
@@ -10,7 +12,7 @@ use crate::queue::QueueError;
 
 /// A topology, registry or mode that cannot start. Reported by [`crate::LanesBuilder::start`].
 #[derive(Debug, Clone, Error, PartialEq, Eq)]
-pub enum ConfigError {
+pub enum LanesConfigError {
     /// An id breaks the id rules (see [`crate::id::check_id`]).
     #[error("invalid {kind} id \"{id}\": {reason}")]
     InvalidId {
@@ -189,41 +191,43 @@ pub enum ConfigError {
     Auth(AuthError),
 }
 
-impl ConfigError {
+impl LanesConfigError {
     /// The stable id of the error.
     pub fn id(&self) -> &'static str {
         match self {
-            ConfigError::InvalidId { .. } => "lanes-invalid-id",
-            ConfigError::DuplicateDefinition { .. } => "lanes-duplicate-definition",
-            ConfigError::DuplicateHandler { .. } => "lanes-duplicate-handler",
-            ConfigError::DuplicateLane { .. } => "lanes-duplicate-lane",
-            ConfigError::UnknownTarget { .. } => "lanes-unknown-target",
-            ConfigError::TargetKind { .. } => "lanes-target-kind",
-            ConfigError::AssignmentConflict { .. } => "lanes-assignment-conflict",
-            ConfigError::EventInBothSystems { .. } => "lanes-event-in-both-systems",
-            ConfigError::ProfileNotFound { .. } => "lanes-profile-not-found",
-            ConfigError::UnknownLane { .. } => "lanes-unknown-lane",
-            ConfigError::DuplicateProfileEntry { .. } => "lanes-duplicate-profile-entry",
-            ConfigError::UnknownHandler { .. } => "lanes-unknown-handler",
-            ConfigError::DuplicateBinding { .. } => "lanes-duplicate-binding",
-            ConfigError::BindingMissing { .. } => "lanes-binding-missing",
-            ConfigError::CommunicatorMissing { .. } => "lanes-communicator-missing",
-            ConfigError::InvalidPolicy { .. } => "lanes-invalid-policy",
-            ConfigError::SharedQueuePartialConsume { .. } => "lanes-shared-queue-partial-consume",
-            ConfigError::HandlerMissing { .. } => "lanes-handler-missing",
-            ConfigError::ExposureMode { .. } => "lanes-exposure-mode",
-            ConfigError::Auth(err) => err.id(),
+            LanesConfigError::InvalidId { .. } => "lanes-invalid-id",
+            LanesConfigError::DuplicateDefinition { .. } => "lanes-duplicate-definition",
+            LanesConfigError::DuplicateHandler { .. } => "lanes-duplicate-handler",
+            LanesConfigError::DuplicateLane { .. } => "lanes-duplicate-lane",
+            LanesConfigError::UnknownTarget { .. } => "lanes-unknown-target",
+            LanesConfigError::TargetKind { .. } => "lanes-target-kind",
+            LanesConfigError::AssignmentConflict { .. } => "lanes-assignment-conflict",
+            LanesConfigError::EventInBothSystems { .. } => "lanes-event-in-both-systems",
+            LanesConfigError::ProfileNotFound { .. } => "lanes-profile-not-found",
+            LanesConfigError::UnknownLane { .. } => "lanes-unknown-lane",
+            LanesConfigError::DuplicateProfileEntry { .. } => "lanes-duplicate-profile-entry",
+            LanesConfigError::UnknownHandler { .. } => "lanes-unknown-handler",
+            LanesConfigError::DuplicateBinding { .. } => "lanes-duplicate-binding",
+            LanesConfigError::BindingMissing { .. } => "lanes-binding-missing",
+            LanesConfigError::CommunicatorMissing { .. } => "lanes-communicator-missing",
+            LanesConfigError::InvalidPolicy { .. } => "lanes-invalid-policy",
+            LanesConfigError::SharedQueuePartialConsume { .. } => {
+                "lanes-shared-queue-partial-consume"
+            }
+            LanesConfigError::HandlerMissing { .. } => "lanes-handler-missing",
+            LanesConfigError::ExposureMode { .. } => "lanes-exposure-mode",
+            LanesConfigError::Auth(err) => err.id(),
         }
     }
 }
 
 /// Why lanes did not start.
 #[derive(Debug, Error)]
-pub enum StartError {
+pub enum LanesStartError {
     /// Guard rails refused the configuration; every problem found is listed (the first is
     /// also the `Display`).
     #[error("{}", .0.first().map(ToString::to_string).unwrap_or_default())]
-    Config(Vec<ConfigError>),
+    Config(Vec<LanesConfigError>),
     /// A queue could not be initialized (connection, migrations).
     #[error("queue \"{queue}\" did not initialize: {source}")]
     Queue {
@@ -237,20 +241,22 @@ pub enum StartError {
     Listen(std::io::Error),
 }
 
-impl StartError {
+impl LanesStartError {
     /// The stable id of the (first) error.
     pub fn id(&self) -> &'static str {
         match self {
-            StartError::Config(errors) => errors.first().map_or("lanes-config", ConfigError::id),
-            StartError::Queue { .. } => "lanes-queue-init",
-            StartError::Listen(_) => "lanes-exposure-listen",
+            LanesStartError::Config(errors) => {
+                errors.first().map_or("lanes-config", LanesConfigError::id)
+            }
+            LanesStartError::Queue { .. } => "lanes-queue-init",
+            LanesStartError::Listen(_) => "lanes-exposure-listen",
         }
     }
 
     /// The configuration errors, if that is why start failed.
-    pub fn config_errors(&self) -> &[ConfigError] {
+    pub fn config_errors(&self) -> &[LanesConfigError] {
         match self {
-            StartError::Config(errors) => errors,
+            LanesStartError::Config(errors) => errors,
             _ => &[],
         }
     }
@@ -258,7 +264,7 @@ impl StartError {
 
 /// Why a task call or an emission failed (apart from a task's own typed error).
 #[derive(Debug, Error)]
-pub enum CallError {
+pub enum LanesCallError {
     /// The id is not in the registry.
     #[error("\"{0}\" is not registered")]
     NotRegistered(String),
@@ -318,26 +324,26 @@ pub enum CallError {
     ShuttingDown,
 }
 
-impl CallError {
+impl LanesCallError {
     /// The stable id of the error.
     pub fn id(&self) -> &'static str {
         match self {
-            CallError::NotRegistered(_) => "lanes-not-registered",
-            CallError::TypeMismatch(_) => "lanes-type-mismatch",
-            CallError::HandlerMissing(_) => "lanes-handler-missing",
-            CallError::Handler { .. } => "lanes-task-failed",
-            CallError::Internal(_) => "lanes-internal",
-            CallError::EventHandler { .. } => "lanes-event-handler-failed",
-            CallError::Codec { .. } => "lanes-codec",
-            CallError::Auth(err) => err.id(),
-            CallError::Remote(err) => err.id(),
-            CallError::Queue { .. } => "lanes-queue",
-            CallError::ShuttingDown => "lanes-shutting-down",
+            LanesCallError::NotRegistered(_) => "lanes-not-registered",
+            LanesCallError::TypeMismatch(_) => "lanes-type-mismatch",
+            LanesCallError::HandlerMissing(_) => "lanes-handler-missing",
+            LanesCallError::Handler { .. } => "lanes-task-failed",
+            LanesCallError::Internal(_) => "lanes-internal",
+            LanesCallError::EventHandler { .. } => "lanes-event-handler-failed",
+            LanesCallError::Codec { .. } => "lanes-codec",
+            LanesCallError::Auth(err) => err.id(),
+            LanesCallError::Remote(err) => err.id(),
+            LanesCallError::Queue { .. } => "lanes-queue",
+            LanesCallError::ShuttingDown => "lanes-shutting-down",
         }
     }
 }
 
-/// The result of [`crate::Lanes::run_task`]: the task's typed error, or a [`CallError`].
+/// The result of [`crate::Lanes::run_task`]: the task's typed error, or a [`LanesCallError`].
 #[derive(Debug, Error)]
 pub enum RunError<E> {
     /// The task's own typed error, as the handler returned it (decoded, if it crossed a lane).
@@ -345,7 +351,7 @@ pub enum RunError<E> {
     Task(E),
     /// Anything else.
     #[error(transparent)]
-    Call(#[from] CallError),
+    Call(#[from] LanesCallError),
 }
 
 impl<E> RunError<E> {
@@ -358,7 +364,7 @@ impl<E> RunError<E> {
     }
 
     /// The call error, if that is what this is.
-    pub fn call_error(&self) -> Option<&CallError> {
+    pub fn call_error(&self) -> Option<&LanesCallError> {
         match self {
             RunError::Task(_) => None,
             RunError::Call(e) => Some(e),

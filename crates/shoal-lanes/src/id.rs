@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-/// What an id names (used in [`crate::ConfigError::InvalidId`]).
+/// What an id names (used in [`crate::LanesConfigError::InvalidId`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IdKind {
     /// An event lane or an RPC lane.

@@ -16,8 +16,9 @@
 //!   (serialize, sign and verify as if remote, in one process).
 //! - **Lane JWTs** bind each call or event to its lane, kind, target and payload hash.
 //!
-//! Mistakes in the topology are refused at start with typed errors ([`ConfigError`], each with a
-//! stable [`ConfigError::id`]).
+//! Mistakes in the topology are refused at start with typed errors ([`LanesConfigError`], each
+//! with a stable [`LanesConfigError::id`]); a task call or an emission that fails for another
+//! reason than the task's own error reports a [`LanesCallError`].
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -74,7 +75,7 @@ pub use auth::{
 pub use communicator::{Communicator, GrpcCommunicator, RemoteCall, RemoteError};
 pub use context::CallContext;
 pub use envelope::{DeadLetter, Envelope, NewEnvelope, StoredEnvelope};
-pub use error::{CallError, ConfigError, RunError, StartError};
+pub use error::{LanesCallError, LanesConfigError, LanesStartError, RunError};
 pub use exposure::{CONTEXT_HEADER, EDGE_TOKEN_HEADER, ERROR_ID_HEADER, EdgeAuth, ExposureConfig};
 pub use id::IdKind;
 pub use lane::{ApplyTo, EventLane, RpcLane, TargetInfo};

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use crate::auth::{AuthError, TargetKind};
-use crate::error::ConfigError;
+use crate::error::LanesConfigError;
 use crate::id::{IdKind, check_id};
 use crate::lane::{ApplyTo, TargetInfo};
 use crate::mode::Mode;
@@ -60,11 +60,11 @@ fn queue_key(queue: &Arc<dyn EventQueue>) -> usize {
 struct Checker<'a> {
     registry: &'a Registry,
     topology: &'a Topology,
-    errors: Vec<ConfigError>,
+    errors: Vec<LanesConfigError>,
 }
 
 impl Checker<'_> {
-    fn push(&mut self, error: ConfigError) {
+    fn push(&mut self, error: LanesConfigError) {
         if !self.errors.contains(&error) {
             self.errors.push(error);
         }
@@ -81,7 +81,7 @@ impl Checker<'_> {
             .chain(self.topology.rpc_lanes.iter().map(|l| (&l.id, false)));
         for (id, is_event) in all {
             if let Err(reason) = check_id(id) {
-                self.push(ConfigError::InvalidId {
+                self.push(LanesConfigError::InvalidId {
                     kind: IdKind::Lane,
                     id: id.clone(),
                     reason,
@@ -89,7 +89,7 @@ impl Checker<'_> {
                 continue;
             }
             if events.contains(id) || rpcs.contains(id) {
-                self.push(ConfigError::DuplicateLane { lane: id.clone() });
+                self.push(LanesConfigError::DuplicateLane { lane: id.clone() });
                 continue;
             }
             if is_event {
@@ -118,12 +118,12 @@ impl Checker<'_> {
             ApplyTo::Ids(ids) => {
                 for id in ids {
                     match self.registry.kind_of(id) {
-                        None => self.push(ConfigError::UnknownTarget {
+                        None => self.push(LanesConfigError::UnknownTarget {
                             lane: lane.to_owned(),
                             target: id.clone(),
                         }),
                         Some(kind) if !accepts.contains(&kind) => {
-                            self.push(ConfigError::TargetKind {
+                            self.push(LanesConfigError::TargetKind {
                                 lane: lane.to_owned(),
                                 target: id.clone(),
                                 expected,
@@ -151,7 +151,7 @@ impl Checker<'_> {
             match routes.get(&target) {
                 Some(first) if first != lane => {
                     let first = first.clone();
-                    self.push(ConfigError::AssignmentConflict {
+                    self.push(LanesConfigError::AssignmentConflict {
                         target,
                         first,
                         second: lane.to_owned(),
@@ -174,7 +174,7 @@ impl Checker<'_> {
         event_routes: &HashMap<String, String>,
     ) {
         if let Err(reason) = check_id(name) {
-            self.push(ConfigError::InvalidId {
+            self.push(LanesConfigError::InvalidId {
                 kind: IdKind::Profile,
                 id: name.to_owned(),
                 reason,
@@ -183,7 +183,7 @@ impl Checker<'_> {
         let mut seen = BTreeSet::new();
         for entry in &profile.consume {
             if !event_lanes.contains(&entry.lane) {
-                self.push(ConfigError::UnknownLane {
+                self.push(LanesConfigError::UnknownLane {
                     lane: entry.lane.clone(),
                     used_in: format!("profile \"{name}\" consume"),
                     expected: "an event lane",
@@ -191,7 +191,7 @@ impl Checker<'_> {
                 continue;
             }
             if !seen.insert(entry.lane.clone()) {
-                self.push(ConfigError::DuplicateProfileEntry {
+                self.push(LanesConfigError::DuplicateProfileEntry {
                     profile: name.to_owned(),
                     lane: entry.lane.clone(),
                 });
@@ -203,7 +203,7 @@ impl Checker<'_> {
                     .filter_map(|(event, _)| self.registry.events.get(event))
                     .any(|e| e.handlers.iter().any(|(h, _)| h == handler));
                 if !known {
-                    self.push(ConfigError::UnknownHandler {
+                    self.push(LanesConfigError::UnknownHandler {
                         profile: name.to_owned(),
                         lane: entry.lane.clone(),
                         handler: handler.clone(),
@@ -214,7 +214,7 @@ impl Checker<'_> {
         let mut seen = BTreeSet::new();
         for lane in &profile.serve {
             if !rpc_lanes.contains(lane) {
-                self.push(ConfigError::UnknownLane {
+                self.push(LanesConfigError::UnknownLane {
                     lane: lane.clone(),
                     used_in: format!("profile \"{name}\" serve"),
                     expected: "an RPC lane",
@@ -222,7 +222,7 @@ impl Checker<'_> {
                 continue;
             }
             if !seen.insert(lane.clone()) {
-                self.push(ConfigError::DuplicateProfileEntry {
+                self.push(LanesConfigError::DuplicateProfileEntry {
                     profile: name.to_owned(),
                     lane: lane.clone(),
                 });
@@ -238,7 +238,7 @@ pub(crate) fn build(
     profile: &str,
     mode: Mode,
     exposure: bool,
-) -> Result<Plan, Vec<ConfigError>> {
+) -> Result<Plan, Vec<LanesConfigError>> {
     let mut c = Checker {
         registry,
         topology,
@@ -274,7 +274,7 @@ pub(crate) fn build(
         .filter_map(|(event, elane)| {
             rpc_routes
                 .get(event)
-                .map(|rlane| ConfigError::EventInBothSystems {
+                .map(|rlane| LanesConfigError::EventInBothSystems {
                     event: event.clone(),
                     event_lane: elane.clone(),
                     rpc_lane: rlane.clone(),
@@ -296,7 +296,7 @@ pub(crate) fn build(
         .find(|(name, _)| name == profile)
         .map(|(_, p)| p);
     if active.is_none() {
-        c.push(ConfigError::ProfileNotFound {
+        c.push(LanesConfigError::ProfileNotFound {
             profile: profile.to_owned(),
         });
     }
@@ -305,7 +305,7 @@ pub(crate) fn build(
     let mut event_bindings: HashMap<String, EventBinding> = HashMap::new();
     for binding in &topology.event_bindings {
         if !event_lanes.contains(&binding.lane) {
-            c.push(ConfigError::UnknownLane {
+            c.push(LanesConfigError::UnknownLane {
                 lane: binding.lane.clone(),
                 used_in: "an event binding".to_owned(),
                 expected: "an event lane",
@@ -313,20 +313,20 @@ pub(crate) fn build(
             continue;
         }
         if event_bindings.contains_key(&binding.lane) {
-            c.push(ConfigError::DuplicateBinding {
+            c.push(LanesConfigError::DuplicateBinding {
                 lane: binding.lane.clone(),
             });
             continue;
         }
         if binding.max_attempts == 0 {
-            c.push(ConfigError::InvalidPolicy {
+            c.push(LanesConfigError::InvalidPolicy {
                 lane: binding.lane.clone(),
                 field: "max_attempts",
                 reason: "must be at least 1",
             });
         }
         if binding.prefetch == 0 {
-            c.push(ConfigError::InvalidPolicy {
+            c.push(LanesConfigError::InvalidPolicy {
                 lane: binding.lane.clone(),
                 field: "prefetch",
                 reason: "must be at least 1",
@@ -337,7 +337,7 @@ pub(crate) fn build(
     let mut rpc_bindings: HashMap<String, RpcBinding> = HashMap::new();
     for binding in &topology.rpc_bindings {
         if !rpc_lanes.contains(&binding.lane) {
-            c.push(ConfigError::UnknownLane {
+            c.push(LanesConfigError::UnknownLane {
                 lane: binding.lane.clone(),
                 used_in: "an RPC binding".to_owned(),
                 expected: "an RPC lane",
@@ -345,7 +345,7 @@ pub(crate) fn build(
             continue;
         }
         if rpc_bindings.contains_key(&binding.lane) {
-            c.push(ConfigError::DuplicateBinding {
+            c.push(LanesConfigError::DuplicateBinding {
                 lane: binding.lane.clone(),
             });
             continue;
@@ -368,7 +368,7 @@ pub(crate) fn build(
             let (inside, missing): (Vec<&String>, Vec<&String>) =
                 lanes.iter().partition(|l| consumed.contains(l));
             if !inside.is_empty() && !missing.is_empty() {
-                c.push(ConfigError::SharedQueuePartialConsume {
+                c.push(LanesConfigError::SharedQueuePartialConsume {
                     profile: name.clone(),
                     queue: queue.clone(),
                     consumed: inside.into_iter().cloned().collect(),
@@ -391,7 +391,7 @@ pub(crate) fn build(
         .unwrap_or_default();
 
     if exposure && mode != Mode::Network {
-        c.push(ConfigError::ExposureMode {
+        c.push(LanesConfigError::ExposureMode {
             mode: mode.as_str(),
         });
     }
@@ -406,7 +406,7 @@ pub(crate) fn build(
                     continue;
                 }
                 let Some(binding) = event_bindings.get(lane) else {
-                    c.push(ConfigError::BindingMissing {
+                    c.push(LanesConfigError::BindingMissing {
                         system: "event",
                         lane: lane.clone(),
                     });
@@ -415,13 +415,13 @@ pub(crate) fn build(
                 // A consumer verifies; a process that only produces must sign. A consumer
                 // without a signer can still consume (emitting on the lane then fails).
                 if is_consumed && !binding.auth.can_verify() {
-                    c.push(ConfigError::Auth(AuthError::VerifierMissing {
+                    c.push(LanesConfigError::Auth(AuthError::VerifierMissing {
                         lane: lane.clone(),
                         mode: binding.auth.mode_name(),
                     }));
                 }
                 if !is_consumed && !binding.auth.can_sign() {
-                    c.push(ConfigError::Auth(AuthError::SignerMissing {
+                    c.push(LanesConfigError::Auth(AuthError::SignerMissing {
                         lane: lane.clone(),
                         mode: binding.auth.mode_name(),
                     }));
@@ -433,7 +433,7 @@ pub(crate) fn build(
                     continue;
                 }
                 let Some(binding) = rpc_bindings.get(lane) else {
-                    c.push(ConfigError::BindingMissing {
+                    c.push(LanesConfigError::BindingMissing {
                         system: "RPC",
                         lane: lane.clone(),
                     });
@@ -441,7 +441,7 @@ pub(crate) fn build(
                 };
                 if is_served {
                     if !binding.auth.can_verify() {
-                        c.push(ConfigError::Auth(AuthError::VerifierMissing {
+                        c.push(LanesConfigError::Auth(AuthError::VerifierMissing {
                             lane: lane.clone(),
                             mode: binding.auth.mode_name(),
                         }));
@@ -456,7 +456,7 @@ pub(crate) fn build(
                         .collect();
                     missing.sort();
                     for task in missing {
-                        c.push(ConfigError::HandlerMissing {
+                        c.push(LanesConfigError::HandlerMissing {
                             profile: profile.to_owned(),
                             lane: lane.clone(),
                             task,
@@ -464,13 +464,13 @@ pub(crate) fn build(
                     }
                 } else {
                     if binding.communicator.is_none() {
-                        c.push(ConfigError::CommunicatorMissing {
+                        c.push(LanesConfigError::CommunicatorMissing {
                             lane: lane.clone(),
                             profile: profile.to_owned(),
                         });
                     }
                     if !binding.auth.can_sign() {
-                        c.push(ConfigError::Auth(AuthError::SignerMissing {
+                        c.push(LanesConfigError::Auth(AuthError::SignerMissing {
                             lane: lane.clone(),
                             mode: binding.auth.mode_name(),
                         }));
@@ -492,13 +492,13 @@ pub(crate) fn build(
             let mut problems = Vec::new();
             for (lane, auth) in auths {
                 if !auth.can_sign() {
-                    problems.push(ConfigError::Auth(AuthError::SignerMissing {
+                    problems.push(LanesConfigError::Auth(AuthError::SignerMissing {
                         lane: lane.clone(),
                         mode: auth.mode_name(),
                     }));
                 }
                 if !auth.can_verify() {
-                    problems.push(ConfigError::Auth(AuthError::VerifierMissing {
+                    problems.push(LanesConfigError::Auth(AuthError::VerifierMissing {
                         lane: lane.clone(),
                         mode: auth.mode_name(),
                     }));

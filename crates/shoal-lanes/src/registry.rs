@@ -14,7 +14,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::context::CallContext;
-use crate::error::ConfigError;
+use crate::error::LanesConfigError;
 use crate::id::{IdKind, check_id};
 
 /// A boxed error, as event handlers and untyped task failures return.
@@ -429,7 +429,7 @@ pub(crate) struct EventEntry {
 pub struct Registry {
     pub(crate) tasks: BTreeMap<String, TaskEntry>,
     pub(crate) events: BTreeMap<String, EventEntry>,
-    pub(crate) problems: Vec<ConfigError>,
+    pub(crate) problems: Vec<LanesConfigError>,
 }
 
 impl fmt::Debug for Registry {
@@ -463,7 +463,7 @@ impl Registry {
         id: &str,
     ) -> Option<&mut TaskEntry> {
         if let Err(reason) = check_id(id) {
-            self.problems.push(ConfigError::InvalidId {
+            self.problems.push(LanesConfigError::InvalidId {
                 kind: IdKind::Task,
                 id: id.to_owned(),
                 reason,
@@ -471,7 +471,7 @@ impl Registry {
             return None;
         }
         if self.events.contains_key(id) {
-            self.problems.push(ConfigError::DuplicateDefinition {
+            self.problems.push(LanesConfigError::DuplicateDefinition {
                 id: id.to_owned(),
                 reason: "it names both a task and an event",
             });
@@ -483,7 +483,7 @@ impl Registry {
             handler: None,
         });
         if entry.types != types {
-            self.problems.push(ConfigError::DuplicateDefinition {
+            self.problems.push(LanesConfigError::DuplicateDefinition {
                 id: id.to_owned(),
                 reason: "it is declared twice with different types",
             });
@@ -506,7 +506,7 @@ impl Registry {
             return self;
         };
         if entry.handler.is_some() {
-            self.problems.push(ConfigError::DuplicateHandler {
+            self.problems.push(LanesConfigError::DuplicateHandler {
                 target: id.to_owned(),
                 handler: "task handler".to_owned(),
             });
@@ -525,7 +525,7 @@ impl Registry {
 
     fn declare_event_entry<P: 'static>(&mut self, id: &str) -> Option<&mut EventEntry> {
         if let Err(reason) = check_id(id) {
-            self.problems.push(ConfigError::InvalidId {
+            self.problems.push(LanesConfigError::InvalidId {
                 kind: IdKind::Event,
                 id: id.to_owned(),
                 reason,
@@ -533,7 +533,7 @@ impl Registry {
             return None;
         }
         if self.tasks.contains_key(id) {
-            self.problems.push(ConfigError::DuplicateDefinition {
+            self.problems.push(LanesConfigError::DuplicateDefinition {
                 id: id.to_owned(),
                 reason: "it names both a task and an event",
             });
@@ -545,7 +545,7 @@ impl Registry {
             handlers: Vec::new(),
         });
         if entry.types != types {
-            self.problems.push(ConfigError::DuplicateDefinition {
+            self.problems.push(LanesConfigError::DuplicateDefinition {
                 id: id.to_owned(),
                 reason: "it is declared twice with different types",
             });
@@ -564,7 +564,7 @@ impl Registry {
     {
         let id = def.id();
         if let Err(reason) = check_id(handler_id) {
-            self.problems.push(ConfigError::InvalidId {
+            self.problems.push(LanesConfigError::InvalidId {
                 kind: IdKind::Handler,
                 id: handler_id.to_owned(),
                 reason,
@@ -575,7 +575,7 @@ impl Registry {
             return self;
         };
         if entry.handlers.iter().any(|(h, _)| h == handler_id) {
-            self.problems.push(ConfigError::DuplicateHandler {
+            self.problems.push(LanesConfigError::DuplicateHandler {
                 target: id.to_owned(),
                 handler: handler_id.to_owned(),
             });

@@ -33,7 +33,7 @@ async fn start_err(
     topology: Topology,
     profile: &str,
     mode: Mode,
-) -> Vec<ConfigError> {
+) -> Vec<LanesConfigError> {
     match Lanes::builder(registry, topology, profile)
         .mode(mode)
         .start()
@@ -49,8 +49,8 @@ async fn start_err(
     }
 }
 
-fn ids(errors: &[ConfigError]) -> Vec<&'static str> {
-    errors.iter().map(ConfigError::id).collect()
+fn ids(errors: &[LanesConfigError]) -> Vec<&'static str> {
+    errors.iter().map(LanesConfigError::id).collect()
 }
 
 #[tokio::test]
@@ -62,7 +62,7 @@ async fn invalid_lane_ids_are_refused() {
         let errors = start_err(registry(), topology, "p", Mode::Network).await;
         assert!(
             errors.iter().any(
-                |e| matches!(e, ConfigError::InvalidId { kind: IdKind::Lane, id, .. } if id == bad)
+                |e| matches!(e, LanesConfigError::InvalidId { kind: IdKind::Lane, id, .. } if id == bad)
             ),
             "{errors:?}"
         );
@@ -87,7 +87,7 @@ async fn invalid_target_profile_and_handler_ids_are_refused() {
     let kinds: Vec<IdKind> = errors
         .iter()
         .filter_map(|e| match e {
-            ConfigError::InvalidId { kind, .. } => Some(*kind),
+            LanesConfigError::InvalidId { kind, .. } => Some(*kind),
             _ => None,
         })
         .collect();
@@ -144,7 +144,7 @@ async fn a_lane_id_defined_twice_is_refused_across_systems() {
     let errors = start_err(registry(), topology, "p", Mode::Transparent).await;
     assert_eq!(
         errors,
-        vec![ConfigError::DuplicateLane {
+        vec![LanesConfigError::DuplicateLane {
             lane: "orders".into()
         }]
     );
@@ -158,15 +158,15 @@ async fn apply_to_unknown_targets_and_wrong_kinds_are_refused() {
         .rpc_lane(RpcLane::new("rpc").apply_to(["nope:also-missing"]))
         .profile("p", Profile::new());
     let errors = start_err(registry(), topology, "p", Mode::Transparent).await;
-    assert!(errors.contains(&ConfigError::UnknownTarget {
+    assert!(errors.contains(&LanesConfigError::UnknownTarget {
         lane: "events".into(),
         target: "nope:missing".into()
     }));
-    assert!(errors.contains(&ConfigError::UnknownTarget {
+    assert!(errors.contains(&LanesConfigError::UnknownTarget {
         lane: "rpc".into(),
         target: "nope:also-missing".into()
     }));
-    assert!(errors.contains(&ConfigError::TargetKind {
+    assert!(errors.contains(&LanesConfigError::TargetKind {
         lane: "events".into(),
         target: "billing:charge".into(),
         expected: "an event"
@@ -185,7 +185,7 @@ async fn a_definition_in_two_lanes_of_one_system_is_refused() {
         .profile("p", Profile::new());
     let errors = start_err(registry(), topology, "p", Mode::Transparent).await;
     assert!(
-        errors.contains(&ConfigError::AssignmentConflict {
+        errors.contains(&LanesConfigError::AssignmentConflict {
             target: "orders:created".into(),
             first: "a".into(),
             second: "b".into()
@@ -193,7 +193,7 @@ async fn a_definition_in_two_lanes_of_one_system_is_refused() {
         "{errors:?}"
     );
     assert!(
-        errors.contains(&ConfigError::AssignmentConflict {
+        errors.contains(&LanesConfigError::AssignmentConflict {
             target: "billing:charge".into(),
             first: "r1".into(),
             second: "r2".into()
@@ -228,7 +228,7 @@ async fn an_event_in_both_systems_is_refused() {
     let errors = start_err(registry(), topology, "p", Mode::Transparent).await;
     assert_eq!(
         errors,
-        vec![ConfigError::EventInBothSystems {
+        vec![LanesConfigError::EventInBothSystems {
             event: "orders:created".into(),
             event_lane: "events".into(),
             rpc_lane: "rpc".into()
@@ -249,7 +249,7 @@ async fn a_missing_profile_is_refused_in_every_mode() {
         .await;
         assert_eq!(
             errors,
-            vec![ConfigError::ProfileNotFound {
+            vec![LanesConfigError::ProfileNotFound {
                 profile: "worker".into()
             }]
         );
@@ -302,11 +302,11 @@ async fn a_lane_listed_twice_in_a_profile_is_refused() {
     assert_eq!(
         errors,
         vec![
-            ConfigError::DuplicateProfileEntry {
+            LanesConfigError::DuplicateProfileEntry {
                 profile: "p".into(),
                 lane: "events".into()
             },
-            ConfigError::DuplicateProfileEntry {
+            LanesConfigError::DuplicateProfileEntry {
                 profile: "p".into(),
                 lane: "rpc".into()
             },
@@ -326,7 +326,7 @@ async fn a_handler_allow_list_naming_an_unknown_handler_is_refused() {
     let errors = start_err(registry(), topology, "p", Mode::Network).await;
     assert_eq!(
         errors,
-        vec![ConfigError::UnknownHandler {
+        vec![LanesConfigError::UnknownHandler {
             profile: "p".into(),
             lane: "events".into(),
             handler: "nope".into()
@@ -395,7 +395,7 @@ async fn a_network_mode_rpc_caller_without_a_communicator_is_refused() {
     let errors = start_err(registry(), topology, "api", Mode::Network).await;
     assert_eq!(
         errors,
-        vec![ConfigError::CommunicatorMissing {
+        vec![LanesConfigError::CommunicatorMissing {
             lane: "rpc".into(),
             profile: "api".into()
         }]
@@ -415,7 +415,7 @@ async fn a_served_task_without_a_handler_is_refused() {
     let errors = start_err(registry, topology, "billing", Mode::Network).await;
     assert_eq!(
         errors,
-        vec![ConfigError::HandlerMissing {
+        vec![LanesConfigError::HandlerMissing {
             profile: "billing".into(),
             lane: "rpc".into(),
             task: "billing:refund".into()
@@ -444,7 +444,7 @@ async fn a_partially_consumed_shared_queue_fails_fast() {
     .await;
     assert_eq!(errors[0].id(), "lanes-shared-queue-partial-consume");
     assert!(
-        matches!(&errors[0], ConfigError::SharedQueuePartialConsume { missing, .. } if missing == &vec!["shipped".to_owned()])
+        matches!(&errors[0], LanesConfigError::SharedQueuePartialConsume { missing, .. } if missing == &vec!["shipped".to_owned()])
     );
     // Checked in every mode: the topology is shared by all processes.
     let errors = start_err(

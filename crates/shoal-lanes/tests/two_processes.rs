@@ -70,7 +70,7 @@ impl Peer {
             .unwrap()
     }
 
-    async fn caller(&self, auth: LaneAuth) -> Result<Lanes, StartError> {
+    async fn caller(&self, auth: LaneAuth) -> Result<Lanes, LanesStartError> {
         let mut registry = Registry::new();
         billing::declare(&mut registry);
         let topology = Topology::new()

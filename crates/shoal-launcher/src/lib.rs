@@ -60,7 +60,7 @@ pub use paths::{
 pub use probe::{DEFAULT_PROBE_TIMEOUT, REFUSED_BACKOFF, probe};
 pub use serve::{
     Announce, DEFAULT_BACKLOG, DEFAULT_DRAIN_TIMEOUT, DEFAULT_STARTUP_GRACE,
-    DEFAULT_WORKER_IDLE_TIMEOUT, OnBound, ServeError, ServeOptions, StopHandle, StopReason,
+    DEFAULT_WORKER_IDLE_TIMEOUT, OnBound, ServeError, StopHandle, StopReason, UnixServeOptions,
     UnixServer, WorkerArgs, WorkerArgsError, serve_unix,
 };
 pub use state_dir::{

@@ -10,7 +10,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{PATIENCE, health};
-use shoal_launcher::{Announce, ServeError, ServeOptions, StopReason, connect_unix, serve_unix};
+use shoal_launcher::{
+    Announce, ServeError, StopReason, UnixServeOptions, connect_unix, serve_unix,
+};
 use tonic::transport::Server;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_reflection::pb::v1::ServerReflectionRequest;
@@ -73,7 +75,7 @@ async fn announces_once_after_binding_0600_and_serves_health_and_reflection() {
     let announced = Captured::default();
     let seen_by_hook = Arc::new(Mutex::new(None));
 
-    let options = ServeOptions::new(&given)
+    let options = UnixServeOptions::new(&given)
         .announce(Announce::Writer(Box::new(announced.clone())))
         .on_bound({
             let seen = seen_by_hook.clone();
@@ -124,7 +126,7 @@ async fn announces_once_after_binding_0600_and_serves_health_and_reflection() {
 async fn stops_after_the_idle_timeout_once_the_last_connection_closes() {
     let dir = tempdir();
     let socket = dir.path().join("w.sock");
-    let options = ServeOptions::new(&socket)
+    let options = UnixServeOptions::new(&socket)
         .announce(Announce::Silent)
         .startup_grace(Duration::ZERO)
         .idle_timeout(Some(Duration::from_millis(200)));
@@ -155,7 +157,7 @@ async fn refuses_a_regular_file_and_a_live_socket_but_replaces_a_stale_one() {
     std::fs::write(&file, b"precious").unwrap();
     let error = serve_unix(
         router(),
-        ServeOptions::new(&file).announce(Announce::Silent),
+        UnixServeOptions::new(&file).announce(Announce::Silent),
     )
     .await
     .unwrap_err();
@@ -166,7 +168,7 @@ async fn refuses_a_regular_file_and_a_live_socket_but_replaces_a_stale_one() {
     let _listener = std::os::unix::net::UnixListener::bind(&live).unwrap();
     let error = serve_unix(
         router(),
-        ServeOptions::new(&live).announce(Announce::Silent),
+        UnixServeOptions::new(&live).announce(Announce::Silent),
     )
     .await
     .unwrap_err();
@@ -180,7 +182,7 @@ async fn refuses_a_regular_file_and_a_live_socket_but_replaces_a_stale_one() {
     drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
     let server = serve_unix(
         router(),
-        ServeOptions::new(&stale).announce(Announce::Silent),
+        UnixServeOptions::new(&stale).announce(Announce::Silent),
     )
     .await
     .unwrap();
@@ -195,7 +197,7 @@ async fn stop_leaves_a_socket_that_replaced_ours_alone() {
     let socket = dir.path().join("w.sock");
     let server = serve_unix(
         router(),
-        ServeOptions::new(&socket).announce(Announce::Silent),
+        UnixServeOptions::new(&socket).announce(Announce::Silent),
     )
     .await
     .unwrap();

@@ -208,6 +208,8 @@ impl fmt::Display for Failure {
     }
 }
 
+impl std::error::Error for Failure {}
+
 /// One chunk of a streamed reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Chunk {

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use shoal_runner::config::{
-    ConfigError, Flag, MaxConnections, MetricsListen, Role, RunnerConfig, SETTINGS, Sources,
+    Flag, MaxConnections, MetricsListen, Role, RunnerConfig, RunnerConfigError, SETTINGS, Sources,
     setting,
 };
 
@@ -116,7 +116,7 @@ fn switches_and_special_values() {
     assert!(
         matches!(
             error,
-            ConfigError::Conflict {
+            RunnerConfigError::Conflict {
                 setting: "metrics",
                 ..
             }
@@ -296,11 +296,17 @@ fn the_file_refuses_unknown_keys_and_bad_toml() {
     let table = Sources::new()
         .with_file_text(Path::new("shoal.toml"), "[server]\nport = 1")
         .unwrap_err();
-    assert!(matches!(table, ConfigError::UnknownKey { .. }), "{table}");
+    assert!(
+        matches!(table, RunnerConfigError::UnknownKey { .. }),
+        "{table}"
+    );
     let entity = Sources::new()
         .with_file_text(Path::new("shoal.toml"), "[[entity]]\nname = \"x\"")
         .unwrap_err();
-    assert!(matches!(entity, ConfigError::Entity { .. }), "{entity}");
+    assert!(
+        matches!(entity, RunnerConfigError::Entity { .. }),
+        "{entity}"
+    );
     assert!(
         entity.to_string().contains("unknown key `name`"),
         "{entity}"
@@ -309,7 +315,7 @@ fn the_file_refuses_unknown_keys_and_bad_toml() {
     let bad = Sources::new()
         .with_file_text(Path::new("shoal.toml"), "lease_ttl = ")
         .unwrap_err();
-    assert!(matches!(bad, ConfigError::ParseFile { .. }), "{bad}");
+    assert!(matches!(bad, RunnerConfigError::ParseFile { .. }), "{bad}");
 
     let missing = Sources::new()
         .with_file(Path::new("/nonexistent/shoal.toml"))

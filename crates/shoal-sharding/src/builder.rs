@@ -152,7 +152,7 @@ impl ShardingBuilder {
     }
 
     /// Where persisted messages and their replies are kept (without it, sending a persisted
-    /// message fails with [`crate::CallError::Persistence`]).
+    /// message fails with [`crate::CallErrorKind::Persistence`]).
     pub fn message_storage(mut self, storage: Arc<dyn MessageStorage>) -> Self {
         self.messages = Some(storage);
         self

@@ -13,7 +13,7 @@ use shoal_protocol::{EntityAddress, EntityId, EntityType, Headers, Snowflake, Ta
 use crate::entity::{
     Entity, EntityContext, GroupSelector, Handler, Message, ReplyValue, StreamHandler,
 };
-use crate::error::CallError;
+use crate::error::{CallError, CallErrorKind};
 use crate::router::Router;
 use crate::router::dispatch::ReplyItems;
 use crate::router::outgoing::Outgoing;
@@ -209,21 +209,14 @@ async fn send_stream(router: &Router, out: Outgoing) -> Result<ReplyItems, CallE
 impl<E: Entity> EntityClient<E> {
     /// The address of the entity `id` and the tag of `M`.
     fn target<M: Message>(&self, id: &str) -> Result<(EntityAddress, Tag), CallError> {
-        let entity_id = EntityId::new(id).map_err(|reason| CallError::InvalidEntityId {
-            id: id.to_owned(),
-            reason,
-        })?;
-        let entity_type =
-            self.entity_type
-                .clone()
-                .map_err(|reason| CallError::InvalidEntityId {
-                    id: E::TYPE.to_owned(),
-                    reason,
-                })?;
-        let tag = Tag::from_static(M::TAG).map_err(|reason| CallError::InvalidEntityId {
-            id: M::TAG.to_owned(),
-            reason,
-        })?;
+        let entity_id =
+            EntityId::new(id).map_err(|reason| CallError::invalid_entity_id(id, reason))?;
+        let entity_type = self
+            .entity_type
+            .clone()
+            .map_err(|reason| CallError::invalid_entity_id(E::TYPE, reason))?;
+        let tag = Tag::from_static(M::TAG)
+            .map_err(|reason| CallError::invalid_entity_id(M::TAG, reason))?;
         let shard = self
             .router
             .shard_in(&E::shard_group(&entity_id), &entity_id);
@@ -297,7 +290,7 @@ impl<E: Entity> EntityClient<E> {
     /// as it is stored, without waiting for the handler (which runs as for
     /// [`EntityClient::call`]). Keep the id to interrupt the request
     /// ([`EntityClient::interrupt`]). A duplicate primary key returns the original's id.
-    /// Volatile messages are refused ([`CallError::NotSupported`]): use
+    /// Volatile messages are refused ([`CallErrorKind::NotSupported`]): use
     /// [`EntityClient::notify`].
     pub async fn submit<M: Message>(&self, id: &str, msg: M) -> Result<Snowflake, CallError>
     where
@@ -305,11 +298,14 @@ impl<E: Entity> EntityClient<E> {
     {
         let out = self.outgoing(id, msg, CallOptions::default())?;
         if out.persist.is_none() {
-            return Err(CallError::NotSupported {
-                address: out.address,
-                tag: M::TAG.to_owned(),
-                action: "submitted (the message is volatile)",
-            });
+            return Err(CallError::new(
+                CallErrorKind::NotSupported {
+                    tag: M::TAG.to_owned(),
+                    action: "submitted (the message is volatile)",
+                },
+                out.address,
+                "",
+            ));
         }
         self.router.submit_persisted(out).await
     }
@@ -317,10 +313,10 @@ impl<E: Entity> EntityClient<E> {
     /// Interrupts the persisted request `request` (of message type `M`, from
     /// [`EntityClient::submit`] or [`crate::EntityContext::request_id`]) of the entity `id`.
     /// The interrupt is stored: the shard's owner stops the handler if it is running, or answers
-    /// the request without running it; either way its reply is [`CallError::Interrupted`] and it
+    /// the request without running it; either way its reply is [`CallErrorKind::Interrupted`] and it
     /// does not run again. Interrupting a finished request does nothing. Messages declared
     /// [`Message::UNINTERRUPTIBLE`], and volatile ones, are refused with
-    /// [`CallError::NotSupported`].
+    /// [`CallErrorKind::NotSupported`].
     pub async fn interrupt<M: Message>(
         &self,
         id: &str,
@@ -328,15 +324,19 @@ impl<E: Entity> EntityClient<E> {
     ) -> Result<(), CallError> {
         let (address, tag) = self.target::<M>(id)?;
         if !M::PERSISTED || M::UNINTERRUPTIBLE {
-            return Err(CallError::NotSupported {
-                address,
-                tag: M::TAG.to_owned(),
-                action: if M::PERSISTED {
-                    "interrupted (the message is uninterruptible)"
-                } else {
-                    "interrupted by id (the message is volatile)"
+            let action = if M::PERSISTED {
+                "interrupted (the message is uninterruptible)"
+            } else {
+                "interrupted by id (the message is volatile)"
+            };
+            return Err(CallError::new(
+                CallErrorKind::NotSupported {
+                    tag: M::TAG.to_owned(),
+                    action,
                 },
-            });
+                address,
+                "",
+            ));
         }
         let out = Outgoing {
             address,
@@ -391,21 +391,21 @@ fn decode_reply<T: serde::de::DeserializeOwned + 'static>(
     reply: ReplyValue,
 ) -> Result<T, CallError> {
     match reply {
-        ReplyValue::Local(value) => {
-            value
-                .downcast::<T>()
-                .map(|v| *v)
-                .map_err(|_| CallError::MalformedMessage {
-                    address: address.clone(),
-                    message: "reply of an unexpected type".to_owned(),
-                })
-        }
-        ReplyValue::Encoded(bytes) => {
-            serde_json::from_slice(&bytes).map_err(|e| CallError::MalformedMessage {
-                address: address.clone(),
-                message: format!("reply does not decode: {e}"),
-            })
-        }
+        ReplyValue::Local(value) => value.downcast::<T>().map(|v| *v).map_err(|_| {
+            CallError::new(
+                CallErrorKind::MalformedMessage,
+                address.clone(),
+                "reply of an unexpected type",
+            )
+        }),
+        ReplyValue::Encoded(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+            CallError::new(
+                CallErrorKind::MalformedMessage,
+                address.clone(),
+                format!("reply does not decode: {e}"),
+            )
+            .with_source(e)
+        }),
     }
 }
 
@@ -425,17 +425,21 @@ impl DynamicClient {
         payload: Bytes,
         options: CallOptions,
     ) -> Result<Outgoing, CallError> {
-        let entity_id = EntityId::new(id).map_err(|reason| CallError::InvalidEntityId {
-            id: id.to_owned(),
-            reason,
-        })?;
+        let entity_id =
+            EntityId::new(id).map_err(|reason| CallError::invalid_entity_id(id, reason))?;
         let shard = self
             .router
             .shard_in(&self.group.group_of(&entity_id), &entity_id);
         let address = EntityAddress::new(shard, self.entity_type.clone(), entity_id);
-        let tag = Tag::new(tag).map_err(|_| CallError::UnknownTag {
-            address: address.clone(),
-            tag: tag.to_owned(),
+        let tag = Tag::new(tag).map_err(|reason| {
+            CallError::new(
+                CallErrorKind::UnknownTag {
+                    tag: tag.to_owned(),
+                },
+                address.clone(),
+                "",
+            )
+            .with_source(reason)
         })?;
         let persisted = options.persisted.unwrap_or_else(|| {
             self.router
@@ -473,10 +477,11 @@ impl DynamicClient {
         let address = out.address.clone();
         match send_unary(&self.router, out).await? {
             ReplyValue::Encoded(bytes) => Ok(bytes),
-            ReplyValue::Local(_) => Err(CallError::MalformedMessage {
+            ReplyValue::Local(_) => Err(CallError::new(
+                CallErrorKind::MalformedMessage,
                 address,
-                message: "reply was not encoded".to_owned(),
-            }),
+                "reply was not encoded",
+            )),
         }
     }
 
@@ -507,10 +512,11 @@ impl DynamicClient {
             .map(move |item| {
                 item.and_then(|value| match value {
                     ReplyValue::Encoded(bytes) => Ok(bytes),
-                    ReplyValue::Local(_) => Err(CallError::MalformedMessage {
-                        address: address.clone(),
-                        message: "reply was not encoded".to_owned(),
-                    }),
+                    ReplyValue::Local(_) => Err(CallError::new(
+                        CallErrorKind::MalformedMessage,
+                        address.clone(),
+                        "reply was not encoded",
+                    )),
                 })
             })
             .boxed())

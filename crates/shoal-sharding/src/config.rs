@@ -5,10 +5,10 @@ use std::time::Duration;
 
 use shoal_protocol::ShardGroup;
 
-/// A configuration value that was refused.
+/// A sharding setting that was refused by [`ShardingConfigBuilder::build`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
-pub enum ConfigError {
+pub enum ShardingConfigError {
     /// A value is out of range or contradicts another.
     #[error("invalid sharding setting `{setting}`: {reason}")]
     Invalid {
@@ -19,8 +19,8 @@ pub enum ConfigError {
     },
 }
 
-fn invalid(setting: &'static str, reason: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
+fn invalid(setting: &'static str, reason: impl Into<String>) -> ShardingConfigError {
+    ShardingConfigError::Invalid {
         setting,
         reason: reason.into(),
     }
@@ -275,7 +275,7 @@ impl ShardingConfigBuilder {
     );
 
     /// Validates the settings.
-    pub fn build(self) -> Result<ShardingConfig, ConfigError> {
+    pub fn build(self) -> Result<ShardingConfig, ShardingConfigError> {
         let mut c = self.config;
         c.shards_per_group = NonZeroU32::new(self.shards_per_group)
             .ok_or_else(|| invalid("shards_per_group", "must be at least 1"))?;
@@ -360,7 +360,7 @@ mod tests {
     #[test]
     fn refuses_bad_values() {
         let err = |b: ShardingConfigBuilder| match b.build() {
-            Err(ConfigError::Invalid { setting, .. }) => setting,
+            Err(ShardingConfigError::Invalid { setting, .. }) => setting,
             other => panic!("expected an error, got {other:?}"),
         };
         assert_eq!(

@@ -75,6 +75,10 @@ fn refused(request: &Request, code: ErrorCode, message: impl Into<String>) -> Fa
 
 impl Inbound {
     /// Checks that a remote request can be served here; on refusal, the failure to answer with.
+    #[expect(
+        clippy::result_large_err,
+        reason = "a refusal is the wire `Failure` answered to the caller"
+    )]
     fn admit(&self, request: &Request) -> Result<(), Failure> {
         if self.router.is_closing() {
             return Err(refused(

@@ -17,10 +17,6 @@
 #![doc = include_str!("../examples/bank.rs")]
 //! ```
 
-// Every `CallError` names the entity it concerns (so a user can act on it), which makes it larger
-// than clippy's default threshold; it is moved only on the error path.
-#![allow(clippy::result_large_err)]
-
 pub mod assignment;
 mod builder;
 mod client;
@@ -49,14 +45,14 @@ mod transport;
 pub use assignment::ShardAssignment;
 pub use builder::{ShardingBuilder, StartError};
 pub use client::{CallOptions, DynamicClient, EntityClient};
-pub use config::{ConfigError, ShardingConfig, ShardingConfigBuilder};
+pub use config::{ShardingConfig, ShardingConfigBuilder, ShardingConfigError};
 pub use entity::{
     ChunkSink, DynamicDefinition, DynamicEntity, DynamicFactory, DynamicRequest, Entity,
     EntityContext, EntityDefinition, EntityKvHandle, EntityOptions, GroupSelector, Handler,
     HandlerError, HandlerErrorKind, Handlers, Message, RawChunkSink, Registration, StreamClosed,
     StreamHandler, TagKind,
 };
-pub use error::{CallError, RegisterError};
+pub use error::{CallError, CallErrorKind, RegisterError};
 pub use hash::shard_for;
 pub use health::{NoopHealth, PingHealth, RunnerHealth};
 pub use identity::MACHINE_ID_TTL;

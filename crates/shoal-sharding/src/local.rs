@@ -18,6 +18,10 @@ pub(crate) trait LocalEntities: Send + Sync + 'static {
     /// and returns the lease epoch of the instance that will run it. On refusal (the shard is not
     /// served here, the mailbox is full, the type is unknown) a typed payload is left in `out`,
     /// so the caller can send it elsewhere.
+    #[expect(
+        clippy::result_large_err,
+        reason = "a refusal is the wire `Failure` answered to the caller"
+    )]
     fn deliver(
         &self,
         out: &mut Outgoing,

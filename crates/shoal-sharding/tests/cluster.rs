@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::*;
 use shoal_protocol::ShardGroup;
-use shoal_sharding::{CallError, CallOptions, Sharding};
+use shoal_sharding::{CallErrorKind, CallOptions, Sharding, TransportError};
 use shoal_storage::RunnerStorage;
 use shoal_storage::testing::{Fault, FaultyRunnerStorage};
 use tokio::time::Instant;
@@ -379,13 +379,13 @@ async fn calls_fail_fast_during_shutdown_and_shutdown_is_bounded(backend: Backen
         started.elapsed()
     );
     let err = slow.await.unwrap().unwrap_err();
-    assert!(matches!(err, CallError::Interrupted { .. }), "{err:?}");
+    assert!(matches!(err.kind(), CallErrorKind::Interrupted), "{err:?}");
     let err = a
         .client::<Counter>()
         .call(&format!("{bounded}/x"), Get)
         .await
         .unwrap_err();
-    assert!(matches!(err, CallError::ShuttingDown { .. }), "{err:?}");
+    assert!(matches!(err.kind(), CallErrorKind::ShuttingDown), "{err:?}");
 }
 
 async fn unreachable_runner_gives_runner_unavailable_then_recovers(backend: Backend) {
@@ -406,7 +406,13 @@ async fn unreachable_runner_gives_runner_unavailable_then_recovers(backend: Back
         .await
         .unwrap_err();
     assert!(
-        matches!(err, CallError::RunnerUnavailable { .. }),
+        matches!(err.kind(), CallErrorKind::RunnerUnavailable { .. }),
+        "{err:?}"
+    );
+    // The transport's error is the cause.
+    let cause = std::error::Error::source(&err).and_then(|s| s.downcast_ref::<TransportError>());
+    assert!(
+        matches!(cause, Some(TransportError::Unreachable { .. })),
         "{err:?}"
     );
     cluster.network.reconnect(b.runner_address().unwrap());

@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use common::*;
 use futures::StreamExt;
-use shoal_sharding::{CallError, CallOptions, InboundHandler};
+use shoal_protocol::{ErrorCode, Failure};
+use shoal_sharding::{CallErrorKind, CallOptions, InboundHandler};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn same_id_same_instance_and_state_isolated_per_id() {
@@ -98,7 +99,13 @@ async fn plain_failures_reach_the_caller_and_keep_the_instance() {
         )
         .await
         .unwrap_err();
-    assert!(matches!(err, CallError::Handler { .. }), "{err:?}");
+    assert!(matches!(err.kind(), CallErrorKind::Handler), "{err:?}");
+    // The handler's failure, as the entity's runner answered it, is the cause.
+    let cause = std::error::Error::source(&err).and_then(|s| s.downcast_ref::<Failure>());
+    assert!(
+        matches!(cause, Some(f) if f.code == ErrorCode::Handler && f.message == err.message()),
+        "{err:?}"
+    );
     // The state survived: no restart.
     assert_eq!(counters.call("plain/a", Get).await.unwrap(), 7);
     assert_eq!(journal("plain").activations.load(Ordering::SeqCst), 1);
@@ -161,7 +168,7 @@ async fn defects_restart_the_instance_and_replay_the_request() {
         )
         .await
         .unwrap_err();
-    assert!(matches!(err, CallError::Defect { .. }), "{err:?}");
+    assert!(matches!(err.kind(), CallErrorKind::Defect), "{err:?}");
     // ...and the entity still answers afterwards.
     assert_eq!(
         counters
@@ -196,7 +203,7 @@ async fn a_full_mailbox_refuses_with_mailbox_full() {
             .await
         {
             Ok(()) => accepted += 1,
-            Err(CallError::MailboxFull { .. }) => refused += 1,
+            Err(e) if matches!(e.kind(), CallErrorKind::MailboxFull) => refused += 1,
             Err(other) => panic!("unexpected {other:?}"),
         }
     }
@@ -291,7 +298,7 @@ async fn the_resident_cap_passivates_idle_entities_to_make_room() {
         .call("cap/new", Increment { by: 1, work_ms: 0 })
         .await
         .unwrap_err();
-    assert!(matches!(err, CallError::MailboxFull { .. }), "{err:?}");
+    assert!(matches!(err.kind(), CallErrorKind::MailboxFull), "{err:?}");
     for s in slow {
         if let Err(e) = s.await.unwrap() {
             panic!("busy call failed: {e:?}");
@@ -358,7 +365,10 @@ async fn bad_input_gets_typed_errors() {
     wait_balanced(&[&runner], 60).await;
     let counters = runner.client::<Counter>();
     let err = counters.call("", Get).await.unwrap_err();
-    assert!(matches!(err, CallError::InvalidEntityId { .. }), "{err:?}");
+    assert!(
+        matches!(err.kind(), CallErrorKind::InvalidEntityId { .. }),
+        "{err:?}"
+    );
 
     // Untyped callers: unknown type, unknown tag, undecodable payload.
     use shoal_protocol::EntityType;
@@ -370,7 +380,7 @@ async fn bad_input_gets_typed_errors() {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, CallError::UnknownEntityType { .. }),
+        matches!(err.kind(), CallErrorKind::UnknownEntityType),
         "{err:?}"
     );
     let raw = runner.dynamic_client(EntityType::new("counter").unwrap(), default);
@@ -378,18 +388,27 @@ async fn bad_input_gets_typed_errors() {
         .call("x", "nope", "null".into(), CallOptions::default())
         .await
         .unwrap_err();
-    assert!(matches!(err, CallError::UnknownTag { .. }), "{err:?}");
+    assert!(
+        matches!(err.kind(), CallErrorKind::UnknownTag { .. }),
+        "{err:?}"
+    );
     let err = raw
         .call("x", "increment", "{not json".into(), CallOptions::default())
         .await
         .unwrap_err();
-    assert!(matches!(err, CallError::MalformedMessage { .. }), "{err:?}");
+    assert!(
+        matches!(err.kind(), CallErrorKind::MalformedMessage),
+        "{err:?}"
+    );
     // Streaming a unary message, and calling a streaming one, are refused clearly.
     let err = raw
         .call("x", "count", "{\"count\":1}".into(), CallOptions::default())
         .await
         .unwrap_err();
-    assert!(matches!(err, CallError::MalformedMessage { .. }), "{err:?}");
+    assert!(
+        matches!(err.kind(), CallErrorKind::MalformedMessage),
+        "{err:?}"
+    );
     // A good encoded call works.
     let reply = raw
         .call(

@@ -13,7 +13,7 @@ use shoal_protocol::proto::runner::v1 as pb;
 use shoal_protocol::{
     EntityAddress, ErrorCode, Headers, Reply, ReplyFrame, Request, RunnerAddress, Snowflake,
 };
-use shoal_sharding::{CallError, CallOptions, Transport, TransportError};
+use shoal_sharding::{CallErrorKind, CallOptions, Transport, TransportError};
 use shoal_socket::{GrpcTransport, SocketConfig, SocketRunner};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -53,7 +53,10 @@ async fn an_oversize_request_fails_alone_and_the_connection_stays_up() {
         )
         .await
         .unwrap_err();
-    assert!(matches!(err, CallError::MessageTooLarge { .. }), "{err:?}");
+    assert!(
+        matches!(err.kind(), CallErrorKind::MessageTooLarge),
+        "{err:?}"
+    );
     assert_eq!(
         counters
             .call(
@@ -98,8 +101,8 @@ async fn an_oversize_request_fails_alone_and_the_connection_stays_up() {
         ),
     );
     assert!(matches!(
-        big.unwrap_err(),
-        CallError::MessageTooLarge { .. }
+        big.unwrap_err().kind(),
+        CallErrorKind::MessageTooLarge
     ));
     assert_eq!(small.unwrap(), 5);
     loose.shutdown().await;
@@ -121,7 +124,10 @@ async fn an_oversize_reply_fails_alone_and_the_connection_stays_up() {
         counters.call("s", Echo { len: 10 }),
     );
     let err = big.unwrap_err();
-    assert!(matches!(err, CallError::MessageTooLarge { .. }), "{err:?}");
+    assert!(
+        matches!(err.kind(), CallErrorKind::MessageTooLarge),
+        "{err:?}"
+    );
     assert_eq!(small.unwrap().len(), 10);
     assert_eq!(
         counters.call("r", Echo { len: 1000 }).await.unwrap().len(),
@@ -298,7 +304,10 @@ async fn a_runner_that_stops_answering_hits_the_callers_deadline() {
         )
         .await
         .unwrap_err();
-    assert!(matches!(err, CallError::Timeout { .. }), "{err:?}");
+    assert!(
+        matches!(err.kind(), CallErrorKind::Timeout { .. }),
+        "{err:?}"
+    );
     assert!(started.elapsed() < Duration::from_secs(2));
     // The connection survived the abandoned request.
     assert_eq!(
@@ -342,7 +351,10 @@ async fn a_frozen_runner_hits_the_callers_deadline_then_answers_again() {
         )
         .await
         .unwrap_err();
-    assert!(matches!(err, CallError::Timeout { .. }), "{err:?}");
+    assert!(
+        matches!(err.kind(), CallErrorKind::Timeout { .. }),
+        "{err:?}"
+    );
     assert!(started.elapsed() < Duration::from_millis(1_500));
 
     // Once it thaws, the same connection serves again. The freeze outlasted the runner's lease

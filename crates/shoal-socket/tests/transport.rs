@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::*;
 use futures::StreamExt;
-use shoal_sharding::{CallError, CallOptions};
+use shoal_sharding::{CallErrorKind, CallOptions};
 use shoal_socket::{ListenAddress, SendMode, SocketConfig, SocketRunner};
 use shoal_storage::{MemoryRunnerStorage, RunnerStorage};
 
@@ -178,7 +178,7 @@ async fn kill_and_recover(net: Net) {
         .await
         .unwrap_err();
     assert!(
-        matches!(&err, CallError::RunnerUnavailable { runner: Some(r), .. } if r.to_string() == victim_address),
+        matches!(err.kind(), CallErrorKind::RunnerUnavailable { runner: Some(r) } if r.to_string() == victim_address),
         "{err:?}"
     );
     // Once the leases expire the shards move and calls succeed again.

@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::Value;
-use shoal_worker_sdk::{CallContext, ChunkWriter, EntityType, Failure, KvEntry, Worker};
+use shoal_worker_sdk::{ChunkWriter, EntityType, HandlerContext, HandlerFailure, KvEntry, Worker};
 
 const VALUE: &str = "value";
 /// The last increment applied, `<request id> <value>`, written with the value: a persisted
@@ -34,38 +34,40 @@ const VALUE: &str = "value";
 const LAST: &str = "last_increment";
 
 /// The payload as a JSON object (empty: `{}`).
-fn decode(payload: &[u8]) -> Result<serde_json::Map<String, Value>, Failure> {
+fn decode(payload: &[u8]) -> Result<serde_json::Map<String, Value>, HandlerFailure> {
     if payload.iter().all(u8::is_ascii_whitespace) {
         return Ok(serde_json::Map::new());
     }
     match serde_json::from_slice(payload) {
         Ok(Value::Object(object)) => Ok(object),
-        Ok(_) => Err(Failure::malformed("expected a JSON object")),
-        Err(e) => Err(Failure::malformed(format!("the payload is not JSON: {e}"))),
+        Ok(_) => Err(HandlerFailure::malformed("expected a JSON object")),
+        Err(e) => Err(HandlerFailure::malformed(format!(
+            "the payload is not JSON: {e}"
+        ))),
     }
 }
 
 /// An integer field of the payload, `default` when absent.
-fn integer(payload: &[u8], field: &str, default: i64) -> Result<i64, Failure> {
+fn integer(payload: &[u8], field: &str, default: i64) -> Result<i64, HandlerFailure> {
     match decode(payload)?.get(field) {
         None => Ok(default),
         Some(value) => value
             .as_i64()
-            .ok_or_else(|| Failure::malformed(format!("{field:?} must be an integer"))),
+            .ok_or_else(|| HandlerFailure::malformed(format!("{field:?} must be an integer"))),
     }
 }
 
-async fn current(ctx: &CallContext) -> Result<i64, Failure> {
+async fn current(ctx: &HandlerContext) -> Result<i64, HandlerFailure> {
     match ctx.kv().get_one(VALUE).await? {
         None => Ok(0),
         Some(stored) => std::str::from_utf8(&stored)
             .ok()
             .and_then(|text| text.parse().ok())
-            .ok_or_else(|| Failure::fatal("the stored counter value is not a number")),
+            .ok_or_else(|| HandlerFailure::fatal("the stored counter value is not a number")),
     }
 }
 
-async fn increment(ctx: CallContext, payload: Bytes) -> Result<Bytes, Failure> {
+async fn increment(ctx: HandlerContext, payload: Bytes) -> Result<Bytes, HandlerFailure> {
     let by = integer(&payload, "by", 1)?;
     if let Some(last) = ctx.kv().get_one(LAST).await?
         && let Some((id, value)) = std::str::from_utf8(&last)
@@ -78,7 +80,7 @@ async fn increment(ctx: CallContext, payload: Bytes) -> Result<Bytes, Failure> {
     let next = current(&ctx)
         .await?
         .checked_add(by)
-        .ok_or_else(|| Failure::application("the counter would overflow"))?;
+        .ok_or_else(|| HandlerFailure::application("the counter would overflow"))?;
     let last = format!("{} {next}", ctx.request_id());
     ctx.kv()
         .put([
@@ -89,16 +91,20 @@ async fn increment(ctx: CallContext, payload: Bytes) -> Result<Bytes, Failure> {
     Ok(Bytes::from(next.to_string()))
 }
 
-async fn get(ctx: CallContext, _payload: Bytes) -> Result<Bytes, Failure> {
+async fn get(ctx: HandlerContext, _payload: Bytes) -> Result<Bytes, HandlerFailure> {
     Ok(Bytes::from(current(&ctx).await?.to_string()))
 }
 
-async fn reset(ctx: CallContext, _payload: Bytes) -> Result<Bytes, Failure> {
+async fn reset(ctx: HandlerContext, _payload: Bytes) -> Result<Bytes, HandlerFailure> {
     ctx.kv().delete([VALUE, LAST]).await?;
     Ok(Bytes::from_static(b"0"))
 }
 
-async fn ticks(_ctx: CallContext, payload: Bytes, out: ChunkWriter) -> Result<(), Failure> {
+async fn ticks(
+    _ctx: HandlerContext,
+    payload: Bytes,
+    out: ChunkWriter,
+) -> Result<(), HandlerFailure> {
     let n = integer(&payload, "n", 3)?;
     for i in 1..=n {
         out.send(i.to_string())?;

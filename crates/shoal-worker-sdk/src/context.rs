@@ -6,7 +6,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use shoal_protocol::proto::worker::v1 as pb;
 
-use crate::failure::Failure;
+use crate::failure::HandlerFailure;
 use crate::kv::Kv;
 use crate::session::SessionState;
 
@@ -23,15 +23,15 @@ pub(crate) struct CallInfo {
 /// The call a handler is running: the entity, the tag, the caller's headers, the entity's KV
 /// storage, and keep-alive. Cheap to clone.
 #[derive(Clone)]
-pub struct CallContext {
+pub struct HandlerContext {
     session: Arc<SessionState>,
     info: Arc<CallInfo>,
     kv: Kv,
 }
 
-impl fmt::Debug for CallContext {
+impl fmt::Debug for HandlerContext {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CallContext")
+        f.debug_struct("HandlerContext")
             .field("entity_type", &self.info.entity_type)
             .field("entity_id", &self.info.entity_id)
             .field("tag", &self.info.tag)
@@ -40,7 +40,7 @@ impl fmt::Debug for CallContext {
     }
 }
 
-impl CallContext {
+impl HandlerContext {
     pub(crate) fn new(session: Arc<SessionState>, info: CallInfo) -> Self {
         Self {
             kv: Kv::new(session.clone(), info.activation),
@@ -115,11 +115,13 @@ impl ChunkWriter {
     }
 
     /// Sends one item to the caller. Fails when the session with the runner is gone.
-    pub fn send(&self, item: impl Into<Bytes>) -> Result<(), Failure> {
+    pub fn send(&self, item: impl Into<Bytes>) -> Result<(), HandlerFailure> {
         if self.session.chunk(self.call_id, item.into()) {
             Ok(())
         } else {
-            Err(Failure::unavailable("the session with the runner closed"))
+            Err(HandlerFailure::unavailable(
+                "the session with the runner closed",
+            ))
         }
     }
 

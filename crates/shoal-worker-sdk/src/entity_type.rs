@@ -6,13 +6,16 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 
-use crate::context::{CallContext, ChunkWriter};
-use crate::failure::Failure;
+use crate::context::{ChunkWriter, HandlerContext};
+use crate::failure::HandlerFailure;
 
-type UnaryFn =
-    Arc<dyn Fn(CallContext, Bytes) -> BoxFuture<'static, Result<Bytes, Failure>> + Send + Sync>;
+type UnaryFn = Arc<
+    dyn Fn(HandlerContext, Bytes) -> BoxFuture<'static, Result<Bytes, HandlerFailure>>
+        + Send
+        + Sync,
+>;
 type StreamFn = Arc<
-    dyn Fn(CallContext, Bytes, ChunkWriter) -> BoxFuture<'static, Result<(), Failure>>
+    dyn Fn(HandlerContext, Bytes, ChunkWriter) -> BoxFuture<'static, Result<(), HandlerFailure>>
         + Send
         + Sync,
 >;
@@ -71,8 +74,8 @@ impl EntityType {
     /// Handles `tag` with one reply.
     pub fn unary<F, Fut>(self, tag: impl Into<String>, handler: F) -> Self
     where
-        F: Fn(CallContext, Bytes) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<Bytes, Failure>> + Send + 'static,
+        F: Fn(HandlerContext, Bytes) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Bytes, HandlerFailure>> + Send + 'static,
     {
         self.add(
             tag,
@@ -84,11 +87,11 @@ impl EntityType {
     }
 
     /// Handles `tag` with one reply; its requests are persisted and redelivered until answered
-    /// (make the handler idempotent, for example with [`CallContext::request_id`]).
+    /// (make the handler idempotent, for example with [`HandlerContext::request_id`]).
     pub fn persisted_unary<F, Fut>(self, tag: impl Into<String>, handler: F) -> Self
     where
-        F: Fn(CallContext, Bytes) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<Bytes, Failure>> + Send + 'static,
+        F: Fn(HandlerContext, Bytes) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Bytes, HandlerFailure>> + Send + 'static,
     {
         self.add(
             tag,
@@ -103,8 +106,8 @@ impl EntityType {
     /// the stream.
     pub fn stream<F, Fut>(self, tag: impl Into<String>, handler: F) -> Self
     where
-        F: Fn(CallContext, Bytes, ChunkWriter) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<(), Failure>> + Send + 'static,
+        F: Fn(HandlerContext, Bytes, ChunkWriter) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), HandlerFailure>> + Send + 'static,
     {
         self.add(
             tag,

@@ -6,21 +6,23 @@ use shoal_protocol::proto::worker::v1 as pb;
 
 use crate::kv::{KvError, KvErrorKind};
 
-/// A handler failure, sent to the runner with a stable code.
+/// A handler failure, sent to the runner with a stable code. The runner reports it to the
+/// entity's callers (an application failure as a handler error, a fatal one as a defect once
+/// replays are exhausted).
 ///
 /// ```
-/// use shoal_worker_sdk::Failure;
+/// use shoal_worker_sdk::HandlerFailure;
 ///
-/// let refused = Failure::application("amount must be positive");
+/// let refused = HandlerFailure::application("amount must be positive");
 /// assert_eq!(refused.message(), "amount must be positive");
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Failure {
+pub struct HandlerFailure {
     code: pb::FailureCode,
     message: String,
 }
 
-impl Failure {
+impl HandlerFailure {
     /// The handler refused or failed this request; the entity carries on.
     pub fn application(message: impl fmt::Display) -> Self {
         Self::new(pb::FailureCode::Application, message)
@@ -62,18 +64,18 @@ impl Failure {
     }
 }
 
-impl fmt::Display for Failure {
+impl fmt::Display for HandlerFailure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.message)
     }
 }
 
-impl std::error::Error for Failure {}
+impl std::error::Error for HandlerFailure {}
 
 /// A KV error fails the call: refused arguments and stored-data problems as application
 /// failures; a lost shard, an inactive entity, unavailable storage or a closed session as
 /// `unavailable` (the request was not handled and may be retried).
-impl From<KvError> for Failure {
+impl From<KvError> for HandlerFailure {
     fn from(error: KvError) -> Self {
         match error.kind() {
             KvErrorKind::InvalidArgument | KvErrorKind::Internal => Self::application(error),

@@ -14,13 +14,13 @@
 //!
 //! ```no_run
 //! use bytes::Bytes;
-//! use shoal_worker_sdk::{CallContext, EntityType, Failure, Worker};
+//! use shoal_worker_sdk::{EntityType, HandlerContext, HandlerFailure, Worker};
 //!
-//! async fn increment(ctx: CallContext, payload: Bytes) -> Result<Bytes, Failure> {
+//! async fn increment(ctx: HandlerContext, payload: Bytes) -> Result<Bytes, HandlerFailure> {
 //!     let by: i64 = std::str::from_utf8(&payload)
 //!         .ok()
 //!         .and_then(|text| text.trim().parse().ok())
-//!         .ok_or_else(|| Failure::malformed("expected a decimal number"))?;
+//!         .ok_or_else(|| HandlerFailure::malformed("expected a decimal number"))?;
 //!     let current: i64 = match ctx.kv().get_one("value").await? {
 //!         Some(bytes) => String::from_utf8_lossy(&bytes).parse().unwrap_or(0),
 //!         None => 0,
@@ -48,10 +48,10 @@ mod service;
 mod session;
 mod worker;
 
-pub use context::{CallContext, ChunkWriter};
+pub use context::{ChunkWriter, HandlerContext};
 pub use entity_type::EntityType;
-pub use failure::Failure;
+pub use failure::HandlerFailure;
 pub use kv::{Kv, KvError, KvErrorKind};
 pub use shoal_protocol::kv::{KvEntry, KvQuery, KvSelection};
 pub use shoal_protocol::proto::worker::{DEFAULT_MAX_KV_IN_FLIGHT, PROTOCOL_VERSION};
-pub use worker::{RunError, Worker};
+pub use worker::{Worker, WorkerRunError};

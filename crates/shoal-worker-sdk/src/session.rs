@@ -12,9 +12,9 @@ use parking_lot::Mutex;
 use shoal_protocol::proto::worker::v1 as pb;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
-use crate::context::{CallContext, CallInfo, ChunkWriter};
+use crate::context::{CallInfo, ChunkWriter, HandlerContext};
 use crate::entity_type::Handler;
-use crate::failure::Failure;
+use crate::failure::HandlerFailure;
 use crate::kv::{KvError, KvErrorKind};
 use crate::service::Registry;
 
@@ -215,7 +215,7 @@ fn start_call(registry: &Registry, state: &Arc<SessionState>, call: pb::Call, en
         );
         return;
     };
-    let ctx = CallContext::new(
+    let ctx = HandlerContext::new(
         state.clone(),
         CallInfo {
             call_id,
@@ -243,7 +243,9 @@ fn start_call(registry: &Registry, state: &Arc<SessionState>, call: pb::Call, en
                     .map(|()| pb::reply::Outcome::End(pb::StreamEnd {}))
             }
         };
-        outcome.unwrap_or_else(|failure: Failure| pb::reply::Outcome::Failure(failure.into_wire()))
+        outcome.unwrap_or_else(|failure: HandlerFailure| {
+            pb::reply::Outcome::Failure(failure.into_wire())
+        })
     };
     let (work, abort) = futures::future::abortable(AssertUnwindSafe(work).catch_unwind());
     state.calls.lock().insert(call_id, abort);
@@ -252,7 +254,7 @@ fn start_call(registry: &Registry, state: &Arc<SessionState>, call: pb::Call, en
         let outcome = match work.await {
             Ok(Ok(outcome)) => Some(outcome),
             Ok(Err(_panic)) => Some(pb::reply::Outcome::Failure(
-                Failure::fatal("the handler panicked").into_wire(),
+                HandlerFailure::fatal("the handler panicked").into_wire(),
             )),
             // Cancelled by the runner: it no longer waits for a reply.
             Err(_aborted) => None,

@@ -1,7 +1,7 @@
 //! A worker: its entity types, and how it is served.
 
 use shoal_launcher::{
-    ServeError, ServeOptions, StopReason, UnixServer, WorkerArgs, WorkerArgsError, serve_unix,
+    ServeError, StopReason, UnixServeOptions, UnixServer, WorkerArgs, WorkerArgsError, serve_unix,
 };
 use shoal_protocol::proto::worker::v1::worker_service_server::WorkerServiceServer;
 use tonic::transport::server::Router;
@@ -21,7 +21,7 @@ pub struct Worker {
 
 /// Why [`Worker::run`] failed.
 #[derive(Debug, thiserror::Error)]
-pub enum RunError {
+pub enum WorkerRunError {
     /// The launcher's arguments are missing or malformed.
     #[error(transparent)]
     Args(#[from] WorkerArgsError),
@@ -70,20 +70,20 @@ impl Worker {
 
     /// Serves on the socket `options` names (binds, announces `UNIX:<path>`, idles out), with
     /// gRPC reflection describing the Shoal protos.
-    pub async fn serve(self, options: ServeOptions) -> Result<UnixServer, ServeError> {
+    pub async fn serve(self, options: UnixServeOptions) -> Result<UnixServer, ServeError> {
         let options = options.file_descriptor_set(shoal_protocol::proto::FILE_DESCRIPTOR_SET);
         serve_unix(self.into_router(), options).await
     }
 
     /// Parses the launcher's arguments (`--unix`, `--idle-timeout`) from this process's `argv`,
     /// serves until the idle timeout, SIGTERM or SIGINT, and returns why it stopped.
-    pub async fn run(self) -> Result<StopReason, RunError> {
+    pub async fn run(self) -> Result<StopReason, WorkerRunError> {
         let args = WorkerArgs::from_env()?;
         self.run_with(&args).await
     }
 
     /// Like [`Worker::run`], with arguments parsed elsewhere.
-    pub async fn run_with(self, args: &WorkerArgs) -> Result<StopReason, RunError> {
+    pub async fn run_with(self, args: &WorkerArgs) -> Result<StopReason, WorkerRunError> {
         let server = self
             .serve(args.serve_options()?.stop_on_signals(true))
             .await?;

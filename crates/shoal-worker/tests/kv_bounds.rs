@@ -12,7 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::{GatedKv, Hosted, eventually, short_tempdir};
 use parking_lot::Mutex;
-use shoal_launcher::{Announce, ServeOptions, UnixServer, serve_unix};
+use shoal_launcher::{Announce, UnixServeOptions, UnixServer, serve_unix};
 use shoal_protocol::proto::worker::v1 as pb;
 use shoal_protocol::proto::worker::v1::worker_service_server::{
     WorkerService, WorkerServiceServer,
@@ -95,7 +95,7 @@ async fn serve_raw(
         .add_service(WorkerServiceServer::new(RawWorker { sessions }));
     let server = serve_unix(
         router,
-        ServeOptions::new(path)
+        UnixServeOptions::new(path)
             .announce(Announce::Silent)
             .reflection(false)
             .health(false),

@@ -43,10 +43,11 @@ async fn a_crash_fails_calls_in_flight_and_the_worker_is_started_again() {
     );
     for call in stuck {
         match call.await.unwrap() {
-            Err(shoal_sharding::CallError::Persistence { message, .. }) => {
+            Err(error) if matches!(error.kind(), shoal_sharding::CallErrorKind::Persistence) => {
+                let message = error.message();
                 assert!(message.contains(" exited: "), "{message}");
                 assert!(is_worker_unavailable(
-                    &shoal_sharding::HandlerError::unavailable(&message)
+                    &shoal_sharding::HandlerError::unavailable(message)
                 ));
             }
             other => panic!("expected the call to fail with the worker, got {other:?}"),

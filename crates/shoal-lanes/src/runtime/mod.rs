@@ -21,7 +21,7 @@ use crate::communicator::{RemoteCall, RemoteError};
 use crate::context::CallContext;
 use crate::diagnostics as diag;
 use crate::envelope::NewEnvelope;
-use crate::error::{CallError, RunError, StartError};
+use crate::error::{LanesCallError, LanesStartError, RunError};
 use crate::exposure::{ExposureConfig, ExposureService};
 use crate::mode::Mode;
 use crate::plan::{self, Plan};
@@ -99,7 +99,7 @@ impl LanesBuilder {
 
     /// Checks every guard rail, initializes the consumed queues, starts the consumers and the
     /// exposure server.
-    pub async fn start(self) -> Result<Lanes, StartError> {
+    pub async fn start(self) -> Result<Lanes, LanesStartError> {
         crate::auth::install_crypto_provider();
         let plan = plan::build(
             &self.registry,
@@ -108,7 +108,7 @@ impl LanesBuilder {
             self.mode,
             self.exposure.is_some(),
         )
-        .map_err(StartError::Config)?;
+        .map_err(LanesStartError::Config)?;
 
         if self.mode == Mode::Network {
             let mut queues: Vec<&Arc<dyn crate::queue::EventQueue>> = Vec::new();
@@ -118,10 +118,13 @@ impl LanesBuilder {
                 }
             }
             for queue in queues {
-                queue.init().await.map_err(|source| StartError::Queue {
-                    queue: queue.name().to_owned(),
-                    source,
-                })?;
+                queue
+                    .init()
+                    .await
+                    .map_err(|source| LanesStartError::Queue {
+                        queue: queue.name().to_owned(),
+                        source,
+                    })?;
             }
         }
 
@@ -165,8 +168,8 @@ impl LanesBuilder {
             } else {
                 let listener = tokio::net::TcpListener::bind(config.listen)
                     .await
-                    .map_err(StartError::Listen)?;
-                let addr = listener.local_addr().map_err(StartError::Listen)?;
+                    .map_err(LanesStartError::Listen)?;
+                let addr = listener.local_addr().map_err(LanesStartError::Listen)?;
                 let service =
                     LaneServiceServer::new(ExposureService::new(Arc::clone(&inner), &config.edge))
                         .max_decoding_message_size(config.max_request_bytes);
@@ -282,7 +285,7 @@ impl Lanes {
     }
 
     /// Emits an event (see [`Lanes::emit_with`]).
-    pub async fn emit<P>(&self, event: EventDef<P>, payload: P) -> Result<(), CallError>
+    pub async fn emit<P>(&self, event: EventDef<P>, payload: P) -> Result<(), LanesCallError>
     where
         P: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
     {
@@ -299,7 +302,7 @@ impl Lanes {
         event: EventDef<P>,
         payload: P,
         options: EmitOptions,
-    ) -> Result<(), CallError>
+    ) -> Result<(), LanesCallError>
     where
         P: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
     {
@@ -346,7 +349,7 @@ impl Lanes {
 
     /// Stops taking new work, lets in-flight messages finish (up to the shutdown timeout),
     /// stops the consumers and the exposure server. Nothing is run locally instead: emits made
-    /// during shutdown fail with [`CallError::ShuttingDown`].
+    /// during shutdown fail with [`LanesCallError::ShuttingDown`].
     pub async fn shutdown(mut self) {
         self.inner.stopping.cancel();
         let tasks = &mut self.tasks;
@@ -394,8 +397,8 @@ pub(crate) struct Inner {
     me: std::sync::Weak<Inner>,
 }
 
-fn codec(target: &str, what: &'static str, err: &serde_json::Error) -> CallError {
-    CallError::Codec {
+fn codec(target: &str, what: &'static str, err: &serde_json::Error) -> LanesCallError {
+    LanesCallError::Codec {
         target: target.to_owned(),
         what,
         message: err.to_string(),
@@ -425,14 +428,14 @@ impl Inner {
         }
     }
 
-    fn check_event_types<P: 'static>(&self, id: &str) -> Result<(), CallError> {
+    fn check_event_types<P: 'static>(&self, id: &str) -> Result<(), LanesCallError> {
         let entry = self
             .registry
             .events
             .get(id)
-            .ok_or_else(|| CallError::NotRegistered(id.to_owned()))?;
+            .ok_or_else(|| LanesCallError::NotRegistered(id.to_owned()))?;
         if entry.types != TypeId::of::<P>() {
-            return Err(CallError::TypeMismatch(id.to_owned()));
+            return Err(LanesCallError::TypeMismatch(id.to_owned()));
         }
         Ok(())
     }
@@ -443,22 +446,22 @@ impl Inner {
         id: &str,
         payload: P,
         cx: EventContext,
-    ) -> Result<(), CallError>
+    ) -> Result<(), LanesCallError>
     where
         P: Clone + Send + 'static,
     {
         let Some(entry) = self.registry.events.get(id) else {
-            return Err(CallError::NotRegistered(id.to_owned()));
+            return Err(LanesCallError::NotRegistered(id.to_owned()));
         };
         for (handler_id, handler) in &entry.handlers {
             let typed = handler
                 .as_any()
                 .downcast_ref::<TypedEventHandler<P>>()
-                .ok_or_else(|| CallError::TypeMismatch(id.to_owned()))?;
+                .ok_or_else(|| LanesCallError::TypeMismatch(id.to_owned()))?;
             typed
                 .call(payload.clone(), cx.clone())
                 .await
-                .map_err(|source| CallError::EventHandler {
+                .map_err(|source| LanesCallError::EventHandler {
                     event: id.to_owned(),
                     handler: handler_id.clone(),
                     source,
@@ -497,7 +500,7 @@ impl Inner {
         event: EventDef<P>,
         payload: P,
         options: EmitOptions,
-    ) -> Result<(), CallError>
+    ) -> Result<(), LanesCallError>
     where
         P: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
     {
@@ -513,7 +516,7 @@ impl Inner {
         }
         if let Some(lane) = self.plan.event_routes.get(id) {
             if self.stopping.is_cancelled() {
-                return Err(CallError::ShuttingDown);
+                return Err(LanesCallError::ShuttingDown);
             }
             return match self.mode {
                 Mode::LocalSimulated => self.simulate_event_lane(id, lane, &payload, &options),
@@ -538,12 +541,12 @@ impl Inner {
         lane: &str,
         payload: &P,
         options: &EmitOptions,
-    ) -> Result<(), CallError> {
+    ) -> Result<(), LanesCallError> {
         let binding = self
             .plan
             .event_bindings
             .get(lane)
-            .ok_or_else(|| CallError::NotRegistered(lane.to_owned()))?;
+            .ok_or_else(|| LanesCallError::NotRegistered(lane.to_owned()))?;
         let bytes = Bytes::from(serde_json::to_vec(payload).map_err(|e| codec(id, "payload", &e))?);
         let context = options.context.only(&binding.allowed_context);
         let token = binding.auth.sign(&Subject {
@@ -568,7 +571,7 @@ impl Inner {
                 auth_token: token,
             })
             .await
-            .map_err(|source| CallError::Queue {
+            .map_err(|source| LanesCallError::Queue {
                 lane: lane.to_owned(),
                 source,
             })?;
@@ -593,7 +596,7 @@ impl Inner {
         lane: &str,
         payload: &P,
         options: &EmitOptions,
-    ) -> Result<(), CallError> {
+    ) -> Result<(), LanesCallError> {
         let binding = self.plan.event_bindings.get(lane);
         let allowed = binding.map(|b| b.allowed_context.as_slice()).unwrap_or(&[]);
         let auth = binding.map(|b| b.auth.clone()).unwrap_or_default();
@@ -657,7 +660,7 @@ impl Inner {
         lane: &str,
         payload: &P,
         options: &EmitOptions,
-    ) -> Result<(), CallError> {
+    ) -> Result<(), LanesCallError> {
         let binding = self.plan.rpc_bindings.get(lane);
         let allowed = binding.map(|b| b.allowed_context.as_slice()).unwrap_or(&[]);
         let auth = binding.map(|b| b.auth.clone()).unwrap_or_default();
@@ -684,7 +687,7 @@ impl Inner {
             .await
             .map_err(|failure| match failure {
                 DispatchFailure::Decode(err) => codec(id, "payload", &err),
-                DispatchFailure::Handler(handler, source) => CallError::EventHandler {
+                DispatchFailure::Handler(handler, source) => LanesCallError::EventHandler {
                     event: id.to_owned(),
                     handler,
                     source,
@@ -698,13 +701,13 @@ impl Inner {
         lane: &str,
         payload: &P,
         options: &EmitOptions,
-    ) -> Result<(), CallError> {
+    ) -> Result<(), LanesCallError> {
         let (call, communicator) =
             self.remote_call(TargetKind::Event, id, lane, payload, &options.context)?;
         communicator
             .emit_event(call)
             .await
-            .map_err(CallError::Remote)
+            .map_err(LanesCallError::Remote)
     }
 
     fn remote_call<T: Serialize>(
@@ -714,16 +717,16 @@ impl Inner {
         lane: &str,
         value: &T,
         context: &CallContext,
-    ) -> Result<(RemoteCall, Arc<dyn crate::communicator::Communicator>), CallError> {
+    ) -> Result<(RemoteCall, Arc<dyn crate::communicator::Communicator>), LanesCallError> {
         let binding = self
             .plan
             .rpc_bindings
             .get(lane)
-            .ok_or_else(|| CallError::NotRegistered(lane.to_owned()))?;
+            .ok_or_else(|| LanesCallError::NotRegistered(lane.to_owned()))?;
         let communicator = binding
             .communicator
             .clone()
-            .ok_or_else(|| CallError::NotRegistered(lane.to_owned()))?;
+            .ok_or_else(|| LanesCallError::NotRegistered(lane.to_owned()))?;
         let what = if kind == TargetKind::Task {
             "input"
         } else {
@@ -766,9 +769,9 @@ impl Inner {
             .registry
             .tasks
             .get(id)
-            .ok_or_else(|| CallError::NotRegistered(id.to_owned()))?;
+            .ok_or_else(|| LanesCallError::NotRegistered(id.to_owned()))?;
         if entry.types != TypeId::of::<(I, O, E)>() {
-            return Err(CallError::TypeMismatch(id.to_owned()).into());
+            return Err(LanesCallError::TypeMismatch(id.to_owned()).into());
         }
         let lane = match self.mode {
             Mode::Transparent => None,
@@ -790,8 +793,8 @@ impl Inner {
                 serde_json::from_slice(&output).map_err(|e| codec(id, "output", &e).into())
             }
             Err(RemoteError::Typed(data)) => Err(decode_typed(id, &data)),
-            Err(RemoteError::Internal) => Err(CallError::Internal(id.to_owned()).into()),
-            Err(err) => Err(CallError::Remote(err).into()),
+            Err(RemoteError::Internal) => Err(LanesCallError::Internal(id.to_owned()).into()),
+            Err(err) => Err(LanesCallError::Remote(err).into()),
         }
     }
 
@@ -811,11 +814,11 @@ impl Inner {
             .tasks
             .get(id)
             .and_then(|t| t.handler.clone())
-            .ok_or_else(|| CallError::HandlerMissing(id.to_owned()))?;
+            .ok_or_else(|| LanesCallError::HandlerMissing(id.to_owned()))?;
         let typed = handler
             .as_any()
             .downcast_ref::<TypedTask<I, O, E>>()
-            .ok_or_else(|| CallError::TypeMismatch(id.to_owned()))?;
+            .ok_or_else(|| LanesCallError::TypeMismatch(id.to_owned()))?;
         let cx = TaskContext {
             context,
             source: Source::Local,
@@ -823,7 +826,7 @@ impl Inner {
         match typed.call(input, cx).await {
             Ok(output) => Ok(output),
             Err(TaskFailure::Typed(error)) => Err(RunError::Task(error)),
-            Err(TaskFailure::Internal(source)) => Err(CallError::Handler {
+            Err(TaskFailure::Internal(source)) => Err(LanesCallError::Handler {
                 task: id.to_owned(),
                 source,
             }
@@ -855,17 +858,17 @@ impl Inner {
             payload: &bytes,
             context: &context,
         };
-        let token = auth.sign(&subject).map_err(CallError::Auth)?;
+        let token = auth.sign(&subject).map_err(LanesCallError::Auth)?;
         if let Err(err) = auth.verify_call(token.as_deref(), &subject) {
             auth_failure(lane, TargetKind::Task, id, &err);
-            return Err(CallError::Auth(err).into());
+            return Err(LanesCallError::Auth(err).into());
         }
         let handler = self
             .registry
             .tasks
             .get(id)
             .and_then(|t| t.handler.clone())
-            .ok_or_else(|| CallError::HandlerMissing(id.to_owned()))?;
+            .ok_or_else(|| LanesCallError::HandlerMissing(id.to_owned()))?;
         let cx = TaskContext {
             context,
             source: self.relay_source(lane, true),
@@ -875,7 +878,7 @@ impl Inner {
                 serde_json::from_slice(&output).map_err(|e| codec(id, "output", &e).into())
             }
             Err(DynFailure::Typed(data)) => Err(decode_typed(id, &data)),
-            Err(DynFailure::InvalidInput(message)) => Err(CallError::Codec {
+            Err(DynFailure::InvalidInput(message)) => Err(LanesCallError::Codec {
                 target: id.to_owned(),
                 what: "input",
                 message,
@@ -883,7 +886,7 @@ impl Inner {
             .into()),
             Err(DynFailure::Internal(err)) => {
                 tracing::error!(target: "shoal_lanes", task = id, %err, "task failed (simulated remote call)");
-                Err(CallError::Internal(id.to_owned()).into())
+                Err(LanesCallError::Internal(id.to_owned()).into())
             }
         }
     }

@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use shoal_launcher::{
-    LaunchConfig, LaunchOutcome, ServeOptions, WorkerArgs, WorkerStderr, launch, serve_unix,
+    LaunchConfig, LaunchOutcome, UnixServeOptions, WorkerArgs, WorkerStderr, launch, serve_unix,
 };
 
 fn main() {
@@ -106,7 +106,7 @@ async fn serve(args: Vec<OsString>) {
     }
     tokio::time::sleep(slow_start).await;
 
-    let options: ServeOptions = worker
+    let options: UnixServeOptions = worker
         .serve_options()
         .unwrap_or_else(|e| fail(&e.to_string()))
         .startup_grace(grace)

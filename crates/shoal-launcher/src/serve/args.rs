@@ -4,7 +4,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::options::ServeOptions;
+use super::options::UnixServeOptions;
 
 /// Idle timeout of a worker started without `--idle-timeout`.
 pub const DEFAULT_WORKER_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
@@ -87,9 +87,9 @@ impl WorkerArgs {
     }
 
     /// Serve options for these arguments (socket path and idle timeout); requires `--unix`.
-    pub fn serve_options(&self) -> Result<ServeOptions, WorkerArgsError> {
+    pub fn serve_options(&self) -> Result<UnixServeOptions, WorkerArgsError> {
         let path = self.unix.clone().ok_or(WorkerArgsError::MissingUnix)?;
-        Ok(ServeOptions::new(path).idle_timeout(self.idle_timeout))
+        Ok(UnixServeOptions::new(path).idle_timeout(self.idle_timeout))
     }
 }
 

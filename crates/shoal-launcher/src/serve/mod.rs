@@ -19,7 +19,8 @@ use tonic::transport::server::Router;
 
 pub use args::{DEFAULT_WORKER_IDLE_TIMEOUT, WorkerArgs, WorkerArgsError};
 pub use options::{
-    Announce, DEFAULT_BACKLOG, DEFAULT_DRAIN_TIMEOUT, DEFAULT_STARTUP_GRACE, OnBound, ServeOptions,
+    Announce, DEFAULT_BACKLOG, DEFAULT_DRAIN_TIMEOUT, DEFAULT_STARTUP_GRACE, OnBound,
+    UnixServeOptions,
 };
 
 use crate::paths::{SocketPathTooLong, absolute_normalized, check_socket_path_len};
@@ -32,7 +33,7 @@ pub enum StopReason {
     IdleTimeout,
     /// [`UnixServer::stop`] or a [`StopHandle`] asked.
     Stopped,
-    /// SIGTERM or SIGINT (with [`ServeOptions::stop_on_signals`]).
+    /// SIGTERM or SIGINT (with [`UnixServeOptions::stop_on_signals`]).
     Signal,
 }
 
@@ -162,8 +163,11 @@ impl UnixServer {
 /// server.done().await?;
 /// # Ok(()) }
 /// ```
-pub async fn serve_unix(router: Router, options: ServeOptions) -> Result<UnixServer, ServeError> {
-    let ServeOptions {
+pub async fn serve_unix(
+    router: Router,
+    options: UnixServeOptions,
+) -> Result<UnixServer, ServeError> {
+    let UnixServeOptions {
         path,
         idle_timeout,
         startup_grace,

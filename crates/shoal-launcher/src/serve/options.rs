@@ -35,18 +35,20 @@ impl fmt::Debug for Announce {
 /// A hook run with the socket path once the socket listens, before the announcement.
 pub type OnBound = Box<dyn FnOnce(&Path) + Send>;
 
-/// Options of [`serve_unix`](super::serve_unix).
+/// Options of [`serve_unix`](super::serve_unix): how a worker serves on the Unix socket its
+/// launcher gave it (not to be confused with `shoal_socket::ServeOptions`, how a runner serves
+/// its peers).
 ///
 /// ```
 /// use std::time::Duration;
-/// use shoal_launcher::ServeOptions;
+/// use shoal_launcher::UnixServeOptions;
 ///
-/// let options = ServeOptions::new("/run/user/1000/vgi-rpc/0123456789abcdef.sock")
+/// let options = UnixServeOptions::new("/run/user/1000/vgi-rpc/0123456789abcdef.sock")
 ///     .idle_timeout(Some(Duration::from_secs(300)))
 ///     .startup_grace(Duration::from_secs(1));
 /// assert_eq!(options.path().file_name().unwrap(), "0123456789abcdef.sock");
 /// ```
-pub struct ServeOptions {
+pub struct UnixServeOptions {
     pub(crate) path: PathBuf,
     pub(crate) idle_timeout: Option<Duration>,
     pub(crate) startup_grace: Duration,
@@ -60,9 +62,9 @@ pub struct ServeOptions {
     pub(crate) backlog: i32,
 }
 
-impl fmt::Debug for ServeOptions {
+impl fmt::Debug for UnixServeOptions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ServeOptions")
+        f.debug_struct("UnixServeOptions")
             .field("path", &self.path)
             .field("idle_timeout", &self.idle_timeout)
             .field("startup_grace", &self.startup_grace)
@@ -78,7 +80,7 @@ impl fmt::Debug for ServeOptions {
     }
 }
 
-impl ServeOptions {
+impl UnixServeOptions {
     /// Serve on `path` (made absolute): no idle timeout, announcement on stdout, reflection and
     /// health on, 5 s startup grace.
     pub fn new(path: impl Into<PathBuf>) -> Self {

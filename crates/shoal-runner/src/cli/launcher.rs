@@ -8,8 +8,8 @@ use std::time::{Duration, SystemTime};
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use shoal_launcher::{
-    DEFAULT_PROBE_TIMEOUT, GcOptions, LaunchConfig, LaunchOutcome, ServeOptions, StateDir,
-    StatusRow, WorkerStderr, canonical_payload, default_state_dir_path, gc_state_dir,
+    DEFAULT_PROBE_TIMEOUT, GcOptions, LaunchConfig, LaunchOutcome, StateDir, StatusRow,
+    UnixServeOptions, WorkerStderr, canonical_payload, default_state_dir_path, gc_state_dir,
     hash_for_current_process, hashed_env_of_process, launch, serve_unix, socket_paths, status_rows,
 };
 
@@ -354,7 +354,7 @@ async fn demo_worker(args: DemoWorkerArgs) -> anyhow::Result<ExitCode> {
     } else {
         None
     };
-    let options = ServeOptions::new(&args.unix)
+    let options = UnixServeOptions::new(&args.unix)
         .idle_timeout(idle)
         .startup_grace(args.startup_grace)
         .stop_on_signals(true);

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use shoal_protocol::EntityType;
 
-use super::error::ConfigError;
+use super::error::RunnerConfigError;
 use super::parse;
 
 /// One `[[entity]]` section, validated.
@@ -111,9 +111,9 @@ const COMMAND_KEYS: &[&str] = &[
 pub(super) fn parse_sections(
     path: &Path,
     value: &toml::Value,
-) -> Result<Vec<WorkerEntityConfig>, ConfigError> {
+) -> Result<Vec<WorkerEntityConfig>, RunnerConfigError> {
     let Some(sections) = value.as_array() else {
-        return Err(ConfigError::Entity {
+        return Err(RunnerConfigError::Entity {
             origin: format!("{} entity", path.display()),
             key: "entity",
             reason: "expected [[entity]] sections (an array of tables)".to_owned(),
@@ -124,44 +124,49 @@ pub(super) fn parse_sections(
         .enumerate()
         .map(|(index, section)| {
             let origin = format!("{} [[entity]] #{}", path.display(), index + 1);
-            let table = section.as_table().ok_or_else(|| ConfigError::Entity {
-                origin: origin.clone(),
-                key: "entity",
-                reason: "expected a table of settings".to_owned(),
-            })?;
+            let table = section
+                .as_table()
+                .ok_or_else(|| RunnerConfigError::Entity {
+                    origin: origin.clone(),
+                    key: "entity",
+                    reason: "expected a table of settings".to_owned(),
+                })?;
             parse_section(origin, table)
         })
         .collect()
 }
 
-fn parse_section(origin: String, table: &toml::Table) -> Result<WorkerEntityConfig, ConfigError> {
-    let error = |key: &'static str, reason: String| ConfigError::Entity {
+fn parse_section(
+    origin: String,
+    table: &toml::Table,
+) -> Result<WorkerEntityConfig, RunnerConfigError> {
+    let error = |key: &'static str, reason: String| RunnerConfigError::Entity {
         origin: origin.clone(),
         key,
         reason,
     };
     for key in table.keys() {
         if !KEYS.contains(&key.as_str()) {
-            return Err(ConfigError::Entity {
+            return Err(RunnerConfigError::Entity {
                 origin: origin.clone(),
                 key: "entity",
                 reason: format!("unknown key `{key}` (known: {})", KEYS.join(", ")),
             });
         }
     }
-    let string = |key: &'static str| -> Result<Option<String>, ConfigError> {
+    let string = |key: &'static str| -> Result<Option<String>, RunnerConfigError> {
         match table.get(key) {
             None => Ok(None),
             Some(toml::Value::String(s)) if !s.is_empty() => Ok(Some(s.clone())),
             Some(_) => Err(error(key, "expected a non-empty string".to_owned())),
         }
     };
-    let duration = |key: &'static str| -> Result<Option<Duration>, ConfigError> {
+    let duration = |key: &'static str| -> Result<Option<Duration>, RunnerConfigError> {
         string(key)?
             .map(|text| parse::duration(&text).map_err(|reason| error(key, reason)))
             .transpose()
     };
-    let count = |key: &'static str| -> Result<Option<usize>, ConfigError> {
+    let count = |key: &'static str| -> Result<Option<usize>, RunnerConfigError> {
         match table.get(key) {
             None => Ok(None),
             Some(toml::Value::Integer(n)) if *n >= 1 => usize::try_from(*n)
@@ -275,13 +280,13 @@ fn parse_section(origin: String, table: &toml::Table) -> Result<WorkerEntityConf
 pub(super) fn check_all(
     entities: &[WorkerEntityConfig],
     builtin_types: &[&str],
-) -> Result<(), ConfigError> {
+) -> Result<(), RunnerConfigError> {
     for (i, entity) in entities.iter().enumerate() {
         if let Some(earlier) = entities[..i]
             .iter()
             .find(|e| e.entity_type == entity.entity_type)
         {
-            return Err(ConfigError::Entity {
+            return Err(RunnerConfigError::Entity {
                 origin: entity.origin.clone(),
                 key: "type",
                 reason: format!(
@@ -291,7 +296,7 @@ pub(super) fn check_all(
             });
         }
         if builtin_types.contains(&entity.entity_type.as_str()) {
-            return Err(ConfigError::Entity {
+            return Err(RunnerConfigError::Entity {
                 origin: entity.origin.clone(),
                 key: "type",
                 reason: format!(
@@ -309,7 +314,7 @@ pub(super) fn check_all(
 mod tests {
     use super::*;
 
-    fn parse(text: &str) -> Result<Vec<WorkerEntityConfig>, ConfigError> {
+    fn parse(text: &str) -> Result<Vec<WorkerEntityConfig>, RunnerConfigError> {
         let table: toml::Table = text.parse().unwrap();
         parse_sections(Path::new("shoal.toml"), &table["entity"])
     }

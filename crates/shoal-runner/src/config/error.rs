@@ -2,10 +2,11 @@
 
 use std::path::PathBuf;
 
-/// A configuration that was refused.
+/// A configuration of the runner ([`RunnerConfig`](super::RunnerConfig): file, environment and
+/// flags) that was refused.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum ConfigError {
+pub enum RunnerConfigError {
     /// The configuration file could not be read.
     #[error("cannot read configuration file {}: {source}", path.display())]
     ReadFile {

@@ -17,7 +17,7 @@
 //! let bad = Sources::new().with_env([("SHOAL_LEASE_TTL".to_owned(), "abc".to_owned())]);
 //! let error = RunnerConfig::resolve(&bad).unwrap_err().to_string();
 //! assert!(error.starts_with("invalid value for lease_ttl (SHOAL_LEASE_TTL=abc)"));
-//! # Ok::<(), shoal_runner::config::ConfigError>(())
+//! # Ok::<(), shoal_runner::config::RunnerConfigError>(())
 //! ```
 
 mod entities;
@@ -34,7 +34,7 @@ use shoal_socket::{ListenAddress, SocketConfig, TlsConfig};
 use shoal_storage::{StorageOptions, TablePrefix};
 
 pub use entities::{WorkerEntityConfig, WorkerEntityOptions, WorkerSourceConfig};
-pub use error::ConfigError;
+pub use error::RunnerConfigError;
 pub use flags::{MigrateScope, RunScope, Scope, SettingFlags, StatusScope};
 pub use settings::{Flag, SETTINGS, Scopes, Setting, setting};
 pub use sources::{Origin, Sourced, Sources};
@@ -197,8 +197,8 @@ struct Resolver<'a> {
 }
 
 impl Resolver<'_> {
-    fn setting(&self, key: &'static str) -> Result<&'static Setting, ConfigError> {
-        setting(key).ok_or(ConfigError::Conflict {
+    fn setting(&self, key: &'static str) -> Result<&'static Setting, RunnerConfigError> {
+        setting(key).ok_or(RunnerConfigError::Conflict {
             setting: key,
             reason: "not a known setting (this is a bug in shoal)".to_owned(),
         })
@@ -209,14 +209,14 @@ impl Resolver<'_> {
         &self,
         key: &'static str,
         parse: impl Fn(&str) -> Parsed<T>,
-    ) -> Result<Option<T>, ConfigError> {
+    ) -> Result<Option<T>, RunnerConfigError> {
         let setting = self.setting(key)?;
         let Some(raw) = self.sources.effective(setting) else {
             return Ok(None);
         };
         parse(&raw.value)
             .map(Some)
-            .map_err(|reason| ConfigError::Invalid {
+            .map_err(|reason| RunnerConfigError::Invalid {
                 setting: setting.key,
                 origin: raw.describe(),
                 reason,
@@ -228,8 +228,8 @@ impl Resolver<'_> {
         &self,
         key: &'static str,
         parse: impl Fn(&str) -> Parsed<T>,
-    ) -> Result<T, ConfigError> {
-        self.get(key, parse)?.ok_or(ConfigError::Conflict {
+    ) -> Result<T, RunnerConfigError> {
+        self.get(key, parse)?.ok_or(RunnerConfigError::Conflict {
             setting: key,
             reason: "must be set".to_owned(),
         })
@@ -243,7 +243,7 @@ impl Resolver<'_> {
 
 impl RunnerConfig {
     /// Parses and validates every setting `shoal run` uses.
-    pub fn resolve(sources: &Sources) -> Result<Self, ConfigError> {
+    pub fn resolve(sources: &Sources) -> Result<Self, RunnerConfigError> {
         let r = Resolver { sources };
         let storage = StorageConfig::resolve(sources)?;
         let sharding = sharding_config(&r)?;
@@ -272,7 +272,7 @@ impl RunnerConfig {
             && gateway.is_none()
             && r.sources.raw("metrics").is_some()
         {
-            return Err(ConfigError::Conflict {
+            return Err(RunnerConfigError::Conflict {
                 setting: "metrics",
                 reason: "metrics = gateway needs the gateway; with gateway = off, give metrics \
                          an address (HOST:PORT) or off"
@@ -312,7 +312,7 @@ impl RunnerConfig {
 
 impl StorageConfig {
     /// Parses the storage settings (all that `shoal migrate` and `shoal status` need).
-    pub fn resolve(sources: &Sources) -> Result<Self, ConfigError> {
+    pub fn resolve(sources: &Sources) -> Result<Self, RunnerConfigError> {
         let r = Resolver { sources };
         Ok(Self {
             url: r.req("storage", parse::storage_url)?,
@@ -335,7 +335,7 @@ pub struct ShardLayout {
 
 impl ShardLayout {
     /// Parses `shards_per_group` and `available_groups`.
-    pub fn resolve(sources: &Sources) -> Result<Self, ConfigError> {
+    pub fn resolve(sources: &Sources) -> Result<Self, RunnerConfigError> {
         let r = Resolver { sources };
         Ok(Self {
             shards_per_group: r.req("shards_per_group", parse::count::<u32>)?,
@@ -344,7 +344,7 @@ impl ShardLayout {
     }
 }
 
-fn sharding_config(r: &Resolver<'_>) -> Result<ShardingConfig, ConfigError> {
+fn sharding_config(r: &Resolver<'_>) -> Result<ShardingConfig, RunnerConfigError> {
     let b = ShardingConfig::builder()
         .shards_per_group(r.req("shards_per_group", parse::count::<u32>)?)
         .available_groups(r.req("available_groups", parse::groups)?)
@@ -364,22 +364,24 @@ fn sharding_config(r: &Resolver<'_>) -> Result<ShardingConfig, ConfigError> {
         .defect_max_retries(r.req("defect_max_retries", parse::count::<u32>)?)
         .defect_backoff(r.req("defect_backoff", parse::duration)?);
     b.build().map_err(|error| match error {
-        shoal_sharding::ConfigError::Invalid { setting, reason } => match r.origin_of(setting) {
-            Some(origin) => ConfigError::Invalid {
-                setting,
-                origin,
-                reason,
-            },
-            None => ConfigError::Conflict { setting, reason },
-        },
-        other => ConfigError::Conflict {
+        shoal_sharding::ShardingConfigError::Invalid { setting, reason } => {
+            match r.origin_of(setting) {
+                Some(origin) => RunnerConfigError::Invalid {
+                    setting,
+                    origin,
+                    reason,
+                },
+                None => RunnerConfigError::Conflict { setting, reason },
+            }
+        }
+        other => RunnerConfigError::Conflict {
             setting: "sharding",
             reason: other.to_string(),
         },
     })
 }
 
-fn socket_config(r: &Resolver<'_>) -> Result<SocketConfig, ConfigError> {
+fn socket_config(r: &Resolver<'_>) -> Result<SocketConfig, RunnerConfigError> {
     let mut socket = SocketConfig {
         max_message_size: r.req("max_message_size", parse::size)?,
         auth_token: r.get("runner_token", parse::text)?,
@@ -389,7 +391,7 @@ fn socket_config(r: &Resolver<'_>) -> Result<SocketConfig, ConfigError> {
     if let Some(token) = &socket.auth_token
         && !token.chars().all(|c| c.is_ascii_graphic())
     {
-        return Err(ConfigError::Invalid {
+        return Err(RunnerConfigError::Invalid {
             setting: "runner_token",
             origin: r.origin_of("runner_token").unwrap_or_default(),
             reason: "must be printable ASCII without spaces".to_owned(),
@@ -413,7 +415,7 @@ fn socket_config(r: &Resolver<'_>) -> Result<SocketConfig, ConfigError> {
                 .filter(|(_, v)| v.is_none())
                 .map(|(k, _)| k)
                 .collect();
-            return Err(ConfigError::Conflict {
+            return Err(RunnerConfigError::Conflict {
                 setting: missing.first().copied().unwrap_or("tls_cert"),
                 reason: format!(
                     "TLS between runners needs tls_cert, tls_key and tls_ca together; missing: {}",

@@ -6,7 +6,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use super::entities::WorkerEntityConfig;
-use super::error::ConfigError;
+use super::error::RunnerConfigError;
 use super::settings::{SETTINGS, Setting, setting};
 
 /// Where a value came from.
@@ -79,8 +79,8 @@ impl Sources {
     }
 
     /// Reads `path` as a TOML configuration file.
-    pub fn with_file(self, path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
+    pub fn with_file(self, path: &Path) -> Result<Self, RunnerConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| RunnerConfigError::ReadFile {
             path: path.to_path_buf(),
             source,
         })?;
@@ -88,10 +88,10 @@ impl Sources {
     }
 
     /// Reads `text` as the TOML configuration file at `path` (for tests and embedding).
-    pub fn with_file_text(mut self, path: &Path, text: &str) -> Result<Self, ConfigError> {
+    pub fn with_file_text(mut self, path: &Path, text: &str) -> Result<Self, RunnerConfigError> {
         let table: toml::Table =
             text.parse()
-                .map_err(|e: toml::de::Error| ConfigError::ParseFile {
+                .map_err(|e: toml::de::Error| RunnerConfigError::ParseFile {
                     path: path.to_path_buf(),
                     message: e.to_string(),
                 })?;
@@ -101,13 +101,13 @@ impl Sources {
                 continue;
             }
             let Some(setting) = setting(&key) else {
-                return Err(ConfigError::UnknownKey {
+                return Err(RunnerConfigError::UnknownKey {
                     path: path.to_path_buf(),
                     suggestion: closest(&key).map(|s| s.key),
                     key,
                 });
             };
-            let value = toml_text(&value).ok_or_else(|| ConfigError::Invalid {
+            let value = toml_text(&value).ok_or_else(|| RunnerConfigError::Invalid {
                 setting: setting.key,
                 origin: format!("{} in {}", setting.key, path.display()),
                 reason: "expected a string, a whole number, a boolean or a list of strings"

@@ -3,7 +3,7 @@
 
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode, header};
-use shoal_sharding::CallError;
+use shoal_sharding::{CallError, CallErrorKind};
 
 /// Seconds a client should wait before retrying a 429 or 503.
 pub const RETRY_AFTER_SECS: u32 = 1;
@@ -57,32 +57,30 @@ impl ApiError {
     pub fn from_call(error: &CallError) -> Self {
         let code = error.code().as_str();
         let message = error.to_string();
-        let status = match error {
-            CallError::InvalidEntityId { .. }
-            | CallError::UnknownTag { .. }
-            | CallError::MalformedMessage { .. } => StatusCode::BAD_REQUEST,
-            CallError::UnknownEntityType { .. } => StatusCode::NOT_FOUND,
-            CallError::MessageTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            CallError::AlreadyProcessing { .. } => StatusCode::CONFLICT,
-            CallError::MailboxFull { .. } => {
+        let status = match error.kind() {
+            CallErrorKind::InvalidEntityId { .. }
+            | CallErrorKind::UnknownTag { .. }
+            | CallErrorKind::MalformedMessage => StatusCode::BAD_REQUEST,
+            CallErrorKind::UnknownEntityType => StatusCode::NOT_FOUND,
+            CallErrorKind::MessageTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            CallErrorKind::AlreadyProcessing { .. } => StatusCode::CONFLICT,
+            CallErrorKind::MailboxFull => {
                 return Self::new(StatusCode::TOO_MANY_REQUESTS, code, message).retry_later();
             }
-            CallError::EntityNotAssignedToRunner { .. }
-            | CallError::RunnerUnavailable { .. }
-            | CallError::ShuttingDown { .. }
-            | CallError::Interrupted { .. }
-            | CallError::Persistence { .. }
-            | CallError::NoRequestId { .. } => {
+            CallErrorKind::EntityNotAssignedToRunner { .. }
+            | CallErrorKind::RunnerUnavailable { .. }
+            | CallErrorKind::ShuttingDown
+            | CallErrorKind::Interrupted
+            | CallErrorKind::Persistence
+            | CallErrorKind::NoRequestId => {
                 return Self::new(StatusCode::SERVICE_UNAVAILABLE, code, message).retry_later();
             }
             // Storage may or may not have stored the request: not "503, safe to retry".
-            CallError::Timeout { .. } | CallError::OutcomeUnknown { .. } => {
+            CallErrorKind::Timeout { .. } | CallErrorKind::OutcomeUnknown => {
                 StatusCode::GATEWAY_TIMEOUT
             }
-            CallError::Unauthenticated { .. } => StatusCode::BAD_GATEWAY,
-            CallError::Handler { .. } | CallError::Defect { .. } => {
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
+            CallErrorKind::Unauthenticated => StatusCode::BAD_GATEWAY,
+            CallErrorKind::Handler | CallErrorKind::Defect => StatusCode::INTERNAL_SERVER_ERROR,
             _ => StatusCode::BAD_GATEWAY,
         };
         Self::new(status, code, message)

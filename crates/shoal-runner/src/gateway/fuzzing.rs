@@ -10,7 +10,7 @@ use axum::body::Body;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue};
 use shoal_protocol::{EntityAddress, EntityId, EntityType, ShardGroup, ShardId, Tag};
-use shoal_sharding::CallError;
+use shoal_sharding::{CallError, CallErrorKind};
 
 use super::call;
 use super::error::ApiError;
@@ -59,19 +59,18 @@ pub fn read_call(
         }
     };
     let idempotency_key = call::idempotency_key(headers)?;
-    let id = EntityId::new(entity_id).map_err(|reason| {
-        ApiError::from_call(&CallError::InvalidEntityId {
-            id: entity_id.to_owned(),
-            reason,
-        })
-    })?;
+    let id = EntityId::new(entity_id)
+        .map_err(|reason| ApiError::from_call(&CallError::invalid_entity_id(entity_id, reason)))?;
     let shard: ShardId = shoal_sharding::shard_for(&ShardGroup::default_group(), &id, shards);
     let address = EntityAddress::new(shard, entity_type.clone(), id);
     let tag = Tag::new(tag).map_err(|_| {
-        ApiError::from_call(&CallError::UnknownTag {
-            address: address.clone(),
-            tag: tag.to_owned(),
-        })
+        ApiError::from_call(&CallError::new(
+            CallErrorKind::UnknownTag {
+                tag: tag.to_owned(),
+            },
+            address.clone(),
+            "",
+        ))
     })?;
     Ok(ParsedCall {
         timeout,

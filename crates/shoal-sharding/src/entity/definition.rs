@@ -289,6 +289,10 @@ impl<E: Entity> ExclusiveBehavior for TypedBehavior<E> {
     }
 }
 
+#[expect(
+    clippy::result_large_err,
+    reason = "a refused message is answered with the wire `Failure` it carries"
+)]
 fn decode<M: Message>(payload: &Payload) -> Result<M, CallFailure> {
     match payload {
         Payload::Local(value) => value.downcast_ref::<M>().cloned().ok_or_else(|| {
@@ -314,6 +318,10 @@ fn handler_failure(error: HandlerError) -> CallFailure {
     }
 }
 
+#[expect(
+    clippy::result_large_err,
+    reason = "a reply that does not encode is answered with the wire `Failure` it carries"
+)]
 fn encode_reply<T: serde::Serialize + Send + 'static>(reply: T, encode: bool) -> CallResult {
     if encode {
         serde_json::to_vec(&reply)

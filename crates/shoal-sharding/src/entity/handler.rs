@@ -119,17 +119,17 @@ pub trait StreamHandler<M: Message>: Entity {
 #[non_exhaustive]
 pub enum HandlerErrorKind {
     /// This request failed; the entity carries on. The caller gets
-    /// [`crate::CallError::Handler`].
+    /// [`crate::CallErrorKind::Handler`].
     Failed,
     /// Something the handler depends on (its storage, typically) is unavailable for now: the
     /// request did not take effect and may be retried. A persisted request is not answered: it
     /// stays unprocessed and runs again (here after the next poll, or on the shard's next
-    /// owner). A volatile caller gets [`crate::CallError::Persistence`].
+    /// owner). A volatile caller gets [`crate::CallErrorKind::Persistence`].
     Unavailable,
     /// A defect: the instance's state can no longer be trusted. The instance is dropped and
     /// re-activated, and the request replayed (up to
     /// [`crate::ShardingConfig::defect_max_retries`] times, then it fails with
-    /// [`crate::CallError::Defect`]). A panic in a handler is treated the same way.
+    /// [`crate::CallErrorKind::Defect`]). A panic in a handler is treated the same way.
     Fatal,
 }
 

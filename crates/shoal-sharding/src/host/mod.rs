@@ -164,6 +164,10 @@ impl EntityHost {
 
     /// [`LocalEntities::deliver`] into a mailbox slot reserved beforehand (a stored request that
     /// waited for room), if the instance it was reserved in is still the entity's.
+    #[expect(
+        clippy::result_large_err,
+        reason = "a refusal is the wire `Failure` answered to the caller"
+    )]
     fn deliver_reserved(
         &self,
         out: &mut Outgoing,

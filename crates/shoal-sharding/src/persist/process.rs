@@ -151,6 +151,10 @@ impl Persistence {
         frame
     }
 
+    #[expect(
+        clippy::result_large_err,
+        reason = "the instance's outcome is the wire `Failure` stored as the reply"
+    )]
     async fn settle(
         &self,
         id: Snowflake,

@@ -15,7 +15,7 @@ use super::Persistence;
 use super::process::is_final;
 use super::waiter::frame_result;
 use crate::entity::ReplyValue;
-use crate::error::CallError;
+use crate::error::{CallError, CallErrorKind};
 use crate::router::Router;
 use crate::router::outgoing::Outgoing;
 use crate::transport::TransportError;
@@ -46,13 +46,16 @@ impl Router {
         &self,
         out: &Outgoing,
     ) -> Result<&std::sync::Arc<Persistence>, CallError> {
-        self.persistence().ok_or_else(|| CallError::Persistence {
-            address: out.address.clone(),
-            message: format!(
-                "message {:?} is persisted but this runtime has no message storage \
+        self.persistence().ok_or_else(|| {
+            CallError::new(
+                CallErrorKind::Persistence,
+                out.address.clone(),
+                format!(
+                    "message {:?} is persisted but this runtime has no message storage \
                      (configure ShardingBuilder::message_storage)",
-                out.tag.as_str()
-            ),
+                    out.tag.as_str()
+                ),
+            )
         })
     }
 
@@ -78,16 +81,19 @@ impl Router {
         streaming: bool,
     ) -> Result<Saved, CallError> {
         if self.is_closing() {
-            return Err(CallError::ShuttingDown {
-                address: out.address.clone(),
-            });
+            return Err(CallError::new(
+                CallErrorKind::ShuttingDown,
+                out.address.clone(),
+                "",
+            ));
         }
-        let payload = out
-            .encoded()
-            .map_err(|message| CallError::MalformedMessage {
-                address: out.address.clone(),
+        let payload = out.encoded().map_err(|message| {
+            CallError::new(
+                CallErrorKind::MalformedMessage,
+                out.address.clone(),
                 message,
-            })?;
+            )
+        })?;
         // Persisted requests always travel encoded, even to a local entity.
         out.typed = None;
         let spec = out.persist.take().unwrap_or_default();
@@ -140,29 +146,34 @@ impl Router {
                     request.id = self.new_id(out)?;
                 }
                 Ok(Err(error)) if error.outcome_unknown() => {
-                    return Err(CallError::OutcomeUnknown {
-                        address: out.address.clone(),
-                        message: format!(
+                    return Err(CallError::new(
+                        CallErrorKind::OutcomeUnknown,
+                        out.address.clone(),
+                        format!(
                             "the request may or may not have been stored ({error}); retry with \
                              the same primary key to be sure it runs once"
                         ),
-                    });
+                    )
+                    .with_source(error));
                 }
                 Ok(Err(error)) => {
-                    return Err(CallError::Persistence {
-                        address: out.address.clone(),
-                        message: format!("the request was not stored: {error}"),
-                    });
+                    return Err(CallError::new(
+                        CallErrorKind::Persistence,
+                        out.address.clone(),
+                        format!("the request was not stored: {error}"),
+                    )
+                    .with_source(error));
                 }
                 Err(_) => {
-                    return Err(CallError::OutcomeUnknown {
-                        address: out.address.clone(),
-                        message: format!(
+                    return Err(CallError::new(
+                        CallErrorKind::OutcomeUnknown,
+                        out.address.clone(),
+                        format!(
                             "storage did not answer within {storage_timeout:?}: the request may \
                              or may not have been stored; retry with the same primary key to be \
                              sure it runs once"
                         ),
-                    });
+                    ));
                 }
             }
         };
@@ -240,25 +251,31 @@ impl Router {
                 persistence.wake.notify_one();
                 Ok(())
             }
-            Ok(Err(StorageError::Refused { reason, .. })) => Err(CallError::Persistence {
-                address: out.address.clone(),
-                message: format!("the interrupt was refused: {reason}"),
-            }),
-            Ok(Err(error)) if error.outcome_unknown() => Err(CallError::OutcomeUnknown {
-                address: out.address.clone(),
-                message: format!("the interrupt may or may not have been stored: {error}"),
-            }),
-            Ok(Err(error)) => Err(CallError::Persistence {
-                address: out.address.clone(),
-                message: format!("the interrupt was not stored: {error}"),
-            }),
-            Err(_) => Err(CallError::OutcomeUnknown {
-                address: out.address.clone(),
-                message: format!(
+            Ok(Err(error)) => {
+                let (kind, message) = match &error {
+                    StorageError::Refused { reason, .. } => (
+                        CallErrorKind::Persistence,
+                        format!("the interrupt was refused: {reason}"),
+                    ),
+                    error if error.outcome_unknown() => (
+                        CallErrorKind::OutcomeUnknown,
+                        format!("the interrupt may or may not have been stored: {error}"),
+                    ),
+                    error => (
+                        CallErrorKind::Persistence,
+                        format!("the interrupt was not stored: {error}"),
+                    ),
+                };
+                Err(CallError::new(kind, out.address.clone(), message).with_source(error))
+            }
+            Err(_) => Err(CallError::new(
+                CallErrorKind::OutcomeUnknown,
+                out.address.clone(),
+                format!(
                     "storage did not answer within {storage_timeout:?}: the interrupt may or may \
                      not have been stored"
                 ),
-            }),
+            )),
         }
     }
 
@@ -477,17 +494,11 @@ impl Router {
             Err(_) => {
                 // The owner may be gone: let whoever holds the shard now deliver it at once.
                 self.release_claim(id).await;
-                Some(Err(CallError::Timeout {
-                    address: out.address.clone(),
-                    timeout: out.timeout,
-                }))
+                Some(Err(CallError::timed_out(&out.address, out.timeout)))
             }
             Ok(Ok(ReplyFrame::Failure(failure))) if !is_final(failure.code) => {
                 if failure.code == ErrorCode::DeadlineExceeded {
-                    return Some(Err(CallError::Timeout {
-                        address: out.address.clone(),
-                        timeout: out.timeout,
-                    }));
+                    return Some(Err(CallError::timed_out(&out.address, out.timeout)));
                 }
                 self.release_claim(id).await;
                 None

@@ -263,10 +263,8 @@ impl Reader {
     fn time_out(&mut self) {
         self.done = true;
         self.live = None;
-        self.pending.push_back(Err(CallError::Timeout {
-            address: self.address.clone(),
-            timeout: self.idle,
-        }));
+        self.pending
+            .push_back(Err(CallError::timed_out(&self.address, self.idle)));
     }
 
     /// Reads the unacknowledged chunks and final reply from storage; when nothing new is there,

@@ -7,7 +7,7 @@ use tokio::time::{Instant, sleep_until};
 
 use super::Persistence;
 use crate::entity::ReplyValue;
-use crate::error::CallError;
+use crate::error::{CallError, CallErrorKind};
 
 /// Turns a settled final reply into the caller's result.
 pub(crate) fn frame_result(
@@ -18,10 +18,11 @@ pub(crate) fn frame_result(
     match frame {
         ReplyFrame::Value(bytes) => Ok(ReplyValue::Encoded(bytes)),
         ReplyFrame::Failure(failure) => Err(CallError::from_failure(address.clone(), failure, id)),
-        other => Err(CallError::MalformedMessage {
-            address: address.clone(),
-            message: format!("a single request was answered with {other:?}"),
-        }),
+        other => Err(CallError::new(
+            CallErrorKind::MalformedMessage,
+            address.clone(),
+            format!("a single request was answered with {other:?}"),
+        )),
     }
 }
 
@@ -57,10 +58,7 @@ impl Persistence {
                 Err(_) => tracing::debug!(request = %id, "reading a persisted reply timed out"),
             }
             if Instant::now() >= deadline {
-                return Err(CallError::Timeout {
-                    address: address.clone(),
-                    timeout: call_timeout,
-                });
+                return Err(CallError::timed_out(address, call_timeout));
             }
             let next = (Instant::now() + self.settings.reply_poll_interval).min(deadline);
             loop {

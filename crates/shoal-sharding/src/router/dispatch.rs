@@ -13,7 +13,7 @@ use tokio::time::{Instant, timeout_at};
 use super::Router;
 use super::outgoing::Outgoing;
 use crate::entity::{ReplyValue, chunk_channel};
-use crate::error::CallError;
+use crate::error::{CallError, CallErrorKind, Cause};
 use crate::reply::{Outcome, ReplyTo};
 use crate::transport::TransportError;
 
@@ -24,7 +24,28 @@ pub(crate) type ReplyItems = BoxStream<'static, Result<ReplyValue, CallError>>;
 enum Attempt<T> {
     Done(Result<T, CallError>),
     /// Nobody can take the request right now (no owner, wrong owner, unreachable): retry.
-    Retry(Option<RunnerAddress>, String),
+    Retry(Retry),
+}
+
+/// Why an attempt is retried: reported to the caller when no attempt succeeds in time.
+struct Retry {
+    /// The runner that could not take the request, when one was tried.
+    runner: Option<RunnerAddress>,
+    /// What happened.
+    reason: String,
+    /// The underlying error (the transport's, or the runner's failure), when there is one.
+    cause: Option<Cause>,
+}
+
+impl Retry {
+    /// No runner holds the shard yet.
+    fn unowned() -> Self {
+        Self {
+            runner: None,
+            reason: "no runner holds the shard yet".to_owned(),
+            cause: None,
+        }
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -36,9 +57,11 @@ enum Mode {
 impl Router {
     fn check_open(&self, out: &Outgoing) -> Result<(), CallError> {
         if self.is_closing() {
-            return Err(CallError::ShuttingDown {
-                address: out.address.clone(),
-            });
+            return Err(CallError::new(
+                CallErrorKind::ShuttingDown,
+                out.address.clone(),
+                "",
+            ));
         }
         Ok(())
     }
@@ -49,22 +72,26 @@ impl Router {
         out: &Outgoing,
         started: Instant,
         deadline: Instant,
-        last: (Option<RunnerAddress>, String),
+        last: Retry,
     ) -> Result<(), CallError> {
         let retry = self.config().send_retry_interval();
         if Instant::now() + retry >= deadline {
             let waited = started.elapsed();
-            return Err(match last.0 {
-                Some(runner) => CallError::RunnerUnavailable {
-                    address: out.address.clone(),
-                    runner: Some(runner),
-                    reason: last.1,
-                },
-                None => CallError::EntityNotAssignedToRunner {
-                    address: out.address.clone(),
-                    waited,
-                },
-            });
+            let error = match last.runner {
+                Some(runner) => CallError::new(
+                    CallErrorKind::RunnerUnavailable {
+                        runner: Some(runner),
+                    },
+                    out.address.clone(),
+                    last.reason,
+                ),
+                None => CallError::new(
+                    CallErrorKind::EntityNotAssignedToRunner { waited },
+                    out.address.clone(),
+                    last.reason,
+                ),
+            };
+            return Err(error.with_cause(last.cause));
         }
         tokio::time::sleep(retry).await;
         Ok(())
@@ -100,14 +127,13 @@ impl Router {
                             .await
                     }
                     // No owner known, or this runner is about to acquire the shard.
-                    _ => Attempt::Retry(None, "no runner holds the shard yet".to_owned()),
+                    _ => Attempt::Retry(Retry::unowned()),
                 }
             };
             match attempt {
                 Attempt::Done(result) => return result,
-                Attempt::Retry(runner, reason) => {
-                    self.back_off(&out, started, deadline, (runner, reason))
-                        .await?;
+                Attempt::Retry(retry) => {
+                    self.back_off(&out, started, deadline, retry).await?;
                 }
             }
         }
@@ -134,10 +160,7 @@ impl Router {
             return Attempt::Done(Ok(ReplyValue::Encoded(Bytes::new())));
         };
         match timeout_at(deadline, rx).await {
-            Err(_) => Attempt::Done(Err(CallError::Timeout {
-                address: out.address.clone(),
-                timeout: out.timeout,
-            })),
+            Err(_) => Attempt::Done(Err(CallError::timed_out(&out.address, out.timeout))),
             Ok(Err(_)) => Attempt::Done(Err(lost_in_entity(out))),
             Ok(Ok(outcome)) => self.outcome_attempt(out, outcome),
         }
@@ -165,11 +188,15 @@ impl Router {
             let runner = (failure.code == ErrorCode::RunnerUnavailable)
                 .then(|| runner.cloned())
                 .flatten();
-            return Attempt::Retry(runner, failure.message);
+            return Attempt::Retry(Retry {
+                runner,
+                reason: failure.message.clone(),
+                cause: Some(std::sync::Arc::new(failure)),
+            });
         }
         let mut error =
             CallError::from_failure(out.address.clone(), failure, Snowflake::from_raw(0));
-        if let CallError::Timeout { timeout, .. } = &mut error {
+        if let CallErrorKind::Timeout { timeout } = error.kind_mut() {
             *timeout = out.timeout;
         }
         Attempt::Done(Err(error))
@@ -182,12 +209,13 @@ impl Router {
         deadline: Instant,
         streaming: bool,
     ) -> Result<Request, CallError> {
-        let payload = out
-            .encoded()
-            .map_err(|message| CallError::MalformedMessage {
-                address: out.address.clone(),
+        let payload = out.encoded().map_err(|message| {
+            CallError::new(
+                CallErrorKind::MalformedMessage,
+                out.address.clone(),
                 message,
-            })?;
+            )
+        })?;
         Ok(out.wire(id, payload, deadline, false, streaming))
     }
 
@@ -215,20 +243,18 @@ impl Router {
                     now = moved => return Attempt::Done(Err(moved_in_flight(out, owner, &now))),
                 };
                 match sent {
-                    Err(_) => Attempt::Done(Err(CallError::Timeout {
-                        address: out.address.clone(),
-                        timeout: out.timeout,
-                    })),
+                    Err(_) => Attempt::Done(Err(CallError::timed_out(&out.address, out.timeout))),
                     Ok(Ok(ReplyFrame::Value(bytes))) => {
                         Attempt::Done(Ok(ReplyValue::Encoded(bytes)))
                     }
                     Ok(Ok(ReplyFrame::Failure(failure))) => {
                         self.failure_attempt(out, failure, Some(owner))
                     }
-                    Ok(Ok(other)) => Attempt::Done(Err(CallError::MalformedMessage {
-                        address: out.address.clone(),
-                        message: format!("runner {owner} answered a single request with {other:?}"),
-                    })),
+                    Ok(Ok(other)) => Attempt::Done(Err(CallError::new(
+                        CallErrorKind::MalformedMessage,
+                        out.address.clone(),
+                        format!("runner {owner} answered a single request with {other:?}"),
+                    ))),
                     Ok(Err(e)) => self.transport_attempt(out, e),
                 }
             }
@@ -240,10 +266,7 @@ impl Router {
                     now = moved => return Attempt::Done(Err(moved_in_flight(out, owner, &now))),
                 };
                 match sent {
-                    Err(_) => Attempt::Done(Err(CallError::Timeout {
-                        address: out.address.clone(),
-                        timeout: out.timeout,
-                    })),
+                    Err(_) => Attempt::Done(Err(CallError::timed_out(&out.address, out.timeout))),
                     Ok(Ok(None)) => Attempt::Done(Ok(ReplyValue::Encoded(Bytes::new()))),
                     Ok(Ok(Some(failure))) => self.failure_attempt(out, failure, Some(owner)),
                     Ok(Err(e)) => self.transport_attempt(out, e),
@@ -253,18 +276,23 @@ impl Router {
     }
 
     fn transport_attempt<T>(&self, out: &Outgoing, error: TransportError) -> Attempt<T> {
-        match error {
-            TransportError::Unreachable { runner, reason } => Attempt::Retry(Some(runner), reason),
-            TransportError::Lost { runner, reason } => {
-                Attempt::Done(Err(CallError::RunnerUnavailable {
-                    address: out.address.clone(),
-                    runner: Some(runner),
-                    reason,
-                }))
-            }
+        match &error {
+            TransportError::Unreachable { runner, reason } => Attempt::Retry(Retry {
+                runner: Some(runner.clone()),
+                reason: reason.clone(),
+                cause: Some(std::sync::Arc::new(error)),
+            }),
+            TransportError::Lost { runner, reason } => Attempt::Done(Err(CallError::new(
+                CallErrorKind::RunnerUnavailable {
+                    runner: Some(runner.clone()),
+                },
+                out.address.clone(),
+                reason.clone(),
+            )
+            .with_source(error))),
             TransportError::Refused { failure, .. } => Attempt::Done(Err(CallError::from_failure(
                 out.address.clone(),
-                *failure,
+                (**failure).clone(),
                 Snowflake::from_raw(0),
             ))),
         }
@@ -286,14 +314,13 @@ impl Router {
                     Some(owner) if Some(&owner) != self.me() => {
                         self.stream_remote(&mut out, id, &owner, deadline).await
                     }
-                    _ => Attempt::Retry(None, "no runner holds the shard yet".to_owned()),
+                    _ => Attempt::Retry(Retry::unowned()),
                 }
             };
             match attempt {
                 Attempt::Done(result) => return result,
-                Attempt::Retry(runner, reason) => {
-                    self.back_off(&out, started, deadline, (runner, reason))
-                        .await?;
+                Attempt::Retry(retry) => {
+                    self.back_off(&out, started, deadline, retry).await?;
                 }
             }
         }
@@ -308,8 +335,12 @@ impl Router {
         {
             return match self.failure_attempt(out, failure, None) {
                 Attempt::Done(Err(e)) => Attempt::Done(Err(e)),
-                Attempt::Retry(r, m) => Attempt::Retry(r, m),
-                Attempt::Done(Ok(_)) => Attempt::Retry(None, "unexpected".to_owned()),
+                Attempt::Retry(retry) => Attempt::Retry(retry),
+                Attempt::Done(Ok(_)) => Attempt::Retry(Retry {
+                    runner: None,
+                    reason: "unexpected".to_owned(),
+                    cause: None,
+                }),
             };
         }
         let address = out.address.clone();
@@ -322,10 +353,11 @@ impl Router {
                     unanswered.failure,
                     id,
                 ))),
-                Err(_) => Some(Err(CallError::Interrupted {
+                Err(_) => Some(Err(CallError::new(
+                    CallErrorKind::Interrupted,
                     address,
-                    message: "the entity was stopped while streaming".to_owned(),
-                })),
+                    "the entity was stopped while streaming",
+                ))),
             }
         })
         .filter_map(futures::future::ready);
@@ -352,10 +384,7 @@ impl Router {
         };
         let mut frames = match opened {
             Err(_) => {
-                return Attempt::Done(Err(CallError::Timeout {
-                    address: out.address.clone(),
-                    timeout: out.timeout,
-                }));
+                return Attempt::Done(Err(CallError::timed_out(&out.address, out.timeout)));
             }
             Ok(Err(e)) => return self.transport_attempt(out, e),
             Ok(Ok(frames)) => frames,
@@ -367,17 +396,18 @@ impl Router {
             now = &mut moved => return Attempt::Done(Err(moved_in_flight(out, owner, &now))),
         } {
             Err(_) => {
-                return Attempt::Done(Err(CallError::Timeout {
-                    address: out.address.clone(),
-                    timeout: out.timeout,
-                }));
+                return Attempt::Done(Err(CallError::timed_out(&out.address, out.timeout)));
             }
             Ok(first) => first,
         };
         if let Some(Ok(ReplyFrame::Failure(failure))) = &first
             && failure.code.is_retryable_routing()
         {
-            return Attempt::Retry(None, failure.message.clone());
+            return Attempt::Retry(Retry {
+                runner: None,
+                reason: failure.message.clone(),
+                cause: Some(std::sync::Arc::new(failure.clone())),
+            });
         }
         let address = out.address.clone();
         let runner = owner.clone();
@@ -403,11 +433,14 @@ impl Router {
                     }
                     Err(e) => {
                         *finished = true;
-                        vec![Err(CallError::RunnerUnavailable {
-                            address: address.clone(),
-                            runner: Some(runner.clone()),
-                            reason: e.to_string(),
-                        })]
+                        vec![Err(CallError::new(
+                            CallErrorKind::RunnerUnavailable {
+                                runner: Some(runner.clone()),
+                            },
+                            address.clone(),
+                            e.to_string(),
+                        )
+                        .with_source(e))]
                     }
                 };
                 futures::future::ready(Some(futures::stream::iter(out)))
@@ -421,22 +454,24 @@ impl Router {
 /// stopped renewing its lease: frozen, crashed or cut off). It is not sent again: it may have run.
 fn moved_in_flight(out: &Outgoing, owner: &RunnerAddress, now: &RunnerAddress) -> CallError {
     metrics::counter!("shoal_requests_rerouted_total", "kind" => "volatile").increment(1);
-    CallError::RunnerUnavailable {
-        address: out.address.clone(),
-        runner: Some(owner.clone()),
-        reason: format!(
+    CallError::new(
+        CallErrorKind::RunnerUnavailable {
+            runner: Some(owner.clone()),
+        },
+        out.address.clone(),
+        format!(
             "the shard moved to {now} while the request was in flight to {owner}; its outcome \
              is unknown"
         ),
-    }
+    )
 }
 
 fn lost_in_entity(out: &Outgoing) -> CallError {
-    CallError::Interrupted {
-        address: out.address.clone(),
-        message: "the entity was stopped while processing the request; its outcome is unknown"
-            .to_owned(),
-    }
+    CallError::new(
+        CallErrorKind::Interrupted,
+        out.address.clone(),
+        "the entity was stopped while processing the request; its outcome is unknown",
+    )
 }
 
 fn tokio_stream_from(

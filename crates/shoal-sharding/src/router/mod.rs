@@ -18,7 +18,7 @@ use std::sync::{Arc, Weak};
 use shoal_protocol::{EntityId, RunnerAddress, ShardGroup, ShardId, Snowflake};
 
 use crate::config::ShardingConfig;
-use crate::error::CallError;
+use crate::error::{CallError, CallErrorKind};
 use crate::hash::shard_index;
 use crate::identity::Identity;
 use crate::lease::shards::ShardStates;
@@ -150,12 +150,13 @@ impl Router {
 
     /// A new request id for `out`.
     pub(crate) fn new_id(&self, out: &Outgoing) -> Result<Snowflake, CallError> {
-        self.parts
-            .identity
-            .next_id()
-            .map_err(|error| CallError::NoRequestId {
-                address: out.address.clone(),
-                message: error.to_string(),
-            })
+        self.parts.identity.next_id().map_err(|error| {
+            CallError::new(
+                CallErrorKind::NoRequestId,
+                out.address.clone(),
+                error.to_string(),
+            )
+            .with_source(error)
+        })
     }
 }

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use shoal_worker_sdk::{
-    CallContext, ChunkWriter, EntityType, Failure, KvEntry, KvError, KvQuery, Worker,
+    ChunkWriter, EntityType, HandlerContext, HandlerFailure, KvEntry, KvError, KvQuery, Worker,
 };
 
 #[derive(Default)]
@@ -53,13 +53,15 @@ type Rendezvous = Arc<Mutex<HashMap<String, Arc<tokio::sync::watch::Sender<u32>>
 
 /// `rendezvous NAME N`: waits until N calls named NAME are in the handler at once (at most 10 s),
 /// proving that they run concurrently.
-async fn rendezvous(points: Rendezvous, payload: Bytes) -> Result<Bytes, Failure> {
+async fn rendezvous(points: Rendezvous, payload: Bytes) -> Result<Bytes, HandlerFailure> {
     let command = text(&payload);
     let mut words = command.split_whitespace();
     let name = words.next().unwrap_or_default().to_owned();
     let expected: u32 = words.next().and_then(|n| n.parse().ok()).unwrap_or(2);
     let arrived = {
-        let mut all = points.lock().map_err(|_| Failure::fatal("poisoned"))?;
+        let mut all = points
+            .lock()
+            .map_err(|_| HandlerFailure::fatal("poisoned"))?;
         all.entry(name)
             .or_insert_with(|| Arc::new(tokio::sync::watch::Sender::new(0)))
             .clone()
@@ -68,7 +70,7 @@ async fn rendezvous(points: Rendezvous, payload: Bytes) -> Result<Bytes, Failure
     let mut seen = arrived.subscribe();
     match tokio::time::timeout(Duration::from_secs(10), seen.wait_for(|n| *n >= expected)).await {
         Ok(Ok(_)) => Ok(Bytes::from_static(b"met")),
-        _ => Err(Failure::application(format!(
+        _ => Err(HandlerFailure::application(format!(
             "only {} of {expected} calls met",
             *arrived.borrow()
         ))),
@@ -79,11 +81,11 @@ fn text(payload: &[u8]) -> String {
     String::from_utf8_lossy(payload).into_owned()
 }
 
-fn kv_failure(error: KvError) -> Failure {
-    Failure::application(format!("{:?}: {}", error.kind(), error.message()))
+fn kv_failure(error: KvError) -> HandlerFailure {
+    HandlerFailure::application(format!("{:?}: {}", error.kind(), error.message()))
 }
 
-async fn kv_command(ctx: CallContext, payload: Bytes) -> Result<Bytes, Failure> {
+async fn kv_command(ctx: HandlerContext, payload: Bytes) -> Result<Bytes, HandlerFailure> {
     let command = text(&payload);
     let mut words = command.split_whitespace();
     let verb = words.next().unwrap_or_default();
@@ -168,7 +170,11 @@ async fn kv_command(ctx: CallContext, payload: Bytes) -> Result<Bytes, Failure> 
                 .map_err(kv_failure)?;
             format!("answered {}", answered.len())
         }
-        other => return Err(Failure::malformed(format!("unknown KV command {other:?}"))),
+        other => {
+            return Err(HandlerFailure::malformed(format!(
+                "unknown KV command {other:?}"
+            )));
+        }
     };
     Ok(Bytes::from(reply))
 }
@@ -178,45 +184,52 @@ fn probe(gauges: Gauges, concurrency: u32, extra_tag: bool) -> EntityType {
     let points = Rendezvous::default();
     let mut probe = EntityType::new("probe");
     if extra_tag {
-        probe = probe.unary("extra", |_ctx: CallContext, _payload: Bytes| async move {
-            Ok(Bytes::from_static(b"extra"))
-        });
+        probe = probe.unary(
+            "extra",
+            |_ctx: HandlerContext, _payload: Bytes| async move { Ok(Bytes::from_static(b"extra")) },
+        );
     }
     probe
         .concurrency(concurrency)
-        .unary("rendezvous", move |_ctx: CallContext, payload: Bytes| {
+        .unary("rendezvous", move |_ctx: HandlerContext, payload: Bytes| {
             rendezvous(points.clone(), payload)
         })
-        .unary("hold", move |ctx: CallContext, payload: Bytes| {
+        .unary("hold", move |ctx: HandlerContext, payload: Bytes| {
             let gauges = hold_gauges.clone();
             async move {
                 let millis: u64 = text(&payload).trim().parse().unwrap_or(50);
                 let id = ctx.entity_id().to_owned();
                 {
-                    let mut all = gauges.lock().map_err(|_| Failure::fatal("poisoned"))?;
+                    let mut all = gauges
+                        .lock()
+                        .map_err(|_| HandlerFailure::fatal("poisoned"))?;
                     let gauge = all.entry(id.clone()).or_default();
                     gauge.now += 1;
                     gauge.max = gauge.max.max(gauge.now);
                 }
                 tokio::time::sleep(Duration::from_millis(millis)).await;
-                let mut all = gauges.lock().map_err(|_| Failure::fatal("poisoned"))?;
+                let mut all = gauges
+                    .lock()
+                    .map_err(|_| HandlerFailure::fatal("poisoned"))?;
                 let gauge = all.entry(id).or_default();
                 gauge.now -= 1;
                 Ok(Bytes::from(gauge.max.to_string()))
             }
         })
-        .unary("max", move |ctx: CallContext, _payload: Bytes| {
+        .unary("max", move |ctx: HandlerContext, _payload: Bytes| {
             let gauges = gauges.clone();
             async move {
-                let all = gauges.lock().map_err(|_| Failure::fatal("poisoned"))?;
+                let all = gauges
+                    .lock()
+                    .map_err(|_| HandlerFailure::fatal("poisoned"))?;
                 let max = all.get(ctx.entity_id()).map_or(0, |g| g.max);
                 Ok(Bytes::from(max.to_string()))
             }
         })
-        .unary("pid", |_ctx: CallContext, _payload: Bytes| async move {
+        .unary("pid", |_ctx: HandlerContext, _payload: Bytes| async move {
             Ok(Bytes::from(std::process::id().to_string()))
         })
-        .unary("echo", |ctx: CallContext, payload: Bytes| async move {
+        .unary("echo", |ctx: HandlerContext, payload: Bytes| async move {
             let headers: Vec<String> = ctx
                 .headers()
                 .iter()
@@ -230,33 +243,39 @@ fn probe(gauges: Gauges, concurrency: u32, extra_tag: bool) -> EntityType {
                 headers.join(",")
             )))
         })
-        .unary("exit", |_ctx: CallContext, _payload: Bytes| async move {
+        .unary("exit", |_ctx: HandlerContext, _payload: Bytes| async move {
             std::process::exit(9);
         })
-        .unary("fail", |_ctx: CallContext, payload: Bytes| async move {
-            Err(Failure::application(text(&payload)))
+        .unary("fail", |_ctx: HandlerContext, payload: Bytes| async move {
+            Err(HandlerFailure::application(text(&payload)))
         })
-        .unary("fatal", |_ctx: CallContext, payload: Bytes| async move {
-            Err(Failure::fatal(text(&payload)))
+        .unary("fatal", |_ctx: HandlerContext, payload: Bytes| async move {
+            Err(HandlerFailure::fatal(text(&payload)))
         })
-        .unary("freeze", |_ctx: CallContext, _payload: Bytes| async move {
-            // Blocks the worker's only thread: it stops answering anything, heartbeats included,
-            // while its socket stays open.
-            loop {
-                std::thread::sleep(Duration::from_secs(3600));
-            }
-        })
-        .unary("forever", |_ctx: CallContext, _payload: Bytes| async move {
-            let _busy = Busy::enter();
-            std::future::pending::<()>().await;
-            Ok(Bytes::new())
-        })
-        .unary("busy", |_ctx: CallContext, _payload: Bytes| async move {
+        .unary(
+            "freeze",
+            |_ctx: HandlerContext, _payload: Bytes| async move {
+                // Blocks the worker's only thread: it stops answering anything, heartbeats included,
+                // while its socket stays open.
+                loop {
+                    std::thread::sleep(Duration::from_secs(3600));
+                }
+            },
+        )
+        .unary(
+            "forever",
+            |_ctx: HandlerContext, _payload: Bytes| async move {
+                let _busy = Busy::enter();
+                std::future::pending::<()>().await;
+                Ok(Bytes::new())
+            },
+        )
+        .unary("busy", |_ctx: HandlerContext, _payload: Bytes| async move {
             Ok(Bytes::from(BUSY.load(Ordering::SeqCst).to_string()))
         })
         .unary(
             "keep_alive",
-            |ctx: CallContext, payload: Bytes| async move {
+            |ctx: HandlerContext, payload: Bytes| async move {
                 ctx.keep_alive(text(&payload) == "on");
                 Ok(Bytes::new())
             },
@@ -264,7 +283,7 @@ fn probe(gauges: Gauges, concurrency: u32, extra_tag: bool) -> EntityType {
         .unary("kv", kv_command)
         .persisted_unary(
             "crash_once",
-            |ctx: CallContext, payload: Bytes| async move {
+            |ctx: HandlerContext, payload: Bytes| async move {
                 // `crash_once MARKER`: the first delivery records its request id in MARKER and
                 // crashes the worker; a redelivery answers with the id it recorded and its own.
                 let marker = text(&payload);
@@ -272,7 +291,7 @@ fn probe(gauges: Gauges, concurrency: u32, extra_tag: bool) -> EntityType {
                     Ok(first) => Ok(Bytes::from(format!("{first} {}", ctx.request_id()))),
                     Err(_) => {
                         std::fs::write(&marker, ctx.request_id().to_string())
-                            .map_err(|e| Failure::application(format!("{marker}: {e}")))?;
+                            .map_err(|e| HandlerFailure::application(format!("{marker}: {e}")))?;
                         std::process::exit(9);
                     }
                 }
@@ -280,7 +299,7 @@ fn probe(gauges: Gauges, concurrency: u32, extra_tag: bool) -> EntityType {
         )
         .stream(
             "ticks",
-            |_ctx: CallContext, payload: Bytes, out: ChunkWriter| async move {
+            |_ctx: HandlerContext, payload: Bytes, out: ChunkWriter| async move {
                 let n: u64 = text(&payload).trim().parse().unwrap_or(3);
                 for i in 1..=n {
                     out.send(i.to_string())?;

@@ -23,7 +23,7 @@ use super::{Activation, HostInner, HostState};
 /// `worker <name> exited: ` or `worker <name> unavailable: `. The runtime does not store them as
 /// the final reply of a persisted request: the request stays unprocessed and is delivered again
 /// (to the restarted worker). A volatile caller gets them as
-/// [`CallError::Persistence`](shoal_sharding::CallError::Persistence) (HTTP 503 at the gateway).
+/// [`CallErrorKind::Persistence`](shoal_sharding::CallErrorKind::Persistence) (HTTP 503 at the gateway).
 ///
 /// ```
 /// use shoal_sharding::HandlerError;

@@ -17,8 +17,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use shoal_launcher::{LaunchConfig, WorkerStderr};
 use shoal_sharding::{
-    CallError, CallOptions, DynamicClient, InProcessNetwork, MessageSettings, Sharding,
-    ShardingConfig,
+    CallError, CallErrorKind, CallOptions, DynamicClient, InProcessNetwork, MessageSettings,
+    Sharding, ShardingConfig,
 };
 use shoal_storage::{EntityKv, MemoryEntityKv, MemoryMessageStorage, MemoryRunnerStorage};
 use shoal_worker::{WorkerError, WorkerHost, WorkerOptions, WorkerSpec};
@@ -234,10 +234,10 @@ pub fn path_in(dir: &Path, name: &str) -> PathBuf {
 }
 
 /// The message of a call that failed because the worker was unavailable (a transient failure,
-/// which a volatile caller sees as `CallError::Persistence`), or a panic naming what came instead.
+/// which a volatile caller sees as `CallErrorKind::Persistence`), or a panic naming what came instead.
 pub fn unavailable_message(result: Result<String, CallError>) -> String {
     match result {
-        Err(CallError::Persistence { message, .. }) => message,
+        Err(e) if matches!(e.kind(), CallErrorKind::Persistence) => e.message().to_owned(),
         other => panic!("expected the worker to be unavailable, got {other:?}"),
     }
 }
@@ -245,7 +245,7 @@ pub fn unavailable_message(result: Result<String, CallError>) -> String {
 /// The message of a handler failure, or a panic naming what came instead.
 pub fn handler_message(result: Result<String, CallError>) -> String {
     match result {
-        Err(CallError::Handler { message, .. }) => message,
+        Err(e) if matches!(e.kind(), CallErrorKind::Handler) => e.message().to_owned(),
         other => panic!("expected a handler failure, got {other:?}"),
     }
 }

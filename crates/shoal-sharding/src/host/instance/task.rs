@@ -305,6 +305,10 @@ impl InstanceTask {
         }
     }
 
+    #[expect(
+        clippy::result_large_err,
+        reason = "a delivery that cannot start is handed back whole, to run it another way"
+    )]
     async fn run_shared(&mut self, behavior: &mut Behavior) -> Flow {
         type Done = (
             Delivery,
