@@ -25,7 +25,7 @@ use crate::lease::shards::ShardStates;
 use crate::lease::view::ClusterView;
 use crate::lifecycle::Lifecycle;
 use crate::local::LocalEntities;
-use crate::network::{Network, ServeError};
+use crate::network::{Network, NetworkError};
 use crate::persist::{MessageSettings, Persistence, PersistenceParts};
 use crate::router::routes::Routes;
 use crate::router::{Router, RouterParts};
@@ -51,7 +51,7 @@ pub enum StartError {
     Register(#[from] RegisterError),
     /// The network could not start serving requests from other runners.
     #[error("could not serve requests from other runners: {0}")]
-    Serve(#[source] ServeError),
+    Serve(#[source] NetworkError),
     /// Registering the runner in storage failed.
     #[error("could not register the runner in storage: {0}")]
     Storage(#[source] StorageError),

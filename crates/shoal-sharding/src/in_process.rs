@@ -16,7 +16,7 @@ use shoal_protocol::proto::runner::v1 as pb;
 use shoal_protocol::{Failure, Notification, Reply, ReplyFrame, Request, RunnerAddress, Snowflake};
 
 use crate::inbound::{Inbound, InboundHandler};
-use crate::network::{Network, ServeError};
+use crate::network::{Network, NetworkError};
 use crate::router::{Router, WeakRouter};
 use crate::serving::Serving;
 use crate::sharding::Sharding;
@@ -134,7 +134,7 @@ impl Network for InProcessEndpoint {
         self.address.clone()
     }
 
-    fn serve(self: Box<Self>, handler: Sharding) -> Result<Box<dyn Serving>, ServeError> {
+    fn serve(self: Box<Self>, handler: Sharding) -> Result<Box<dyn Serving>, NetworkError> {
         let address = self
             .address
             .clone()

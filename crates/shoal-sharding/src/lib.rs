@@ -59,7 +59,7 @@ pub use identity::MACHINE_ID_TTL;
 pub use in_process::{InProcessEndpoint, InProcessNetwork};
 pub use inbound::InboundHandler;
 pub use lease::view::ClusterView;
-pub use network::{Network, ServeError};
+pub use network::{Network, NetworkError};
 pub use persist::MessageSettings;
 pub use serving::Serving;
 pub use sharding::Sharding;

@@ -12,7 +12,7 @@ use crate::sharding::Sharding;
 use crate::transport::Transport;
 
 /// Why a network could not start serving.
-pub type ServeError = Box<dyn std::error::Error + Send + Sync>;
+pub type NetworkError = Box<dyn std::error::Error + Send + Sync>;
 
 /// How a runtime reaches the other runners and is reached by them: its outbound
 /// [`Transport`], the address it is reachable at, and the server that hands their requests to
@@ -55,5 +55,5 @@ pub trait Network: Send + 'static {
     /// Starts serving requests from other runners with `handler`. Called once by
     /// [`ShardingBuilder::start`](crate::ShardingBuilder::start), after the entity types are
     /// registered and before the runner takes shards; only when [`Network::address`] is `Some`.
-    fn serve(self: Box<Self>, handler: Sharding) -> Result<Box<dyn Serving>, ServeError>;
+    fn serve(self: Box<Self>, handler: Sharding) -> Result<Box<dyn Serving>, NetworkError>;
 }

@@ -823,7 +823,7 @@ impl shoal_sharding::Network for Unservable {
     fn serve(
         self: Box<Self>,
         _: Sharding,
-    ) -> Result<Box<dyn shoal_sharding::Serving>, shoal_sharding::ServeError> {
+    ) -> Result<Box<dyn shoal_sharding::Serving>, shoal_sharding::NetworkError> {
         Err("address already in use".into())
     }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use shoal_protocol::RunnerAddress;
 use shoal_sharding::{
-    Network, PingHealth, RunnerHealth, ServeError, Serving, Sharding, ShardingConfig, Transport,
+    Network, NetworkError, PingHealth, RunnerHealth, Serving, Sharding, ShardingConfig, Transport,
 };
 
 use crate::client::GrpcTransport;
@@ -146,7 +146,7 @@ impl Network for SocketNetwork {
         ))
     }
 
-    fn serve(self: Box<Self>, handler: Sharding) -> Result<Box<dyn Serving>, ServeError> {
+    fn serve(self: Box<Self>, handler: Sharding) -> Result<Box<dyn Serving>, NetworkError> {
         let (listener, host) = self
             .listener
             .ok_or("a client-only network serves nothing")?;

@@ -244,7 +244,10 @@ impl EntityHost {
         resume: Option<u64>,
         deadline: Instant,
     ) -> Result<Delivered, Failure> {
-        let mut pause = Duration::from_millis(10);
+        // Waiting for the resident cap to make room: 10 ms, doubling up to 500 ms.
+        let mut pauses =
+            shoal_protocol::Backoff::new(Duration::from_millis(10), Duration::from_millis(500))
+                .attempts();
         let mut reserved = None;
         loop {
             let (chunk_tx, chunk_rx) = match resume {
@@ -282,8 +285,8 @@ impl EntityHost {
                 Room::TimedOut => return Err(failure),
                 // The runner's resident cap: wait for an instance to be passivated.
                 Room::NoInstance => {
+                    let pause = pauses.next_delay();
                     tokio::time::sleep_until(deadline.min(Instant::now() + pause)).await;
-                    pause = (pause * 2).min(Duration::from_millis(500));
                 }
             }
         }
