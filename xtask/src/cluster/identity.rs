@@ -149,38 +149,50 @@ pub(crate) fn collide(
     // It holds the free ids and those about to be free: a process that died without releasing
     // its id (the refused duplicate, a killed runner) leaves a lease that lapses within a minute,
     // possibly while the client starts. Live processes renew every 10 s a lease of 60 s, so
-    // theirs are always more than 30 s from lapsing.
-    psql(
-        &launcher.direct_url,
-        &format!(
-            "BEGIN; \
-             UPDATE shoal_machine_ids SET incarnation = 1, expires_at = now() + interval '1 hour' \
-             WHERE expires_at <= now() + interval '30 seconds' AND machine_id <> {machine}; \
-             UPDATE shoal_machine_ids SET expires_at = now() WHERE machine_id = {machine}; \
-             COMMIT;"
-        ),
-    )?;
+    // theirs are always more than 30 s from lapsing. A process stopping gracefully meanwhile (a
+    // SIGTERM just before) releases its id after the placeholders were set, and the client may
+    // take that one instead: it is then stopped (its own lease keeps that id from being free) and
+    // the client started again.
     let started = Instant::now();
-    let client = launcher.start_client();
-    // Free the placeholders whatever happened.
-    let freed = psql(
-        &launcher.direct_url,
-        "UPDATE shoal_machine_ids SET expires_at = now() WHERE incarnation = 1",
-    );
-    let client = client?;
-    freed?;
-    let status = reader.read_json()?;
-    let leased_by_client = status["processes"].as_array().is_some_and(|processes| {
-        processes
-            .iter()
-            .any(|p| p["machine_id"] == machine && p["runner"].is_null())
-    });
-    if !leased_by_client {
-        bail!(
-            "the client-only process did not lease machine id {machine} (processes: {})",
-            status["processes"]
+    let mut attempts = 0;
+    let client = loop {
+        attempts += 1;
+        psql(
+            &launcher.direct_url,
+            &format!(
+                "BEGIN; \
+                 UPDATE shoal_machine_ids SET incarnation = 1, expires_at = now() + interval '1 hour' \
+                 WHERE expires_at <= now() + interval '30 seconds' AND machine_id <> {machine}; \
+                 UPDATE shoal_machine_ids SET expires_at = now() WHERE machine_id = {machine}; \
+                 COMMIT;"
+            ),
+        )?;
+        let client = launcher.start_client();
+        // Free the placeholders whatever happened.
+        let freed = psql(
+            &launcher.direct_url,
+            "UPDATE shoal_machine_ids SET expires_at = now() WHERE incarnation = 1",
         );
-    }
+        let client = client?;
+        freed?;
+        let status = reader.read_json()?;
+        let leased_by_client = status["processes"].as_array().is_some_and(|processes| {
+            processes
+                .iter()
+                .any(|p| p["machine_id"] == machine && p["runner"].is_null())
+        });
+        if leased_by_client {
+            break client;
+        }
+        client.stop_now();
+        if attempts == 3 {
+            bail!(
+                "the client-only process did not lease machine id {machine} in {attempts} \
+                 attempts (processes: {})",
+                status["processes"]
+            );
+        }
+    };
     let line = format!(
         "collide at {:.0}%: a client-only gateway leased machine id {machine} while runner {victim} \
          still stamped it into its ids (its lease expired by the harness); ready after {}, its \
