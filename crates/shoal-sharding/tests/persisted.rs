@@ -82,6 +82,14 @@ impl Record {
             at_ms: None,
         }
     }
+
+    /// Delivered at `at_ms` (Unix milliseconds), not before.
+    fn at(at_ms: u64) -> Self {
+        Record {
+            at_ms: Some(at_ms),
+            ..Record::plain()
+        }
+    }
 }
 
 impl Message for Record {
@@ -374,6 +382,10 @@ impl MessageStorage for Probe {
     }
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<MessageEvent> {
         self.inner.subscribe()
+    }
+
+    fn events_reach_other_processes(&self) -> bool {
+        self.inner.events_reach_other_processes()
     }
 }
 
@@ -708,14 +720,7 @@ async fn a_scheduled_message_runs_at_its_time(backend: Backend) {
     let at_ms = at.duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
     let reply = runner
         .client::<Durable>()
-        .call(
-            &id,
-            Record {
-                key: None,
-                work_ms: 0,
-                at_ms: Some(at_ms),
-            },
-        )
+        .call(&id, Record::at(at_ms))
         .await
         .unwrap();
     assert_eq!(reply, runner.runner_address().unwrap().to_string());
@@ -1243,11 +1248,7 @@ async fn the_sweeper_removes_old_processed_messages_and_keeps_the_rest(backend: 
     let later = durable
         .submit(
             &unique_id("later"),
-            Record {
-                key: None,
-                work_ms: 0,
-                at_ms: Some(in_an_hour.duration_since(UNIX_EPOCH).unwrap().as_millis() as u64),
-            },
+            Record::at(in_an_hour.duration_since(UNIX_EPOCH).unwrap().as_millis() as u64),
         )
         .await
         .unwrap();
@@ -1333,14 +1334,7 @@ async fn on_sqlite_a_message_scheduled_by_another_process_runs_at_its_time() {
     let at_ms = at.duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
     let reply = caller
         .client::<Durable>()
-        .call(
-            &id,
-            Record {
-                key: None,
-                work_ms: 0,
-                at_ms: Some(at_ms),
-            },
-        )
+        .call(&id, Record::at(at_ms))
         .await
         .unwrap();
     assert_eq!(reply, owner.runner_address().unwrap().to_string());

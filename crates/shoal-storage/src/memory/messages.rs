@@ -745,6 +745,11 @@ impl MessageStorage for MemoryMessageStorage {
     fn subscribe(&self) -> broadcast::Receiver<MessageEvent> {
         self.events.subscribe()
     }
+
+    /// Only runtimes of this process share it, and each save reaches all of their subscribers.
+    fn events_reach_other_processes(&self) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]

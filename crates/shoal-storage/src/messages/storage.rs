@@ -124,8 +124,9 @@ pub trait MessageStorage: Send + Sync + 'static {
     fn subscribe(&self) -> broadcast::Receiver<MessageEvent>;
 
     /// Whether the [`MessageEvent`]s of a save made by one process reach the subscribers of
-    /// other processes using the same storage (Postgres `LISTEN/NOTIFY` does; a SQLite file
-    /// shared by processes on one machine does not). When they do not, a runtime that saves a
+    /// every other process using the same storage (Postgres `LISTEN/NOTIFY` does; a SQLite file
+    /// shared by processes on one machine does not; memory storage is used by one process only,
+    /// so its events reach everyone who can use it). When they do not, a runtime that saves a
     /// message for a shard another runner owns wakes that runner itself.
     fn events_reach_other_processes(&self) -> bool {
         false
