@@ -121,7 +121,15 @@ async fn package_dir() -> PathBuf {
         ("launch.mjs", LAUNCH_SCRIPT),
         ("lock.mjs", LOCK_SCRIPT),
     ] {
-        std::fs::write(dir.join(name), script).unwrap();
+        // Other test processes may be running node on these very files: never truncate one in
+        // place (node would read an empty script and exit 0 with no output). A changed script is
+        // written beside it and renamed over it, atomically.
+        let path = dir.join(name);
+        if std::fs::read(&path).ok().as_deref() != Some(script.as_bytes()) {
+            let fresh = dir.join(format!("{name}.{}.tmp", std::process::id()));
+            std::fs::write(&fresh, script).unwrap();
+            std::fs::rename(&fresh, &path).unwrap();
+        }
     }
     dir
 }
